@@ -1,0 +1,160 @@
+"""Command line: run / once / render / status / demo. Exit codes: 0 ok, 1 not converged, 2 usage."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from nicreconciled import __version__, log
+from nicreconciled.config import Config, load
+from nicreconciled.errors import ConfigError, FetchError, MetadataError
+from nicreconciled.status import StatusStore
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nicreconciled",
+        description="Configure hot-plugged cloud NICs from settled metadata, and keep it true.",
+    )
+    p.add_argument("--version", action="version", version=f"nicreconciled {__version__}")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="TOML configuration (default /etc/nicreconciled/nicreconciled.toml; "
+        "a missing default file means all defaults)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default="console",
+        help="console lines (default) or one JSON object per line",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="also log debug events")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", help="the daemon, in the foreground (systemd Type=notify)")
+    sub.add_parser("once", help="reconcile every NIC present now, then exit")
+    r = sub.add_parser("render", help="fetch metadata and print what would be written")
+    r.add_argument("--mac", help="only this MAC (need not be attached here)")
+    s = sub.add_parser("status", help="per-NIC state, read from the state directory")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    d = sub.add_parser(
+        "demo", help="simulated metadata service + hot-plugged NIC in a scratch netns (root)"
+    )
+    d.add_argument("--ipv6-delay", type=float, default=4.0, help="seconds until IPv6 appears")
+    return p
+
+
+def _fail(message: str) -> int:
+    print(f"nicreconciled: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    log.configure(args.log_format, logging.DEBUG if args.verbose else logging.INFO)
+    if args.command == "demo":
+        from nicreconciled.demo import run_demo
+
+        return run_demo(ipv6_delay=args.ipv6_delay)
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        return _fail(f"config: {exc}")
+    if args.command == "status":
+        return _status(config, as_json=args.json)
+    try:
+        return asyncio.run(_async_main(args, config))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _async_main(args: argparse.Namespace, config: Config) -> int:
+    from nicreconciled import wiring
+
+    if args.command == "render":
+        return await _render(config, args.mac)
+    ctx, closer = await wiring.build_context(config)
+    try:
+        daemon = wiring.make_daemon(config, ctx, once=args.command == "once")
+        if args.command == "once":
+            margin = config.polling.deadline + config.polling.max_interval * 2
+            return await daemon.run_once(timeout=margin)
+        return await daemon.run()
+    finally:
+        await closer()
+
+
+async def _render(config: Config, mac: str | None) -> int:
+    from nicreconciled import wiring
+    from nicreconciled.model import normalize_mac
+    from nicreconciled.system import sysfs
+
+    ctx, closer = await wiring.build_context(config, apply=False)
+    try:
+        if mac is not None:
+            try:
+                macs = [normalize_mac(mac)]
+            except ValueError as exc:
+                return _fail(f"--mac: {exc}")
+        else:
+            daemon = wiring.make_daemon(config, ctx, once=True)
+            macs = [link.mac for link in sysfs.list_links() if daemon.eligible(link)]
+        status = 0
+        for one in macs:
+            try:
+                obs = await ctx.source.fetch(one)
+            except (FetchError, MetadataError) as exc:
+                print(f"# {one}: {exc}", file=sys.stderr)
+                status = 1
+                continue
+            for flag in obs.flags:
+                print(f"# {one}: still propagating: {flag.kind}: {flag.detail}", file=sys.stderr)
+            if obs.state is None:
+                print(f"# {one}: not in the metadata; not managed", file=sys.stderr)
+            elif obs.state.primary and not config.manage_primary:
+                print(
+                    f"# {one}: primary NIC; not managed (manage_primary = false)", file=sys.stderr
+                )
+            else:
+                print(f"# {config.effective_output_dir / ctx.renderer.filename(one)}")
+                print(ctx.renderer.render(obs.state), end="")
+        return status
+    finally:
+        await closer()
+
+
+def _status(config: Config, *, as_json: bool) -> int:
+    rows = sorted(StatusStore(config.state_dir).load_all(), key=lambda s: s.mac)
+    if as_json:
+        print(json.dumps([asdict(r) for r in rows], indent=2))
+        return 0
+    if not rows:
+        print(f"no NICs recorded under {config.state_dir}")
+        return 0
+    header = ("MAC", "IFACE", "PHASE", "MANAGED", "FINGERPRINT", "LAST CHANGE", "WAITING / ERROR")
+    table = [header]
+    for r in rows:
+        detail = "; ".join(r.waiting_on) or (f"error: {r.last_error}" if r.last_error else "")
+        table.append(
+            (
+                r.mac,
+                r.ifname or "-",
+                r.phase,
+                r.managed,
+                r.fingerprint or "-",
+                r.last_change or "-",
+                detail,
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    return 0

@@ -1,0 +1,152 @@
+"""The TOML configuration file: pydantic models, defaults, and load().
+
+Unknown keys are errors. Every key has a default, so a missing default file means defaults.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from nicreconciled.errors import ConfigError
+
+DEFAULT_PATH = Path("/etc/nicreconciled/nicreconciled.toml")
+DEFAULT_OUTPUT = {
+    "netplan": Path("/run/netplan"),
+    "networkmanager": Path("/run/NetworkManager/system-connections"),
+}
+
+
+def _int_to_float(value: object) -> object:
+    # TOML writes whole seconds as integers; strict floats would refuse them.
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Seconds = Annotated[float, BeforeValidator(_int_to_float)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _check_endpoint(value: str) -> str:
+    if value and not (value.startswith("http://") or value.startswith("https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+class InterfacesConfig(_Section):
+    ignore: tuple[str, ...] = Field(default=(), strict=False)
+    virtual: bool = False
+
+
+class UdevConfig(_Section):
+    source: Literal["udev", "kernel"] = "udev"
+
+
+class Ec2Config(_Section):
+    endpoint: str = "http://169.254.169.254"
+    #: Tried when the endpoint cannot be reached; "" disables the fallback.
+    fallback_endpoint: str = "http://[fd00:ec2::254]"
+    token_ttl: int = Field(default=21600, ge=60, le=21600)
+
+    _endpoint = field_validator("endpoint", "fallback_endpoint")(_check_endpoint)
+
+
+class CloudStackConfig(_Section):
+    endpoint: str = ""
+
+    _endpoint = field_validator("endpoint")(_check_endpoint)
+
+
+class PollingConfig(_Section):
+    """How metadata is polled until it is stable (extension of the contract's keys)."""
+
+    initial_interval: Seconds = Field(default=0.25, gt=0, le=60)
+    max_interval: Seconds = Field(default=5.0, gt=0, le=600)
+    probe_interval: Seconds = Field(default=0.5, gt=0, le=60)
+    stable_polls: int = Field(default=2, ge=1, le=20)
+    ipv6_grace: Seconds = Field(default=10.0, ge=0, le=3600)
+    deadline: Seconds = Field(default=60.0, gt=0, le=86400)
+    request_rate: Seconds = Field(default=100.0, gt=0, le=1000)
+    request_timeout: Seconds = Field(default=2.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _intervals(self) -> Self:
+        if self.initial_interval > self.max_interval:
+            raise ValueError("initial_interval must not exceed max_interval")
+        return self
+
+
+class Config(_Section):
+    cloud: Literal["ec2", "cloudstack", "auto"] = "auto"
+    renderer: Literal["netplan", "networkmanager"] = "netplan"
+    output_dir: Path | None = None
+    state_dir: Path = Path("/var/lib/nicreconciled")
+    apply: bool = True
+    manage_primary: bool = False
+    resync_interval: Seconds = Field(default=60.0, ge=1, le=86400)
+    interfaces: InterfacesConfig = InterfacesConfig()
+    udev: UdevConfig = UdevConfig()
+    ec2: Ec2Config = Ec2Config()
+    cloudstack: CloudStackConfig = CloudStackConfig()
+    polling: PollingConfig = PollingConfig()
+
+    @field_validator("output_dir", "state_dir", mode="before")
+    @classmethod
+    def _path(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.startswith("/"):
+                raise ValueError("must be an absolute path")
+            return Path(value)
+        return value
+
+    @property
+    def effective_output_dir(self) -> Path:
+        return self.output_dir if self.output_dir is not None else DEFAULT_OUTPUT[self.renderer]
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(file)"
+    if first["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    return f"{where}: {first['msg']}"
+
+
+def parse(data: dict[str, object]) -> Config:
+    """Validate a decoded TOML document; raises ConfigError naming the key."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def load(path: Path | None) -> Config:
+    """Load PATH; None means the default path, which may be missing (= all defaults)."""
+    explicit = path is not None
+    target = path if path is not None else DEFAULT_PATH
+    try:
+        raw = target.read_bytes()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{target}: no such file") from None
+        return Config()
+    except OSError as exc:
+        raise ConfigError(f"{target}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{target}: not valid TOML: {exc}") from None
+    return parse(data)

@@ -1,0 +1,117 @@
+"""Typed, validated, frozen views of what the metadata says about one NIC."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
+
+#: AWS allows at most 50 addresses of a family per ENI; anything far above is garbage.
+MAX_ADDRESSES = 256
+
+
+def normalize_mac(value: str) -> str:
+    """Lower-case colon form; raises ValueError for anything that is not a MAC."""
+    mac = value.strip().lower().replace("-", ":")
+    if not _MAC_RE.fullmatch(mac):
+        raise ValueError(f"not a MAC address: {value[:40]!r}")
+    return mac
+
+
+def mac_to_key(mac: str) -> str:
+    """The file-name form of a MAC: 0a1b2c3d4e5f."""
+    return normalize_mac(mac).replace(":", "")
+
+
+def key_to_mac(key: str) -> str:
+    if len(key) != 12:
+        raise ValueError(f"not a MAC key: {key!r}")
+    return normalize_mac(":".join(key[i : i + 2] for i in range(0, 12, 2)))
+
+
+Mac = Annotated[str, AfterValidator(normalize_mac)]
+Cloud = Literal["ec2", "cloudstack"]
+
+
+class NicState(BaseModel):
+    """Everything a renderer needs to know about one NIC, and nothing it does not.
+
+    Only rendering-relevant facts belong here: the fingerprint is computed over this model, so
+    a field that changes without changing the rendered output would cause needless polls.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mac: Mac
+    cloud: Cloud
+    #: The instance's primary (EC2 device-number 0 / CloudStack default) NIC.
+    primary: bool
+    device_number: int = Field(ge=0, le=99)
+    network_card: int = Field(default=0, ge=0, le=99)
+    interface_id: str | None = None
+    #: First entry is the primary private IPv4 (obtained by DHCP); the rest are secondaries.
+    ipv4_addresses: tuple[IPv4Address, ...] = Field(default=(), max_length=MAX_ADDRESSES)
+    ipv4_subnet: IPv4Network | None = None
+    ipv4_gateway: IPv4Address | None = None
+    ipv6_addresses: tuple[IPv6Address, ...] = Field(default=(), max_length=MAX_ADDRESSES)
+    ipv6_subnets: tuple[IPv6Network, ...] = Field(default=(), max_length=16)
+    #: Delegated prefixes (EC2 prefix delegation): routed to this NIC, not assigned to it.
+    ipv4_prefixes: tuple[IPv4Network, ...] = Field(default=(), max_length=MAX_ADDRESSES)
+    ipv6_prefixes: tuple[IPv6Network, ...] = Field(default=(), max_length=MAX_ADDRESSES)
+
+    @property
+    def key(self) -> str:
+        return mac_to_key(self.mac)
+
+    @property
+    def route_table(self) -> int:
+        """Policy-routing table, numbered as amazon-ec2-net-utils does."""
+        return 10000 + 100 * self.network_card + self.device_number
+
+    @property
+    def rule_priority(self) -> int:
+        return self.route_table
+
+    @property
+    def route_metric(self) -> int:
+        """Higher than the primary's default (DHCP 100 / 0), so the primary stays preferred."""
+        return 512 + 100 * self.network_card + self.device_number
+
+
+RedFlagKind = Literal[
+    "not-listed", "listed-but-404", "incomplete", "device-number-0", "ipv6-pending", "still-listed"
+]
+
+
+@dataclass(frozen=True)
+class RedFlag:
+    """A sign that the metadata is still propagating: do not call it stable yet.
+
+    ``keys`` names the source paths whose change would end the wait, so the reconciler can
+    watch them with cheap probes instead of full fetches. ``grace`` selects which timer lets
+    the reconciler accept the state anyway: the short IPv6 grace or the general deadline.
+    """
+
+    kind: RedFlagKind
+    detail: str
+    keys: tuple[str, ...] = ()
+    grace: Literal["ipv6", "deadline"] = "deadline"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One complete, successful fetch for one MAC.
+
+    ``state`` is None when the metadata does not (yet) know the MAC. ``probe`` holds the raw
+    answers for every key any flag waits on (None = 404), as seen by this fetch.
+    """
+
+    mac: str
+    state: NicState | None
+    flags: tuple[RedFlag, ...] = ()
+    probe: dict[str, str | None] = field(default_factory=dict)

@@ -1,0 +1,255 @@
+"""One task per MAC: fetch until stable, render, write, apply; then keep it true.
+
+The reconciler never writes anything that came from an error: a failed or garbage fetch
+only delays the next poll, and the file on disk stays the last good one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from nicreconciled import fingerprint as fp
+from nicreconciled.apply import Applier
+from nicreconciled.errors import ApplyError, FetchError, MetadataError, UnsafePathError
+from nicreconciled.model import NicState, Observation, RedFlag
+from nicreconciled.render import Renderer
+from nicreconciled.sources import Source
+from nicreconciled.stability import Phase, Policy, Step, Tracker
+from nicreconciled.status import NicStatus, StatusStore
+from nicreconciled.system import fs
+
+_UNSET: Any = object()
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Context:
+    """What every reconciler shares (one per daemon)."""
+
+    source: Source
+    renderer: Renderer
+    applier: Applier | None
+    policy: Policy
+    output_dir: Path
+    status: StatusStore
+    manage_primary: bool = False
+    resync_interval: float = 60.0
+    rng: random.Random = field(default_factory=random.Random)
+    clock: Callable[[], float] = time.monotonic
+
+
+class Reconciler:
+    def __init__(self, ctx: Context, mac: str, ifname: str | None, *, once: bool = False) -> None:
+        self.ctx = ctx
+        self.mac = mac
+        self.ifname = ifname
+        self.once = once
+        self.tracker = Tracker(ctx.policy, rng=random.Random(ctx.rng.random()))
+        self.filename = ctx.renderer.filename(mac)
+        self.status = NicStatus(mac=mac, ifname=ifname, file=self.filename)
+        self.removed = False
+        self.forced = False  # accepted after the deadline, not because it was stable
+        self._kick = asyncio.Event()
+        self._new_episode = True
+        self._desired: NicState | None = _UNSET
+        self._synced = True
+        self._retry = ctx.policy.initial_interval
+        self._log = structlog.get_logger("nicreconciled.reconciler").bind(mac=mac, ifname=ifname)
+
+    # -- control from the daemon -------------------------------------------------------
+    def kick(self, *, new_episode: bool = False) -> None:
+        """Poll now (udev event, SIGHUP, scan); NEW_EPISODE: the NIC itself changed."""
+        self._new_episode = self._new_episode or new_episode
+        self._kick.set()
+
+    def set_link(self, ifname: str | None) -> None:
+        if ifname != self.ifname:
+            self.ifname = ifname
+            self.status.ifname = ifname
+            self._log = self._log.bind(ifname=ifname)
+
+    @property
+    def present(self) -> bool:
+        return self.ifname is not None
+
+    @property
+    def converged(self) -> bool:
+        return self.tracker.phase is not Phase.CONVERGING and self._synced and not self.forced
+
+    # -- the loop ----------------------------------------------------------------------
+    async def run(self) -> None:
+        probe: tuple[str, ...] = ()
+        while True:
+            if self._new_episode:
+                self._new_episode = False
+                self.tracker.start_episode(self.ctx.clock())
+                probe = ()
+            self._kick.clear()
+            step = await self._poll(probe)
+            await self._handle(step)
+            self._save_status(step)
+            if self.removed or (self.once and self._done_once(step)):
+                return
+            delay = self._delay(step)
+            probe = () if step.idle else step.probe
+            if await self._sleep(delay):
+                probe = ()
+
+    def _done_once(self, step: Step) -> bool:
+        return step.phase is not Phase.CONVERGING and self._synced
+
+    def _delay(self, step: Step) -> float:
+        if step.idle:
+            delay = self.ctx.resync_interval * self.tracker.rng.uniform(0.8, 1.2)
+        else:
+            delay = step.delay
+        if not self._synced:
+            delay = min(delay, self._retry)
+            self._retry = min(self._retry * 2, self.ctx.resync_interval)
+        return delay
+
+    async def _sleep(self, delay: float) -> bool:
+        """Wait DELAY seconds or until kicked; True if kicked."""
+        if self._kick.is_set():
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._kick.wait(), delay)
+            return True
+        return False
+
+    async def _poll(self, probe: tuple[str, ...]) -> Step:
+        now = self.ctx.clock
+        try:
+            if probe:
+                answers = await self.ctx.source.probe(probe)
+                step = self.tracker.on_probe(now(), answers)
+                self._log.debug(
+                    "probe", keys=len(probe), changed=step.delay == 0 and not step.probe
+                )
+                return step
+            obs = self._adjust(await self.ctx.source.fetch(self.mac))
+        except (FetchError, MetadataError) as exc:
+            kind = "metadata_invalid" if isinstance(exc, MetadataError) else "fetch_failed"
+            self._log.warning(kind, error=str(exc))
+            self.status.last_error, self.status.last_error_at = str(exc), _now_iso()
+            return self.tracker.on_failure(now(), str(exc))
+        previous = self.tracker.last_fp
+        step = self.tracker.on_observation(now(), obs)
+        current = self.tracker.last_fp
+        self.status.fingerprint = current
+        if current != previous:
+            self._log.info(
+                "fingerprint_changed",
+                fingerprint=current,
+                previous=previous,
+                flags=[f.kind for f in obs.flags],
+            )
+        if self.tracker.phase is Phase.CONVERGING or current != previous:
+            self._log.info(
+                "poll",
+                fingerprint=current,
+                seen=self.tracker.seen,
+                phase=step.phase.value,
+                waiting_on=list(step.waiting_on),
+            )
+        else:
+            self._log.debug("poll", fingerprint=current)
+        return step
+
+    def _adjust(self, obs: Observation) -> Observation:
+        """Flags depend on whether the NIC is still attached here."""
+        if self.present:
+            return obs
+        flags = tuple(f for f in obs.flags if f.kind != "not-listed")
+        if obs.state is not None:
+            # Detached locally but still listed upstream: the detach is propagating.
+            flags += (RedFlag("still-listed", "NIC is gone but the metadata still lists it"),)
+        return Observation(obs.mac, obs.state, flags, obs.probe)
+
+    async def _handle(self, step: Step) -> None:
+        if step.warning:
+            self._log.warning("deadline_passed", detail=step.warning)
+        if step.accept:
+            self.forced = step.warning is not None or (
+                self.forced and step.phase is not Phase.CONVERGED
+            )
+            if self._desired is _UNSET or fp.fingerprint(step.state) != fp.fingerprint(
+                self._desired
+            ):
+                self._log.info(
+                    "accepted",
+                    fingerprint=fp.fingerprint(step.state),
+                    phase=step.phase.value,
+                    waiting_on=list(step.waiting_on),
+                )
+                self._desired = step.state
+                self._synced = False
+        if not self._synced:
+            await self._sync()
+
+    async def _sync(self) -> None:
+        """Make disk and network stack match the accepted state; retried until it works."""
+        state = self._desired
+        try:
+            if state is None and not self.present:
+                if fs.remove_file(self.ctx.output_dir, self.filename):
+                    self._log.info("removed", file=self.filename)
+                    await self._apply()
+                self.status.managed = "removed"
+                self.removed = True
+            elif state is None:
+                # The metadata does not know this MAC: not ours to manage (file kept as is).
+                self.status.managed = "unknown to metadata"
+            elif state.primary and not self.ctx.manage_primary:
+                self.status.managed = "primary (manage_primary = false)"
+            else:
+                text = self.ctx.renderer.render(state)
+                if fs.write_if_changed(self.ctx.output_dir, self.filename, text):
+                    self.status.last_change = _now_iso()
+                    self._log.info(
+                        "rendered", file=self.filename, fingerprint=fp.fingerprint(state)
+                    )
+                    if self.present:
+                        await self._apply()
+                else:
+                    self._log.debug("unchanged", file=self.filename)
+                self.status.managed = "managed"
+                self.status.rendered_fingerprint = fp.fingerprint(state)
+        except (OSError, UnsafePathError, ApplyError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            event = "apply_failed" if isinstance(exc, ApplyError) else "write_failed"
+            self._log.error(event, error=reason, file=self.filename)
+            self.status.last_error, self.status.last_error_at = reason, _now_iso()
+            self._synced = False
+            return
+        self._synced = True
+        self._retry = self.ctx.policy.initial_interval
+
+    async def _apply(self) -> None:
+        if self.ctx.applier is None:
+            return
+        await self.ctx.applier.apply(self.ifname)
+        self._log.info("applied", file=self.filename)
+
+    def _save_status(self, step: Step) -> None:
+        self.status.phase = "removed" if self.removed else step.phase.value
+        if self.forced and not self.removed:
+            self.status.phase = "deadline"
+        self.status.waiting_on = list(step.waiting_on)
+        try:
+            self.ctx.status.save(self.status)
+        except OSError as exc:
+            self._log.warning("status_write_failed", error=exc.strerror)

@@ -1,0 +1,190 @@
+"""NicState -> one netplan YAML drop-in per NIC.
+
+Why the output looks the way it does:
+
+* One ``ethernets`` entry per file, matched by MAC only and never renamed (``set-name``):
+  hot-plugged NICs get unpredictable names, the MAC is what the metadata and our file name
+  key on, and renaming would fight udev and other tools.
+
+* The primary private IPv4 comes from DHCP (``dhcp4: true``); secondary IPv4s and the IPv6
+  addresses are static because EC2's DHCP hands out only one address of each family.
+
+* Non-primary NICs get source-based policy routing: a reply must leave by the NIC whose
+  address it carries, or the VPC's source/destination check drops it. Each NIC owns table
+  T = 10000 + 100*network_card + device_number, looked up by rules of the same priority.
+  The numbering is amazon-ec2-net-utils' so a host migrating from it (or a runbook, alert or
+  firewall written for it) sees the same ``ip rule`` / ``ip route show table`` layout; it
+  also stays clear of cloud-init's tables (100 + index), of 253-255, and, with priorities
+  10000+, runs after the ``local`` rule (0) and before ``main`` (32766).
+
+* Non-primary NICs also get a higher DHCP route metric (512 + ...) so that their default
+  route in the main table never wins over the primary's: traffic not bound to a secondary
+  address keeps leaving by the primary NIC, as on a freshly booted instance.
+
+* The primary NIC (rendered only when the operator asks for it) gets no policy rules and
+  normal metrics: its addresses already use the main table, and rules for it would capture
+  traffic from local bridges (Docker) that routes through the primary today
+  (amazon-ec2-net-utils #97).
+
+* Delegated prefixes (EC2 prefix delegation, ``ipv4_prefixes`` / ``ipv6_prefixes``) are
+  routed to the NIC by the VPC but are not addresses of it: they are usually handed to
+  containers or a local service behind the NIC. We do not assign them; we add one rule
+  ``from <prefix> lookup T`` each, so replies sourced from anything in a prefix leave by the
+  NIC the VPC routes that prefix to, exactly like replies from the NIC's own addresses.
+
+* IPv6 default route in table T. EC2 announces its IPv6 router only by router
+  advertisement. netplan's ``ra-overrides: {table: T}`` would put RA routes in T, but it
+  exists only since netplan 1.1 (canonical/netplan PR #461); netplan 0.106 (Debian 12)
+  rejects it as an unknown key. We therefore add the NIC's IPv6 subnet routes to T, which
+  makes on-subnet replies symmetric. Off-subnet IPv6 replies find no route in T, fall
+  through to the main table and may leave by another NIC's RA default route. The router's
+  link-local address is not in the metadata, so a static ``::/0 via`` route cannot be
+  written either. The IPv6 subnet route carries no ``scope``: netplan documents ``scope``
+  as IPv4-only, and systemd-networkd logs "Scope= is specified for IPv6 route. It will be
+  ignored." for it.
+
+* ``renderer:`` is set on our ethernet definition, not in the ``network:`` block. In the
+  network block it is a global scalar, and netplan merges files in lexical order: our
+  ``90-`` file would switch every interface configured by other files (cloud-init's
+  ``50-cloud-init.yaml``, a desktop's ``01-network-manager-all.yaml``) to our backend.
+  ``netplan generate`` confirms this on 0.106; a per-definition ``renderer`` touches
+  only our NIC.
+
+* With ``backend="NetworkManager"``, netplan 0.106 silently drops every ``routing-policy``
+  entry from the keyfile it generates (NetworkManager support for it came with
+  canonical/netplan PR #526, LP: #2086544), so on such hosts policy routing is missing.
+  We still emit the rules, with the priority NetworkManager requires, so that newer
+  netplan renders them; on NetworkManager hosts with older netplan use the
+  ``networkmanager`` renderer, which writes ``routing-rule`` entries itself.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any, ClassVar, Final, Literal, TypeVar, get_args
+
+import yaml
+
+from nicreconciled.model import NicState, mac_to_key
+
+Backend = Literal["networkd", "NetworkManager"]
+_T = TypeVar("_T")
+_BACKENDS: Final[tuple[str, ...]] = get_args(Backend)
+
+_HEADER: Final = "# Written by nicreconciled for {mac}; do not edit (rewritten on change).\n"
+
+#: Where the default route of a non-primary NIC lives, in netplan's spelling.
+_IPV4_DEFAULT: Final = "0.0.0.0/0"
+
+
+class NetplanRenderer:
+    """Renders one NIC as a netplan drop-in for ``/run/netplan`` (or ``/etc/netplan``)."""
+
+    name: ClassVar[str] = "netplan"
+    # The 90- prefix sorts after cloud-init's 50-cloud-init.yaml, so where a key is set in
+    # both (it should not be: our definition ID is our own) ours is read last.
+    prefix: ClassVar[str] = "90-nicreconciled-"
+    suffix: ClassVar[str] = ".yaml"
+
+    def __init__(self, backend: Backend = "networkd") -> None:
+        # Checked at run time too: the value may come from a configuration file.
+        if backend not in _BACKENDS:
+            raise ValueError(f"netplan backend must be one of {_BACKENDS}, not {backend!r}")
+        self.backend: Backend = backend
+
+    def filename(self, mac: str) -> str:
+        """``90-nicreconciled-0a1b2c3d4e5f.yaml``; ValueError if MAC is not a MAC."""
+        return f"{self.prefix}{mac_to_key(mac)}{self.suffix}"
+
+    def render(self, state: NicState) -> str:
+        document = {
+            "network": {
+                "version": 2,
+                "ethernets": {f"nicr-{state.key}": self._ethernet(state)},
+            }
+        }
+        body = yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
+        return _HEADER.format(mac=state.mac) + body
+
+    def _ethernet(self, state: NicState) -> dict[str, Any]:
+        ipv4 = _unique(state.ipv4_addresses)
+        ipv6 = _unique(state.ipv6_addresses)
+        policy = not state.primary
+        metric = {"route-metric": state.route_metric}
+
+        eth: dict[str, Any] = {
+            "match": {"macaddress": state.mac},
+            "renderer": self.backend,
+            "dhcp4": True,
+        }
+        if policy:
+            eth["dhcp4-overrides"] = dict(metric)
+        if ipv6:
+            eth["dhcp6"] = True
+            if policy:
+                # networkd needs identical dhcp4/dhcp6 overrides (one [DHCP] section).
+                eth["dhcp6-overrides"] = dict(metric)
+            eth["accept-ra"] = True
+        else:
+            eth["dhcp6"] = False
+
+        addresses = [_ipv4_cidr(state, a) for a in ipv4[1:]]
+        addresses += [_ipv6_cidr(state, a) for a in ipv6]
+        if addresses:
+            eth["addresses"] = addresses
+
+        if policy:
+            routes = _policy_routes(state, route_ipv6=bool(ipv6 or state.ipv6_prefixes))
+            if routes:
+                eth["routes"] = routes
+            rules = _policy_rules(state, ipv4, ipv6)
+            if rules:
+                eth["routing-policy"] = rules
+        return eth
+
+
+def _unique(items: tuple[_T, ...]) -> list[_T]:
+    """Drop repeats, keep the metadata's order (the first IPv4 is the DHCP one)."""
+    return list(dict.fromkeys(items))
+
+
+def _ipv4_cidr(state: NicState, address: IPv4Address) -> str:
+    # All of an ENI's addresses are in its subnet; /32 when the subnet is not known (or,
+    # defensively, does not contain the address) still adds the address without claiming
+    # a wrong on-link range.
+    subnet = state.ipv4_subnet
+    prefixlen = subnet.prefixlen if subnet is not None and address in subnet else 32
+    return f"{address}/{prefixlen}"
+
+
+def _ipv6_cidr(state: NicState, address: IPv6Address) -> str:
+    for subnet in state.ipv6_subnets:
+        if address in subnet:
+            return f"{address}/{subnet.prefixlen}"
+    return f"{address}/128"
+
+
+def _policy_routes(state: NicState, *, route_ipv6: bool) -> list[dict[str, Any]]:
+    """The routes of table T: what a reply sourced from this NIC may use."""
+    table = state.route_table
+    routes: list[dict[str, Any]] = []
+    if state.ipv4_subnet is not None:
+        routes.append({"to": str(state.ipv4_subnet), "scope": "link", "table": table})
+    if state.ipv4_gateway is not None:
+        routes.append({"to": _IPV4_DEFAULT, "via": str(state.ipv4_gateway), "table": table})
+    if route_ipv6:
+        # Stand-in for the RA default route netplan 0.106 cannot put in T (module docstring).
+        routes.extend({"to": str(subnet), "table": table} for subnet in state.ipv6_subnets)
+    return routes
+
+
+def _policy_rules(
+    state: NicState, ipv4: list[IPv4Address], ipv6: list[IPv6Address]
+) -> list[dict[str, Any]]:
+    """One ``from X lookup T`` rule per source this NIC answers for."""
+    sources = [f"{a}/32" for a in ipv4]
+    sources += [f"{a}/128" for a in ipv6]
+    sources += [str(p) for p in _unique(state.ipv4_prefixes)]
+    sources += [str(p) for p in _unique(state.ipv6_prefixes)]
+    table, priority = state.route_table, state.rule_priority
+    return [{"from": s, "table": table, "priority": priority} for s in sources]

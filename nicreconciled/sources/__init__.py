@@ -1,0 +1,76 @@
+"""Metadata sources: the Source protocol, the registry, and cloud selection."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import structlog
+
+from nicreconciled.model import Cloud, Observation
+
+if TYPE_CHECKING:
+    from nicreconciled.config import Config
+    from nicreconciled.sources.http import HttpClient
+
+log = structlog.get_logger(__name__)
+
+
+class Source(Protocol):
+    """Where NIC metadata comes from. Sources fetch and parse; they never render or write.
+
+    Every method raises FetchError when the service gives no usable answer and
+    MetadataError when it answers garbage; neither may be mistaken for "absent".
+    """
+
+    name: Cloud
+
+    async def detect(self) -> bool:
+        """Cheap check: is this the cloud we run on? Never raises."""
+        ...
+
+    async def fetch(self, mac: str) -> Observation:
+        """A complete, parsed view of one MAC (state None when the metadata lacks the MAC)."""
+        ...
+
+    async def probe(self, keys: Sequence[str]) -> dict[str, str | None]:
+        """Raw answers (None = absent) for the keys a red flag waits on; one request each."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def make_source(cloud: Cloud, config: Config, http: HttpClient) -> Source:
+    """The registry: one line per cloud."""
+    if cloud == "ec2":
+        from nicreconciled.sources.ec2 import Ec2Source
+
+        return Ec2Source(config.ec2, http)
+    raise ValueError(f"unsupported cloud {cloud!r}")
+
+
+#: The order in which ``cloud = "auto"`` probes.
+AUTO_ORDER: tuple[Cloud, ...] = ("ec2",)
+
+
+async def select_source(config: Config, http: HttpClient, *, max_wait: float = 60.0) -> Source:
+    """The configured source, or (auto) the first that detects its cloud.
+
+    Auto detection never gives up: with no cloud answering (a metadata service that is still
+    coming up), it logs and retries with jittered backoff up to MAX_WAIT between rounds.
+    """
+    if config.cloud != "auto":
+        return make_source(config.cloud, config, http)
+    delay = 0.5
+    while True:
+        for cloud in AUTO_ORDER:
+            source = make_source(cloud, config, http)
+            if await source.detect():
+                log.info("cloud_detected", cloud=cloud)
+                return source
+            await source.close()
+        log.warning("no_cloud_detected", tried=list(AUTO_ORDER), retry_in=round(delay, 1))
+        await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+        delay = min(delay * 2, max_wait)

@@ -1,0 +1,213 @@
+"""The one HTTP chokepoint: a single aiohttp session with timeouts, limits and a rate cap.
+
+Every metadata request of every source goes through ``HttpClient.request``. It turns every
+way a request can fail without a usable answer (no connection, timeout, reset, truncated
+body, throttling, server error) into ``FetchError`` with a one-line reason, so callers never
+confuse a failure with an empty answer. Statuses the caller must interpret (200, 401, 404,
+...) are returned as an ``Answer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from nicreconciled.errors import FetchError, MetadataError
+
+DEFAULT_MAX_BODY = 256 * 1024
+DEFAULT_CONCURRENCY = 8
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: str
+
+
+class TransportError(FetchError):
+    """No HTTP answer at all: cannot connect, timeout, reset, truncated body.
+
+    Distinguished from an HTTP error status so a caller can try another endpoint: a server
+    that answered 503 is reachable, one that refused the connection may not be.
+    """
+
+
+class StatusError(FetchError):
+    """The server answered with a status that means "try again later" (429, 5xx)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TokenBucket:
+    """Requests per second with a small burst, shared by every caller.
+
+    Waiters are served in arrival order (the lock is held while sleeping for a token), so a
+    storm of NICs attaching at once queues up instead of exceeding the rate.
+    """
+
+    def __init__(
+        self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = rate
+        self.burst = max(1.0, burst)
+        self._clock = clock
+        self._tokens = self.burst
+        self._stamp = clock()
+        self._lock = asyncio.Lock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            self._refill()
+            while self._tokens < 1.0:
+                await asyncio.sleep((1.0 - self._tokens) / self.rate)
+                self._refill()
+            self._tokens -= 1.0
+
+
+def _path(url: str) -> str:
+    return urlsplit(url).path or "/"
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, single-line reason for a transport failure."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect ({exc.os_error.strerror or type(exc.os_error).__name__})"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "connection closed by server"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "truncated or malformed body"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:120] if text else type(exc).__name__
+
+
+class HttpClient:
+    """One lazily created aiohttp session; see the module docstring.
+
+    ``timeout`` bounds each request from the moment it is sent to the last body byte (time
+    spent queued for the rate limit or a concurrency slot does not count).
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 2.0,
+        rate: float = 100.0,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        max_body: int = DEFAULT_MAX_BODY,
+    ) -> None:
+        if timeout <= 0 or concurrency < 1 or max_body < 1:
+            raise ValueError("timeout, concurrency and max_body must be positive")
+        self.timeout = timeout
+        self.max_body = max_body
+        self.concurrency = concurrency
+        self.requests_sent = 0
+        self._rate = rate
+        self._bucket: TokenBucket | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_polling(cls, request_rate: float, request_timeout: float) -> HttpClient:
+        """Build from PollingConfig values (request_rate, request_timeout)."""
+        return cls(timeout=request_timeout, rate=request_rate)
+
+    def _ensure(self) -> aiohttp.ClientSession:
+        # Created here, not in __init__: the session, the semaphore and the lock must belong
+        # to the running loop.
+        if self._session is None or self._session.closed:
+            self._bucket = TokenBucket(self._rate, self._rate / 10)
+            self._slots = asyncio.Semaphore(self.concurrency)
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.concurrency, use_dns_cache=False),
+                # The daemon talks to the configured endpoint only: no proxy from the
+                # environment, no netrc, no redirects, no compression games.
+                trust_env=False,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                auto_decompress=False,
+                skip_auto_headers=("Accept-Encoding", "User-Agent"),
+                headers={"User-Agent": "nicreconciled"},
+            )
+        return self._session
+
+    async def request(
+        self, method: str, url: str, headers: Mapping[str, str] | None = None
+    ) -> Answer:
+        session = self._ensure()
+        assert self._bucket is not None and self._slots is not None
+        async with self._slots:
+            await self._bucket.acquire()
+            self.requests_sent += 1
+            where = f"{method} {_path(url)}"
+            try:
+                async with asyncio.timeout(self.timeout):
+                    return await self._send(session, method, url, headers, where)
+            except (FetchError, MetadataError):
+                raise
+            except TimeoutError:
+                raise TransportError(f"{where}: timeout after {self.timeout:g}s") from None
+            except (aiohttp.ClientError, OSError) as exc:
+                raise TransportError(f"{where}: {_describe(exc)}") from None
+
+    async def _send(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        where: str,
+    ) -> Answer:
+        async with session.request(
+            method, url, headers=dict(headers or {}), allow_redirects=False
+        ) as resp:
+            status = resp.status
+            if status == 429 or status >= 500:
+                resp.close()
+                raise StatusError(f"{where}: HTTP {status}", status)
+            if resp.content_length is not None and resp.content_length > self.max_body:
+                resp.close()
+                raise FetchError(
+                    f"{where}: oversized body ({resp.content_length} > {self.max_body} bytes)"
+                )
+            data = await self._read_limited(resp, where)
+        if status != 200:
+            # Not data: only a hint for logs, so do not be strict about its encoding.
+            return Answer(status, data.decode("utf-8", errors="replace"))
+        try:
+            return Answer(status, data.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise MetadataError(f"{where}: body is not UTF-8") from None
+
+    async def _read_limited(self, resp: aiohttp.ClientResponse, where: str) -> bytes:
+        # Read at most max_body + 1 bytes: one byte more than allowed proves the body is too
+        # big without ever holding more than the limit.
+        chunks: list[bytes] = []
+        size = 0
+        while size <= self.max_body:
+            chunk = await resp.content.read(self.max_body + 1 - size)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+        resp.close()
+        raise FetchError(f"{where}: oversized body (> {self.max_body} bytes)")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

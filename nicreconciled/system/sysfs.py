@@ -1,0 +1,64 @@
+"""Network links present now, and DMI strings, read from an injectable /sys root."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from nicreconciled.model import normalize_mac
+
+ARPHRD_ETHER = 1
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    mac: str
+    ifindex: int
+    #: Under /sys/devices/virtual: veth, bridge, bond, ... (never a cloud NIC).
+    virtual: bool
+    ethernet: bool
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def read_link(name: str, root: Path = Path("/sys")) -> Link | None:
+    """The link called NAME, or None if it vanished or has no usable MAC."""
+    if not name or "/" in name or name in (".", ".."):
+        return None
+    base = root / "class" / "net" / name
+    address = _read(base / "address")
+    ifindex = _read(base / "ifindex")
+    kind = _read(base / "type")
+    if address is None or ifindex is None:
+        return None
+    try:
+        mac = normalize_mac(address)
+        index = int(ifindex)
+    except ValueError:
+        return None  # loopback/tunnels have no 6-byte MAC
+    if mac == "00:00:00:00:00:00":
+        return None
+    real = os.path.realpath(base)
+    virtual = "/devices/virtual/" in real
+    return Link(name, mac, index, virtual, kind == str(ARPHRD_ETHER))
+
+
+def list_links(root: Path = Path("/sys")) -> list[Link]:
+    try:
+        names = sorted(os.listdir(root / "class" / "net"))
+    except OSError:
+        return []
+    links = (read_link(n, root) for n in names)
+    return [link for link in links if link is not None]
+
+
+def dmi(field: str, root: Path = Path("/sys")) -> str | None:
+    """A DMI string such as sys_vendor or product_name; None when unreadable."""
+    return _read(root / "class" / "dmi" / "id" / field)
