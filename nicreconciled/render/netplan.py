@@ -6,8 +6,10 @@ Why the output looks the way it does:
   hot-plugged NICs get unpredictable names, the MAC is what the metadata and our file name
   key on, and renaming would fight udev and other tools.
 
-* The primary private IPv4 comes from DHCP (``dhcp4: true``); secondary IPv4s and the IPv6
-  addresses are static because EC2's DHCP hands out only one address of each family.
+* The primary private IPv4 comes from DHCP (``dhcp4: true``); secondary IPv4s are static
+  because EC2's DHCPv4 hands out only the primary. IPv6 addresses are written statically too
+  (DHCPv6 and RAs stay on), so every address the metadata lists is configured whatever the
+  DHCPv6 server offers.
 
 * Non-primary NICs get source-based policy routing: a reply must leave by the NIC whose
   address it carries, or the VPC's source/destination check drops it. Each NIC owns table
@@ -17,9 +19,11 @@ Why the output looks the way it does:
   also stays clear of cloud-init's tables (100 + index), of 253-255, and, with priorities
   10000+, runs after the ``local`` rule (0) and before ``main`` (32766).
 
-* Non-primary NICs also get a higher DHCP route metric (512 + ...) so that their default
-  route in the main table never wins over the primary's: traffic not bound to a secondary
-  address keeps leaving by the primary NIC, as on a freshly booted instance.
+* Non-primary NICs also get a higher DHCP route metric (512 + ..., netplan's default is 100)
+  so that their DHCP default route in the main table never wins over the primary's: traffic
+  not bound to a secondary address keeps leaving by the primary NIC, as on a freshly booted
+  instance. netplan 0.106 writes the metric once, to networkd's legacy ``[DHCP]`` section,
+  which is why it insists on identical dhcp4/dhcp6 overrides.
 
 * The primary NIC (rendered only when the operator asks for it) gets no policy rules and
   normal metrics: its addresses already use the main table, and rules for it would capture
@@ -39,9 +43,9 @@ Why the output looks the way it does:
   makes on-subnet replies symmetric. Off-subnet IPv6 replies find no route in T, fall
   through to the main table and may leave by another NIC's RA default route. The router's
   link-local address is not in the metadata, so a static ``::/0 via`` route cannot be
-  written either. The IPv6 subnet route carries no ``scope``: netplan documents ``scope``
-  as IPv4-only, and systemd-networkd logs "Scope= is specified for IPv6 route. It will be
-  ignored." for it.
+  written either. We write the IPv6 subnet route without ``scope``, which netplan documents
+  as IPv4-only; netplan 0.106 still emits ``Scope=link`` for every gateway-less route, and
+  systemd-networkd drops it for IPv6 with a warning and installs the route as intended.
 
 * ``renderer:`` is set on our ethernet definition, not in the ``network:`` block. In the
   network block it is a global scalar, and netplan merges files in lexical order: our
@@ -73,7 +77,8 @@ _BACKENDS: Final[tuple[str, ...]] = get_args(Backend)
 
 _HEADER: Final = "# Written by nicreconciled for {mac}; do not edit (rewritten on change).\n"
 
-#: Where the default route of a non-primary NIC lives, in netplan's spelling.
+#: The IPv4 default destination spelled as a prefix: netplan 0.99 (Ubuntu 20.04) does not
+#: know ``to: default``.
 _IPV4_DEFAULT: Final = "0.0.0.0/0"
 
 
@@ -134,6 +139,7 @@ class NetplanRenderer:
             eth["addresses"] = addresses
 
         if policy:
+            # IPv6 routes in T matter whenever some IPv6 source is steered into T.
             routes = _policy_routes(state, route_ipv6=bool(ipv6 or state.ipv6_prefixes))
             if routes:
                 eth["routes"] = routes

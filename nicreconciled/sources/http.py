@@ -127,10 +127,15 @@ class HttpClient:
         """Build from PollingConfig values (request_rate, request_timeout)."""
         return cls(timeout=request_timeout, rate=request_rate)
 
-    def _ensure(self) -> aiohttp.ClientSession:
-        # Created here, not in __init__: the session, the semaphore and the lock must belong
-        # to the running loop.
-        if self._session is None or self._session.closed:
+    def _ensure(self) -> tuple[aiohttp.ClientSession, TokenBucket, asyncio.Semaphore]:
+        # Created here, not in __init__: the session, the semaphore and the bucket's lock
+        # must belong to the running loop.
+        if (
+            self._session is None
+            or self._session.closed
+            or self._bucket is None
+            or self._slots is None
+        ):
             self._bucket = TokenBucket(self._rate, self._rate / 10)
             self._slots = asyncio.Semaphore(self.concurrency)
             self._session = aiohttp.ClientSession(
@@ -143,15 +148,14 @@ class HttpClient:
                 skip_auto_headers=("Accept-Encoding", "User-Agent"),
                 headers={"User-Agent": "nicreconciled"},
             )
-        return self._session
+        return self._session, self._bucket, self._slots
 
     async def request(
         self, method: str, url: str, headers: Mapping[str, str] | None = None
     ) -> Answer:
-        session = self._ensure()
-        assert self._bucket is not None and self._slots is not None
-        async with self._slots:
-            await self._bucket.acquire()
+        session, bucket, slots = self._ensure()
+        async with slots:
+            await bucket.acquire()
             self.requests_sent += 1
             where = f"{method} {_path(url)}"
             try:

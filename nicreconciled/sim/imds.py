@@ -1,0 +1,446 @@
+"""An IMDSv2 simulator with scripted, time-dependent NICs and injectable faults.
+
+It follows the IMDSv2 rules the daemon depends on (token PUT with a TTL header, 401 without
+a valid token, 404 for missing keys, text/plain bodies, directory listings ending
+subdirectories with '/') and reproduces the propagation races of a real attach: every NIC
+key can be scheduled to change, vanish or answer 404 while still listed, at a given number
+of seconds after the NIC was added.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import socket
+import struct
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from nicreconciled.model import Mac, normalize_mac
+
+FAULTS = (
+    "none",
+    "5xx",
+    "hang",
+    "reset",
+    "slow",
+    "oversize",
+    "401",
+    "token-fail",
+    "invalidate-tokens",
+)
+#: Schedule (or raw) value meaning "listed in the directory, but the key answers 404".
+LISTED_404 = "__404__"
+MAX_TTL = 21600
+OVERSIZE_BYTES = 10 * 1024 * 1024
+MACS_DIR = "meta-data/network/interfaces/macs/"
+LOG_LIMIT = 100_000
+
+#: NicSpec field -> the IMDS key it feeds.
+FIELD_KEYS = {
+    "device_number": "device-number",
+    "network_card": "network-card",
+    "interface_id": "interface-id",
+    "local_ipv4s": "local-ipv4s",
+    "subnet_ipv4_cidr": "subnet-ipv4-cidr-block",
+    "ipv6s": "ipv6s",
+    "subnet_ipv6_cidrs": "subnet-ipv6-cidr-blocks",
+    "ipv4_prefixes": "ipv4-prefix",
+    "ipv6_prefixes": "ipv6-prefix",
+    "subnet_id": "subnet-id",
+    "vpc_id": "vpc-id",
+}
+_TTL = re.compile(r"[0-9]{1,6}")
+
+
+class NicSpec(BaseModel):
+    """One scripted NIC. Values are served as given (garbage included), lists joined by '\\n'.
+
+    ``schedule`` maps an IMDS key to ``[[t, text_or_null], ...]``: from ``t`` seconds after the
+    NIC was added (after the PATCH, for a PATCHed schedule) the key serves ``text``; null
+    removes it from the listing and "__404__" keeps it listed but answering 404.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    mac: Mac
+    device_number: int | None = 1
+    network_card: int | None = None
+    interface_id: str | None = None
+    local_ipv4s: list[str] = Field(default_factory=list)
+    subnet_ipv4_cidr: str | None = None
+    ipv6s: list[str] = Field(default_factory=list)
+    subnet_ipv6_cidrs: list[str] = Field(default_factory=list)
+    ipv4_prefixes: list[str] = Field(default_factory=list)
+    ipv6_prefixes: list[str] = Field(default_factory=list)
+    subnet_id: str | None = None
+    vpc_id: str | None = None
+    schedule: dict[str, list[tuple[float, str | None]]] = Field(default_factory=dict)
+    listed_404: list[str] = Field(default_factory=list)
+
+    def base_values(self) -> dict[str, str | None]:
+        """Key -> served text before any schedule applies (None = not listed)."""
+        hexmac = self.mac.replace(":", "")
+
+        def joined(items: list[str]) -> str | None:
+            return "\n".join(items) if items else None
+
+        values: dict[str, str | None] = {
+            "device-number": None if self.device_number is None else str(self.device_number),
+            "network-card": None if self.network_card is None else str(self.network_card),
+            "interface-id": self.interface_id or f"eni-0{hexmac}abcd",
+            "local-ipv4s": joined(self.local_ipv4s),
+            "subnet-ipv4-cidr-block": self.subnet_ipv4_cidr,
+            "ipv6s": joined(self.ipv6s),
+            "subnet-ipv6-cidr-blocks": joined(self.subnet_ipv6_cidrs),
+            "ipv4-prefix": joined(self.ipv4_prefixes),
+            "ipv6-prefix": joined(self.ipv6_prefixes),
+            "mac": self.mac,
+            "subnet-id": self.subnet_id or f"subnet-0{hexmac[-8:]}",
+            "vpc-id": self.vpc_id or "vpc-0a1b2c3d4e5f60718",
+        }
+        values.update(dict.fromkeys(self.listed_404, LISTED_404))
+        return values
+
+
+@dataclass
+class _Nic:
+    spec: NicSpec
+    #: key -> [(absolute monotonic time, text)], sorted by time.
+    schedule: dict[str, list[tuple[float, str | None]]] = field(default_factory=dict)
+
+    def values(self, now: float) -> dict[str, str | None]:
+        values = self.spec.base_values()
+        for key, entries in self.schedule.items():
+            for when, text in entries:
+                if when <= now:
+                    values[key] = text
+        return {k: v for k, v in values.items() if v is not None}
+
+
+class ImdsSim:
+    """Simulator state plus its aiohttp application; drive it in-process or over control."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        instance_id: str = "i-0123456789abcdef0",
+        slow_seconds: float = 5.0,
+    ) -> None:
+        self.clock = clock
+        self.instance_id = instance_id
+        self.slow_seconds = slow_seconds
+        self.primary: str | None = None
+        self.fault = "none"
+        self.fault_until: float | None = None
+        self._nics: dict[str, _Nic] = {}
+        self._raw: dict[str, str] = {}
+        self._tokens: dict[str, float] = {}
+        self._wake: asyncio.Event | None = None
+        self._runner: web.AppRunner | None = None
+        #: Base URL once start() has run.
+        self.url = ""
+        self.reset_stats()
+
+    # --- state (in-process API; the control socket calls the same methods) --------------
+
+    def nics(self) -> list[NicSpec]:
+        return [nic.spec for nic in self._nics.values()]
+
+    def add_nic(self, spec: NicSpec | Mapping[str, Any]) -> NicSpec:
+        """Add a NIC; its schedule counts from now. The first NIC becomes the primary."""
+        spec = spec if isinstance(spec, NicSpec) else NicSpec.model_validate(spec)
+        if spec.mac in self._nics:
+            raise ValueError(f"NIC {spec.mac} exists")
+        nic = _Nic(spec)
+        self._schedule(nic, spec.schedule)
+        self._nics[spec.mac] = nic
+        if self.primary is None:
+            self.primary = spec.mac
+        return spec
+
+    def update_nic(self, mac: str, changes: Mapping[str, Any]) -> NicSpec:
+        """Change fields; a changed field's pending schedule is dropped, a new schedule's
+        times count from now. Raises KeyError for an unknown MAC, ValueError for bad fields."""
+        nic = self._nics[normalize_mac(mac)]
+        if "mac" in changes and normalize_mac(str(changes["mac"])) != nic.spec.mac:
+            raise ValueError("the MAC of a NIC cannot change")
+        # Validate everything before changing anything.
+        patch = NicSpec.model_validate(
+            {"mac": nic.spec.mac, "schedule": changes.get("schedule", {})}
+        )
+        merged = {**nic.spec.model_dump(), **changes}
+        merged["schedule"] = {**nic.spec.schedule, **patch.schedule}
+        spec = NicSpec.model_validate(merged)
+        for name, key in FIELD_KEYS.items():
+            if name in changes:
+                nic.schedule.pop(key, None)
+        if "listed_404" in changes:
+            for key in set(nic.spec.listed_404) | set(spec.listed_404):
+                nic.schedule.pop(key, None)
+        nic.spec = spec
+        self._schedule(nic, patch.schedule)
+        return spec
+
+    def _schedule(self, nic: _Nic, schedule: Mapping[str, list[tuple[float, str | None]]]) -> None:
+        now = self.clock()
+        for key, entries in schedule.items():
+            nic.schedule[key] = sorted(((now + t, text) for t, text in entries), key=lambda e: e[0])
+
+    def remove_nic(self, mac: str) -> None:
+        del self._nics[normalize_mac(mac)]
+
+    def set_primary(self, mac: str) -> None:
+        self.primary = normalize_mac(mac)
+
+    def set_raw(self, path: str, text: str | None) -> None:
+        """Serve TEXT (or, for "__404__", a 404) at PATH under /latest/; None removes it."""
+        path = path.removeprefix("/").removeprefix("latest/")
+        if text is None:
+            self._raw.pop(path, None)
+        else:
+            self._raw[path] = text
+
+    def set_fault(self, mode: str, duration: float | None = None) -> None:
+        """Inject a fault for DURATION seconds (None: until changed).
+
+        "invalidate-tokens" is one-shot: it revokes every token and leaves the mode alone.
+        """
+        if mode not in FAULTS:
+            raise ValueError(f"unknown fault {mode!r}; one of {', '.join(FAULTS)}")
+        if duration is not None and duration <= 0:
+            raise ValueError("duration must be positive")
+        if mode == "invalidate-tokens":
+            self._tokens.clear()
+            return
+        self.fault = mode
+        self.fault_until = None if duration is None else self.clock() + duration
+        self.wake()
+
+    def active_fault(self) -> str:
+        if self.fault_until is not None and self.clock() >= self.fault_until:
+            self.fault, self.fault_until = "none", None
+        return self.fault
+
+    def load_scenario(self, data: Mapping[str, Any]) -> None:
+        """{"nics": [spec, ...], "primary": mac, "raw": {path: text}, "fault": {mode, duration}}"""
+        for spec in data.get("nics", []):
+            self.add_nic(spec)
+        if data.get("primary"):
+            self.set_primary(str(data["primary"]))
+        for path, text in dict(data.get("raw", {})).items():
+            self.set_raw(path, text)
+        if data.get("fault"):
+            self.set_fault(data["fault"]["mode"], data["fault"].get("duration"))
+
+    def wake(self) -> None:
+        """Release every hanging request (fault changed, or shutting down)."""
+        if self._wake is not None:
+            self._wake.set()
+            self._wake = None
+
+    # --- statistics ---------------------------------------------------------------------
+
+    def reset_stats(self) -> None:
+        self.requests = 0
+        self.by_status: Counter[int] = Counter()
+        self.by_method: Counter[str] = Counter()
+        self.log: deque[tuple[float, str, str, int]] = deque(maxlen=LOG_LIMIT)
+
+    def stats(self, include_log: bool = True) -> dict[str, Any]:
+        """Status 0 in the log means the connection was dropped without an answer."""
+        out: dict[str, Any] = {
+            "requests": self.requests,
+            "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
+            "by_method": dict(self.by_method),
+        }
+        if include_log:
+            out["log"] = [{"t": t, "method": m, "path": p, "status": s} for t, m, p, s in self.log]
+        return out
+
+    def _record(self, method: str, path: str, status: int) -> None:
+        self.requests += 1
+        self.by_status[status] += 1
+        self.by_method[method] += 1
+        self.log.append((self.clock(), method, path, status))
+
+    # --- serving ------------------------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    async def _on_shutdown(self, _app: web.Application) -> None:
+        self.wake()
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve on HOST:PORT (0 = any free port); returns the base URL."""
+        self._runner = web.AppRunner(self.make_app(), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+        self.url = url_of(self._runner)
+        return self.url
+
+    async def stop(self) -> None:
+        self.wake()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        status = 0
+        try:
+            response = await self._answer(request)
+            if response is None:
+                # The connection is closed: aiohttp has nowhere to write this.
+                return web.Response(status=204)
+            status = response.status
+            return response
+        finally:
+            # Status 0: dropped without an answer (or the handler failed).
+            self._record(request.method, request.path, status)
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse | None:
+        fault = self.active_fault()
+        if fault == "5xx":
+            return web.Response(status=503, text="Service Unavailable")
+        if fault == "hang":
+            await self._hang()
+            self._drop(request)
+            return None
+        if fault == "reset":
+            self._drop(request, rst=True)
+            return None
+        if fault == "oversize":
+            return await self._stream(request, b"x" * OVERSIZE_BYTES, chunked=True)
+        status, body, headers = self._route(request, fault)
+        if fault == "slow":
+            return await self._stream(request, body.encode(), status=status, headers=headers)
+        return web.Response(status=status, text=body, content_type="text/plain", headers=headers)
+
+    def _route(self, request: web.Request, fault: str) -> tuple[int, str, dict[str, str]]:
+        path = request.path
+        if request.method == "PUT" and path == "/latest/api/token":
+            if fault == "token-fail":
+                return 403, "Forbidden", {}
+            ttl = request.headers.get("X-aws-ec2-metadata-token-ttl-seconds", "")
+            if not _TTL.fullmatch(ttl) or not 1 <= int(ttl) <= MAX_TTL:
+                return 400, "Bad Request", {}
+            now = self.clock()
+            self._tokens = {t: exp for t, exp in self._tokens.items() if exp > now}
+            token = secrets.token_urlsafe(42)
+            self._tokens[token] = now + int(ttl)
+            return 200, token, {"X-aws-ec2-metadata-token-ttl-seconds": ttl}
+        if not path.startswith("/latest/"):
+            return 404, "Not Found", {}
+        if request.method != "GET":
+            return 405, "Method Not Allowed", {}
+        token = request.headers.get("X-aws-ec2-metadata-token", "")
+        if fault == "401" or self._tokens.get(token, 0.0) <= self.clock():
+            return 401, "Unauthorized", {}
+        body = self.lookup(path.removeprefix("/latest/"))
+        if body is None:
+            return 404, "Not Found", {}
+        return 200, body, {}
+
+    def lookup(self, path: str) -> str | None:
+        """The body served at PATH (relative to /latest/), None for 404. Tokens aside."""
+        if path in self._raw:
+            raw = self._raw[path]
+            return None if raw == LISTED_404 else raw
+        parts = [p for p in path.split("/") if p]
+        fixed = {
+            ("meta-data",): "instance-id\nmac\nnetwork/",
+            ("meta-data", "instance-id"): self.instance_id,
+            ("meta-data", "network"): "interfaces/",
+            ("meta-data", "network", "interfaces"): "macs/",
+            ("meta-data", "network", "interfaces", "macs"): "\n".join(
+                f"{mac}/" for mac in self._nics
+            ),
+        }
+        if tuple(parts) in fixed:
+            return fixed[tuple(parts)]
+        if parts == ["meta-data", "mac"]:
+            return self.primary
+        if len(parts) not in (5, 6) or parts[:4] != MACS_DIR.strip("/").split("/"):
+            return None
+        nic = self._nics.get(parts[4])
+        if nic is None:
+            return None
+        values = nic.values(self.clock())
+        if len(parts) == 5:
+            return "\n".join(sorted(values))
+        text = values.get(parts[5])
+        return None if text == LISTED_404 else text
+
+    async def _hang(self) -> None:
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        wake = self._wake
+        remaining = None if self.fault_until is None else self.fault_until - self.clock()
+        try:
+            async with asyncio.timeout(remaining):
+                await wake.wait()
+        except TimeoutError:
+            pass
+
+    @staticmethod
+    def _drop(request: web.Request, rst: bool = False) -> None:
+        transport = request.transport
+        if transport is None:
+            return
+        if rst:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                # Linger 0: closing sends a TCP RST, as a crashing middlebox would.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        else:
+            transport.close()
+
+    async def _stream(
+        self,
+        request: web.Request,
+        body: bytes,
+        *,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+        chunked: bool = False,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_type = "text/plain"
+        if chunked:
+            response.enable_chunked_encoding()
+            piece, pause = 64 * 1024, 0.0
+        else:
+            response.content_length = len(body)
+            # Trickle: about ten pieces spread over slow_seconds.
+            piece, pause = max(1, len(body) // 10), self.slow_seconds / 10
+        try:
+            await response.prepare(request)
+            for start in range(0, len(body), piece):
+                await response.write(body[start : start + piece])
+                await asyncio.sleep(pause)
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client gave up, as it should
+        return response
+
+
+def url_of(runner: web.BaseRunner) -> str:
+    """Base URL of the first TCP address RUNNER listens on."""
+    for address in runner.addresses:
+        if isinstance(address, tuple):
+            host, port = address[0], address[1]
+            return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    raise RuntimeError("runner has no TCP address")

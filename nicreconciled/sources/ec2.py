@@ -1,0 +1,415 @@
+"""EC2 instance metadata (IMDSv2): token handling, per-MAC fetch, and a pure parse_nic().
+
+Metadata for a freshly attached ENI propagates asynchronously: the MAC can be listed while
+its keys still answer 404, ``device-number`` can read 0 for a secondary ENI, and ``ipv6s``
+can appear seconds after the subnet's IPv6 block. parse_nic() builds the best-known state
+and attaches red flags for each of these, naming the keys whose change would end the wait,
+so the reconciler can poll them cheaply instead of refetching everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import TypeVar
+
+import structlog
+from pydantic import ValidationError
+
+from nicreconciled.config import Ec2Config
+from nicreconciled.errors import FetchError, MetadataError
+from nicreconciled.model import (
+    MAX_ADDRESSES,
+    Cloud,
+    NicState,
+    Observation,
+    RedFlag,
+    normalize_mac,
+)
+from nicreconciled.sources.http import Answer, HttpClient, TransportError
+
+_log = structlog.get_logger(__name__)
+
+MACS_DIR = "meta-data/network/interfaces/macs/"
+TOKEN_PATH = "api/token"
+TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
+TOKEN_HEADER = "X-aws-ec2-metadata-token"
+#: detect() must stay cheap: on another cloud the link-local address usually times out.
+DETECT_TIMEOUT = 1.0
+#: Refresh the token this long before it expires (or at half its life for short TTLs).
+TOKEN_REFRESH_MARGIN = 60.0
+
+#: The per-MAC keys we read, in fetch order; only those present in the listing are fetched.
+WANTED = (
+    "device-number",
+    "network-card",
+    "interface-id",
+    "local-ipv4s",
+    "subnet-ipv4-cidr-block",
+    "ipv6s",
+    "subnet-ipv6-cidr-blocks",
+    "ipv4-prefix",
+    "ipv6-prefix",
+)
+REQUIRED = ("device-number", "local-ipv4s", "subnet-ipv4-cidr-block")
+#: IMDS answers 404 rather than an empty body when an ENI has no delegated prefix
+#: (amazon-ec2-net-utils lib.sh says so), so for these keys 404 means "none", not "not yet".
+EMPTY_IS_404 = frozenset({"ipv4-prefix", "ipv6-prefix"})
+
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+_SMALL_INT = re.compile(r"[0-9]{1,2}")
+_ENI = re.compile(r"eni-[0-9a-f]{8,17}")
+_TOKEN = re.compile(r"[\x21-\x7e]{1,1024}")
+_PROBE_KEY = re.compile(r"meta-data/[A-Za-z0-9:._/-]*")
+
+_T = TypeVar("_T")
+
+
+def mac_dir(mac: str) -> str:
+    """Probe key of a MAC's directory (its answer is the listing text)."""
+    return f"{MACS_DIR}{normalize_mac(mac)}/"
+
+
+def key_path(mac: str, key: str) -> str:
+    return f"{mac_dir(mac)}{key}"
+
+
+def listing_names(listing: str) -> frozenset[str]:
+    """Entry names of a directory listing; subdirectories lose their trailing '/'."""
+    return frozenset(line.strip().rstrip("/") for line in listing.split("\n") if line.strip())
+
+
+# --- pure parsing -------------------------------------------------------------------------
+
+
+def parse_mac_listing(text: str) -> tuple[frozenset[str], tuple[str, ...]]:
+    """The MACs of the ``macs/`` listing, and the entries rejected as not a MAC.
+
+    A rejected entry (say ``../../etc/``) is never used in a path.
+    """
+    macs: set[str] = set()
+    rejected: list[str] = []
+    for line in text.split("\n"):
+        entry = line.strip()
+        if not entry:
+            continue
+        try:
+            macs.add(normalize_mac(entry.removesuffix("/")))
+        except ValueError:
+            rejected.append(entry)
+    return frozenset(macs), tuple(rejected)
+
+
+def _check_text(key: str, value: str) -> None:
+    bad = _CONTROL.search(value)
+    if bad is not None:
+        raise MetadataError(f"{key}: control character {bad.group()!r} in value")
+
+
+def _scalar(key: str, value: str) -> str:
+    text = value.strip()
+    if "\n" in text:
+        raise MetadataError(f"{key}: more than one line")
+    return text
+
+
+def _small_int(key: str, value: str) -> int:
+    text = _scalar(key, value)
+    if not _SMALL_INT.fullmatch(text):
+        raise MetadataError(f"{key}: not an integer 0..99: {text[:40]!r}")
+    return int(text)
+
+
+def _items(key: str, value: str, kind: Callable[[str], _T], limit: int) -> tuple[_T, ...]:
+    lines = [line.strip() for line in value.split("\n")]
+    entries = [line for line in lines if line]
+    if len(entries) > limit:
+        raise MetadataError(f"{key}: {len(entries)} entries, more than {limit}")
+    out: list[_T] = []
+    for entry in entries:
+        # ipaddress accepts "fe80::1%eth0" (scoped) and "10.0.0.0" as a /32 network; the
+        # metadata never means either.
+        if "%" in entry or (kind in (IPv4Network, IPv6Network) and "/" not in entry):
+            raise MetadataError(f"{key}: invalid entry {entry[:60]!r}")
+        try:
+            item = kind(entry)
+        except ValueError:
+            raise MetadataError(f"{key}: invalid entry {entry[:60]!r}") from None
+        if item not in out:
+            out.append(item)
+    return tuple(out)
+
+
+def _one(key: str, value: str, kind: Callable[[str], _T]) -> _T:
+    items = _items(key, _scalar(key, value), kind, 1)
+    if not items:
+        raise MetadataError(f"{key}: empty value")
+    return items[0]
+
+
+def parse_nic(
+    mac: str, listing: str, raw: Mapping[str, str | None], primary_mac: str
+) -> Observation:
+    """Turn raw IMDS answers for one MAC into an Observation. Pure.
+
+    ``listing`` is the text of the MAC's directory; ``raw`` maps key names (e.g.
+    ``ipv6s``) to answers, None meaning 404; a listed key missing from ``raw`` counts as 404.
+    Raises MetadataError (one line, naming the key) for any invalid value.
+    """
+    mac = normalize_mac(mac)
+    directory = mac_dir(mac)
+    _check_text(directory, listing)
+    for key, value in raw.items():
+        if value is not None:
+            _check_text(key, value)
+    names = listing_names(listing)
+    got = {k: v for k in WANTED if k in names and (v := raw.get(k)) is not None}
+
+    device_number = (
+        _small_int("device-number", got["device-number"]) if "device-number" in got else None
+    )
+    network_card = _small_int("network-card", got["network-card"]) if "network-card" in got else 0
+    interface_id = None
+    if "interface-id" in got:
+        interface_id = _scalar("interface-id", got["interface-id"])
+        if not _ENI.fullmatch(interface_id):
+            raise MetadataError(f"interface-id: not an ENI id: {interface_id[:40]!r}")
+    ipv4s = _items("local-ipv4s", got.get("local-ipv4s", ""), IPv4Address, MAX_ADDRESSES)
+    if "local-ipv4s" in got and not ipv4s:
+        raise MetadataError("local-ipv4s: empty value")
+    subnet4 = None
+    gateway = None
+    if "subnet-ipv4-cidr-block" in got:
+        subnet4 = _one("subnet-ipv4-cidr-block", got["subnet-ipv4-cidr-block"], IPv4Network)
+        if subnet4.prefixlen > 30:
+            raise MetadataError(f"subnet-ipv4-cidr-block: /{subnet4.prefixlen} has no gateway")
+        # The VPC router is always the subnet's first host address.
+        gateway = subnet4.network_address + 1
+    ipv6s = _items("ipv6s", got.get("ipv6s", ""), IPv6Address, MAX_ADDRESSES)
+    subnets6 = _items(
+        "subnet-ipv6-cidr-blocks", got.get("subnet-ipv6-cidr-blocks", ""), IPv6Network, 16
+    )
+    prefixes4 = _items("ipv4-prefix", got.get("ipv4-prefix", ""), IPv4Network, MAX_ADDRESSES)
+    prefixes6 = _items("ipv6-prefix", got.get("ipv6-prefix", ""), IPv6Network, MAX_ADDRESSES)
+
+    flags: list[RedFlag] = []
+    probe: dict[str, str | None] = {}
+    missing = [k for k in REQUIRED if k not in names]
+    if missing:
+        flags.append(
+            RedFlag(
+                "incomplete", f"metadata incomplete: missing {', '.join(missing)}", (directory,)
+            )
+        )
+        probe[directory] = listing
+    lost = [k for k in WANTED if k in names and k not in got and k not in EMPTY_IS_404]
+    if lost:
+        paths = tuple(key_path(mac, k) for k in lost)
+        flags.append(RedFlag("listed-but-404", f"listed but 404: {', '.join(lost)}", paths))
+        probe.update(dict.fromkeys(paths))
+    is_primary = mac == normalize_mac(primary_mac)
+    if device_number == 0 and not is_primary:
+        path = key_path(mac, "device-number")
+        flags.append(RedFlag("device-number-0", "secondary ENI reads device-number 0", (path,)))
+        probe[path] = got["device-number"]
+    if subnets6 and not ipv6s:
+        path = key_path(mac, "ipv6s")
+        flags.append(
+            RedFlag("ipv6-pending", "subnet has IPv6 but the ENI has none yet", (path,), "ipv6")
+        )
+        probe[path] = got.get("ipv6s")
+
+    state = None
+    if device_number is not None and ipv4s and subnet4 is not None:
+        try:
+            state = NicState(
+                mac=mac,
+                cloud="ec2",
+                primary=is_primary,
+                device_number=device_number,
+                network_card=network_card,
+                interface_id=interface_id,
+                ipv4_addresses=ipv4s,
+                ipv4_subnet=subnet4,
+                ipv4_gateway=gateway,
+                ipv6_addresses=ipv6s,
+                ipv6_subnets=subnets6,
+                ipv4_prefixes=prefixes4,
+                ipv6_prefixes=prefixes6,
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise MetadataError(f"{mac}: {where}: {first['msg']}") from None
+    return Observation(mac=mac, state=state, flags=tuple(flags), probe=probe)
+
+
+# --- I/O ----------------------------------------------------------------------------------
+
+
+class Ec2Source:
+    """IMDSv2 client for NIC metadata. Not safe to share between event loops."""
+
+    name: Cloud = "ec2"
+
+    def __init__(
+        self,
+        config: Ec2Config,
+        http: HttpClient,
+        log: structlog.typing.FilteringBoundLogger | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._http = http
+        self._endpoints = [config.endpoint]
+        if config.fallback_endpoint and config.fallback_endpoint != config.endpoint:
+            self._endpoints.append(config.fallback_endpoint)
+        self._current = 0
+        self._ttl = config.token_ttl
+        self._margin = min(TOKEN_REFRESH_MARGIN, config.token_ttl / 2)
+        self._clock = clock
+        self._token: str | None = None
+        self._token_expiry = 0.0
+        self._token_lock = asyncio.Lock()
+        self._primary: str | None = None
+        self._log = (log if log is not None else _log).bind(source="ec2")
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint that answered last."""
+        return self._endpoints[self._current]
+
+    async def _send(self, method: str, path: str, headers: Mapping[str, str]) -> Answer:
+        # Try the endpoint that answered last, then the other one; an HTTP status (even a
+        # 5xx) proves the endpoint is reachable, so only transport failures move on.
+        order = [self._current] + [i for i in range(len(self._endpoints)) if i != self._current]
+        failure: TransportError | None = None
+        for index in order:
+            try:
+                answer = await self._http.request(
+                    method, f"{self._endpoints[index]}/latest/{path}", headers
+                )
+            except TransportError as exc:
+                failure = exc
+                continue
+            if index != self._current:
+                self._log.warning(
+                    "imds_endpoint_switched",
+                    endpoint=self._endpoints[index],
+                    previous=self._endpoints[self._current],
+                    reason=str(failure),
+                )
+                self._current = index
+            return answer
+        assert failure is not None
+        raise failure
+
+    async def _get_token(self) -> str:
+        async with self._token_lock:
+            now = self._clock()
+            if self._token is not None and now < self._token_expiry - self._margin:
+                return self._token
+            answer = await self._send("PUT", TOKEN_PATH, {TTL_HEADER: str(self._ttl)})
+            if answer.status != 200:
+                hint = " (IMDS disabled?)" if answer.status == 403 else ""
+                raise FetchError(f"PUT /latest/{TOKEN_PATH}: HTTP {answer.status}{hint}")
+            token = answer.body.strip()
+            if not _TOKEN.fullmatch(token):
+                raise MetadataError(f"PUT /latest/{TOKEN_PATH}: malformed token")
+            self._token, self._token_expiry = token, now + self._ttl
+            self._log.debug("imds_token_obtained", endpoint=self.endpoint, ttl=self._ttl)
+            return token
+
+    async def _get(self, path: str) -> str | None:
+        """Body of a GET under /latest/, None for 404."""
+        for attempt in (1, 2):
+            token = await self._get_token()
+            answer = await self._send("GET", path, {TOKEN_HEADER: token})
+            if answer.status == 200:
+                return answer.body
+            if answer.status == 404:
+                return None
+            if answer.status != 401:
+                raise FetchError(f"GET /latest/{path}: HTTP {answer.status}")
+            # Expired or revoked: drop it (unless a concurrent request already replaced
+            # it) and retry once with a fresh one.
+            if self._token == token:
+                self._token = None
+            if attempt == 1:
+                self._log.debug("imds_token_rejected", path=path)
+        raise FetchError(f"GET /latest/{path}: HTTP 401 with a fresh token")
+
+    async def _gather(self, paths: Sequence[str]) -> list[str | None]:
+        # Let every request finish (each is bounded by the HTTP timeout), then report the
+        # first failure: partial answers are never used.
+        results = await asyncio.gather(*(self._get(p) for p in paths), return_exceptions=True)
+        out: list[str | None] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            out.append(result)
+        return out
+
+    async def detect(self) -> bool:
+        try:
+            async with asyncio.timeout(DETECT_TIMEOUT):
+                await self._get_token()
+        except Exception as exc:
+            self._log.debug("ec2_not_detected", reason=str(exc) or type(exc).__name__)
+            return False
+        return True
+
+    async def primary_mac(self) -> str:
+        if self._primary is None:
+            text = await self._get("meta-data/mac")
+            if text is None:
+                raise FetchError("GET /latest/meta-data/mac: HTTP 404")
+            try:
+                self._primary = normalize_mac(text)
+            except ValueError as exc:
+                raise MetadataError(f"meta-data/mac: {exc}") from None
+        return self._primary
+
+    async def list_macs(self) -> frozenset[str]:
+        text = await self._get(MACS_DIR)
+        if text is None:
+            raise FetchError(f"GET /latest/{MACS_DIR}: HTTP 404")
+        macs, rejected = parse_mac_listing(text)
+        for entry in rejected:
+            self._log.warning("imds_bad_mac_entry", entry=repr(entry[:64]))
+        return macs
+
+    async def fetch(self, mac: str) -> Observation:
+        mac = normalize_mac(mac)
+        directory = mac_dir(mac)
+        listing = await self._get(directory)
+        if listing is None:
+            flag = RedFlag("not-listed", "MAC not in the metadata", (directory,))
+            return Observation(mac=mac, state=None, flags=(flag,), probe={directory: None})
+        primary = await self.primary_mac()
+        names = listing_names(listing)
+        keys = [k for k in WANTED if k in names]
+        answers = await self._gather([key_path(mac, k) for k in keys])
+        observation = parse_nic(mac, listing, dict(zip(keys, answers, strict=True)), primary)
+        self._log.debug(
+            "ec2_fetched",
+            mac=mac,
+            complete=observation.state is not None,
+            flags=[f.kind for f in observation.flags],
+        )
+        return observation
+
+    async def probe(self, keys: Sequence[str]) -> dict[str, str | None]:
+        for key in keys:
+            if not _PROBE_KEY.fullmatch(key) or ".." in key or "//" in key:
+                raise ValueError(f"not a metadata probe key: {key[:80]!r}")
+        answers = await self._gather(list(keys))
+        return dict(zip(keys, answers, strict=True))
+
+    async def close(self) -> None:
+        """Forget the token and close the HTTP client (it reopens if used again)."""
+        self._token = None
+        await self._http.close()

@@ -1,0 +1,191 @@
+"""A running stack for end-to-end tests: simulator + daemon inside a test-made netns."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nicreconciled.sim.client import SimClient
+from tests.conftest import PYTHON, Netns, read_json_lines
+
+PRIMARY = "0a:00:00:00:00:01"
+PORT = 8080
+
+
+def nic_spec(mac: str, device_number: int = 1, **extra: Any) -> dict[str, Any]:
+    octet = 10 + device_number
+    spec: dict[str, Any] = {
+        "mac": mac,
+        "device_number": device_number,
+        "local_ipv4s": [f"10.0.{octet}.25"],
+        "subnet_ipv4_cidr": f"10.0.{octet}.0/24",
+    }
+    spec.update(extra)
+    return spec
+
+
+@dataclass
+class Stack:
+    ns: Netns
+    tmp: Path
+    sim: SimClient
+    config: dict[str, Any] = field(default_factory=dict)
+    daemon: subprocess.Popen[bytes] | None = None
+    fakebin: Path | None = None
+
+    @property
+    def out(self) -> Path:
+        return self.tmp / "out"
+
+    @property
+    def state(self) -> Path:
+        return self.tmp / "state"
+
+    @property
+    def log_path(self) -> Path:
+        return self.tmp / "daemon.log"
+
+    @property
+    def apply_log(self) -> Path:
+        return self.tmp / "apply.log"
+
+    def file_for(self, mac: str) -> Path:
+        return self.out / f"90-nicreconciled-{mac.replace(':', '')}.yaml"
+
+    def write_config(self, **overrides: Any) -> Path:
+        polling = {"deadline": 8, "ipv6_grace": 6, "max_interval": 1}
+        polling.update(overrides.pop("polling", {}))
+        lines = [
+            'cloud = "ec2"',
+            'renderer = "netplan"',
+            f'output_dir = "{self.out}"',
+            f'state_dir = "{self.state}"',
+            f"apply = {str(overrides.pop('apply', False)).lower()}",
+            f"resync_interval = {overrides.pop('resync_interval', 600)}",
+        ]
+        lines += [f"{k} = {v!r}".replace("'", '"') for k, v in overrides.items()]
+        lines += [
+            "[interfaces]",
+            "virtual = true",
+            'ignore = ["nrp*"]',
+            "[udev]",
+            'source = "kernel"',
+            "[ec2]",
+            f'endpoint = "http://127.0.0.1:{PORT}"',
+            'fallback_endpoint = ""',
+            "[polling]",
+        ]
+        lines += [f"{k} = {v}" for k, v in polling.items()]
+        path = self.tmp / "nicreconciled.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def start(self, *args: str, **overrides: Any) -> subprocess.Popen[bytes]:
+        cfg = self.write_config(**overrides)
+        env = dict(os.environ)
+        if self.fakebin is not None:
+            env["PATH"] = f"{self.fakebin}:{env['PATH']}"
+            env["NICR_APPLY_LOG"] = str(self.apply_log)
+        log = self.log_path.open("ab")
+        argv = [PYTHON, "-m", "nicreconciled", "--config", str(cfg), "--log-format", "json"]
+        self.daemon = self.ns.popen([*argv, *(args or ("run",))], stderr=log, env=env)
+        return self.daemon
+
+    def events(self, name: str | None = None, **match: Any) -> list[dict[str, Any]]:
+        if not self.log_path.exists():
+            return []
+        out = []
+        for e in read_json_lines(self.log_path):
+            if name is not None and e.get("event") != name:
+                continue
+            if all(e.get(k) == v for k, v in match.items()):
+                out.append(e)
+        return out
+
+    async def wait_event(self, name: str, timeout: float = 15, **match: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.events(name, **match)
+            if found:
+                return found[-1]
+            self.assert_alive()
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {name} {match} event within {timeout} s:\n{self.tail()}")
+
+    async def wait_file(self, mac: str, needle: str = "", timeout: float = 15) -> str:
+        path = self.file_for(mac)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if path.exists() and needle in (text := path.read_text()):
+                return text
+            self.assert_alive()
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{path.name} never contained {needle!r}:\n{self.tail()}")
+
+    async def wait_gone(self, mac: str, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.file_for(mac).exists():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{self.file_for(mac).name} still there:\n{self.tail()}")
+
+    def assert_alive(self) -> None:
+        if self.daemon is not None and self.daemon.poll() is not None:
+            raise AssertionError(f"daemon exited {self.daemon.returncode}:\n{self.tail()}")
+
+    def tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5) -> int:
+        assert self.daemon is not None
+        self.daemon.send_signal(sig)
+        return self.daemon.wait(timeout=timeout)
+
+
+FAKE_TOOL = """#!/bin/sh
+echo "$(basename "$0") $*" >> "$NICR_APPLY_LOG"
+exit ${NICR_FAKE_EXIT:-0}
+"""
+
+
+@pytest.fixture
+async def stack(netns: Netns, tmp_path: Path) -> AsyncIterator[Stack]:
+    ctl = tmp_path / "sim.sock"
+    netns.popen(
+        [PYTHON, "-m", "nicreconciled.sim", "--listen", f"127.0.0.1:{PORT}", "--control", str(ctl)],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "sim.log").open("ab"),
+    )
+    sim = SimClient(str(ctl))
+    await sim.wait_ready(15)
+    await sim.add_nic(nic_spec(PRIMARY, device_number=0))
+    await sim.set_primary(PRIMARY)
+    st = Stack(netns, tmp_path, sim)
+    yield st
+    if st.daemon is not None and st.daemon.poll() is None:
+        st.daemon.kill()
+        st.daemon.wait(timeout=10)
+
+
+@pytest.fixture
+def fakebin(stack: Stack) -> Path:
+    """netplan/networkctl stand-ins that record their arguments (no networkd in a netns)."""
+    path = stack.tmp / "bin"
+    path.mkdir()
+    for tool in ("netplan", "networkctl"):
+        (path / tool).write_text(FAKE_TOOL)
+        (path / tool).chmod(0o755)
+    stack.fakebin = path
+    return path

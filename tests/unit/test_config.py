@@ -1,0 +1,79 @@
+"""The TOML configuration: defaults, strictness, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nicreconciled import config
+from nicreconciled.errors import ConfigError
+
+
+class TestDefaults:
+    def test_an_empty_document_gives_the_documented_defaults(self) -> None:
+        c = config.parse({})
+        assert c.cloud == "auto"
+        assert c.renderer == "netplan"
+        assert c.effective_output_dir == Path("/run/netplan")
+        assert c.state_dir == Path("/var/lib/nicreconciled")
+        assert c.apply is True
+        assert c.manage_primary is False
+        assert c.resync_interval == 60.0
+        assert c.interfaces.ignore == ()
+        assert c.interfaces.virtual is False
+        assert c.udev.source == "udev"
+        assert c.ec2.endpoint == "http://169.254.169.254"
+        assert c.cloudstack.endpoint == ""
+
+    def test_networkmanager_gets_its_own_default_output_dir(self) -> None:
+        c = config.parse({"renderer": "networkmanager"})
+        assert c.effective_output_dir == Path("/run/NetworkManager/system-connections")
+
+    def test_a_missing_default_file_means_defaults(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(config, "DEFAULT_PATH", Path("/nonexistent/nicreconciled.toml"))
+        assert config.load(None) == config.Config()
+
+    def test_a_missing_explicit_file_is_an_error(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match="no such file"):
+            config.load(tmp_path / "absent.toml")
+
+    def test_whole_seconds_may_be_written_as_integers(self) -> None:
+        c = config.parse({"resync_interval": 5, "polling": {"deadline": 30}})
+        assert c.resync_interval == 5.0
+        assert c.polling.deadline == 30.0
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        ("doc", "key", "why"),
+        [
+            ({"colud": "ec2"}, "colud", "unknown key"),
+            ({"interfaces": {"virtaul": True}}, "interfaces.virtaul", "unknown key"),
+            ({"cloud": "azure"}, "cloud", "'ec2', 'cloudstack' or 'auto'"),
+            ({"renderer": "ifupdown"}, "renderer", "'netplan' or 'networkmanager'"),
+            ({"apply": "yes"}, "apply", "valid boolean"),
+            ({"resync_interval": 0}, "resync_interval", "greater than or equal to 1"),
+            ({"resync_interval": "60"}, "resync_interval", "valid number"),
+            ({"output_dir": "run/netplan"}, "output_dir", "absolute path"),
+            ({"interfaces": {"ignore": "docker*"}}, "interfaces.ignore", "tuple"),
+            ({"udev": {"source": "both"}}, "udev.source", "'udev' or 'kernel'"),
+            ({"ec2": {"endpoint": "169.254.169.254"}}, "ec2.endpoint", "http://"),
+            ({"polling": {"initial_interval": 9, "max_interval": 1}}, "polling", "exceed"),
+        ],
+    )
+    def test_a_bad_value_names_the_key_and_the_reason_on_one_line(
+        self, doc: dict[str, object], key: str, why: str
+    ) -> None:
+        with pytest.raises(ConfigError) as caught:
+            config.parse(doc)
+        message = str(caught.value)
+        assert message.startswith(f"{key}")
+        assert why in message
+        assert "\n" not in message
+
+    def test_invalid_toml_is_reported_with_the_path(self, tmp_path: Path) -> None:
+        bad = tmp_path / "c.toml"
+        bad.write_text("cloud = \n")
+        with pytest.raises(ConfigError, match="not valid TOML"):
+            config.load(bad)

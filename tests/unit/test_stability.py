@@ -1,0 +1,234 @@
+"""The poll-until-stable policy, driven with injected time."""
+
+from __future__ import annotations
+
+import random
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+from nicreconciled.model import NicState, Observation, RedFlag
+from nicreconciled.stability import Phase, Policy, Tracker
+
+MAC = "0a:00:00:00:00:01"
+IPV6_KEY = f"meta-data/network/interfaces/macs/{MAC}/ipv6s"
+DEVNUM_KEY = f"meta-data/network/interfaces/macs/{MAC}/device-number"
+POLICY = Policy(jitter=0.0)
+
+
+def state(*, ipv6: bool = False, device_number: int = 1, addrs: int = 1) -> NicState:
+    return NicState(
+        mac=MAC,
+        cloud="ec2",
+        primary=False,
+        device_number=device_number,
+        ipv4_addresses=tuple(IPv4Address(f"10.0.1.{10 + i}") for i in range(addrs)),
+        ipv4_subnet=IPv4Network("10.0.1.0/24"),
+        ipv4_gateway=IPv4Address("10.0.1.1"),
+        ipv6_addresses=(IPv6Address("2001:db8:1::10"),) if ipv6 else (),
+        ipv6_subnets=(IPv6Network("2001:db8:1::/64"),),
+    )
+
+
+def ipv6_pending(raw: str | None = None) -> RedFlag:
+    return RedFlag("ipv6-pending", "subnet has IPv6, NIC none yet", (IPV6_KEY,), "ipv6")
+
+
+def obs(st: NicState | None, *flags: RedFlag, probe: dict[str, str | None] | None = None):
+    return Observation(MAC, st, tuple(flags), probe or {k: None for f in flags for k in f.keys})
+
+
+def tracker(policy: Policy = POLICY) -> Tracker:
+    t = Tracker(policy, rng=random.Random(1))
+    t.start_episode(0.0)
+    return t
+
+
+class TestStableFingerprint:
+    def test_a_state_is_accepted_only_after_it_was_seen_twice(self) -> None:
+        t = tracker()
+        first = t.on_observation(0.0, obs(state()))
+        assert not first.accept
+        assert first.delay == POLICY.initial_interval
+        second = t.on_observation(0.25, obs(state()))
+        assert second.accept
+        assert second.state == state()
+        assert second.phase is Phase.CONVERGED
+        assert second.idle
+
+    def test_a_change_resets_the_count_and_the_backoff(self) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state()))
+        t.on_observation(0.3, obs(state(addrs=2)))
+        step = t.on_observation(0.6, obs(state(addrs=3)))
+        assert not step.accept
+        assert step.delay == POLICY.initial_interval
+
+    def test_a_flapping_value_is_never_accepted_before_the_deadline(self) -> None:
+        t = tracker()
+        now = 0.0
+        accepted_at = None
+        for i in range(400):
+            step = t.on_observation(now, obs(state(addrs=1 + i % 2)))
+            if step.accept:
+                accepted_at = now
+                break
+            now += max(step.delay, 0.25)
+        assert accepted_at is not None
+        assert accepted_at >= POLICY.deadline
+        assert step.warning is not None
+        assert "not stable" in step.warning
+
+    def test_after_acceptance_an_unchanged_poll_stays_converged(self) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state()))
+        t.on_observation(0.3, obs(state()))
+        step = t.on_observation(60.0, obs(state()))
+        assert step.phase is Phase.CONVERGED
+        assert step.idle
+
+    def test_a_later_upstream_change_needs_its_own_confirmation(self) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state()))
+        t.on_observation(0.3, obs(state()))
+        changed = t.on_observation(60.0, obs(state(ipv6=True)))
+        assert not changed.accept
+        assert changed.phase is Phase.CONVERGING
+        assert changed.delay == POLICY.initial_interval
+        confirmed = t.on_observation(60.3, obs(state(ipv6=True)))
+        assert confirmed.accept
+        assert confirmed.state == state(ipv6=True)
+
+
+class TestLateIpv6:
+    def test_a_dual_stack_subnet_without_ipv6s_waits_and_probes_only_ipv6s(self) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state(), ipv6_pending()))
+        step = t.on_observation(0.25, obs(state(), ipv6_pending()))
+        assert not step.accept
+        assert step.probe == (IPV6_KEY,)
+        assert step.delay == POLICY.probe_interval
+
+    def test_a_probe_that_sees_nothing_new_probes_again(self) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state(), ipv6_pending()))
+        t.on_observation(0.25, obs(state(), ipv6_pending()))
+        step = t.on_probe(0.75, {IPV6_KEY: None})
+        assert step.probe == (IPV6_KEY,)
+        assert step.delay == POLICY.probe_interval
+
+    def test_a_probe_that_sees_ipv6_asks_for_a_full_fetch_at_once(self) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state(), ipv6_pending()))
+        t.on_observation(0.25, obs(state(), ipv6_pending()))
+        step = t.on_probe(4.1, {IPV6_KEY: "2001:db8:1::10"})
+        assert step.delay == 0.0
+        assert step.probe == ()
+
+    def test_ipv6_arriving_within_the_grace_is_in_the_first_accepted_state(self) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state(), ipv6_pending()))
+        t.on_observation(0.25, obs(state(), ipv6_pending()))
+        t.on_probe(4.1, {IPV6_KEY: "2001:db8:1::10"})
+        first = t.on_observation(4.1, obs(state(ipv6=True)))
+        assert not first.accept
+        final = t.on_observation(first.delay + 4.1, obs(state(ipv6=True)))
+        assert final.accept
+        assert final.state == state(ipv6=True)
+        assert final.phase is Phase.CONVERGED
+
+    def test_after_the_grace_ipv4_only_is_accepted_and_ipv6s_still_watched(self) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state(), ipv6_pending()))
+        step = t.on_observation(POLICY.ipv6_grace + 0.1, obs(state(), ipv6_pending()))
+        assert step.accept
+        assert step.state == state()
+        assert step.phase is Phase.SETTLED_WITH_FLAGS
+        assert step.probe == (IPV6_KEY,)
+        assert not step.idle
+
+    def test_watching_after_the_grace_backs_off_to_the_max_interval(self) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state(), ipv6_pending()))
+        t.on_observation(POLICY.ipv6_grace + 0.1, obs(state(), ipv6_pending()))
+        delays = [t.on_probe(20.0 + i, {IPV6_KEY: None}).delay for i in range(10)]
+        assert delays == sorted(delays)
+        assert delays[-1] == POLICY.max_interval
+
+    def test_ipv6_arriving_after_the_grace_is_accepted_as_a_change(self) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state(), ipv6_pending()))
+        t.on_observation(POLICY.ipv6_grace + 0.1, obs(state(), ipv6_pending()))
+        assert t.on_probe(45.0, {IPV6_KEY: "2001:db8:1::10"}).delay == 0.0
+        t.on_observation(45.0, obs(state(ipv6=True)))
+        step = t.on_observation(45.25, obs(state(ipv6=True)))
+        assert step.accept
+        assert step.state == state(ipv6=True)
+        assert step.phase is Phase.CONVERGED
+
+
+class TestPropagationRedFlags:
+    def test_device_number_zero_on_a_secondary_nic_is_not_accepted_early(self) -> None:
+        t = tracker()
+        flag = RedFlag("device-number-0", "non-primary reads 0", (DEVNUM_KEY,))
+        t.on_observation(0.0, obs(state(device_number=0), flag, probe={DEVNUM_KEY: "0"}))
+        step = t.on_observation(0.25, obs(state(device_number=0), flag, probe={DEVNUM_KEY: "0"}))
+        assert not step.accept
+        assert step.probe == (DEVNUM_KEY,)
+        moved = t.on_probe(1.0, {DEVNUM_KEY: "2"})
+        assert moved.delay == 0.0
+        t.on_observation(1.0, obs(state(device_number=2)))
+        final = t.on_observation(1.25, obs(state(device_number=2)))
+        assert final.accept
+        assert final.state is not None
+        assert final.state.device_number == 2
+
+    def test_listed_but_404_waits_until_the_deadline_then_accepts_best_known(self) -> None:
+        t = tracker()
+        key = f"meta-data/network/interfaces/macs/{MAC}/ipv4-prefix"
+        flag = RedFlag("listed-but-404", "ipv4-prefix listed but 404", (key,))
+        t.on_observation(0.0, obs(state(), flag))
+        assert not t.on_observation(0.25, obs(state(), flag)).accept
+        assert not t.on_observation(POLICY.deadline - 1, obs(state(), flag)).accept
+        late = t.on_observation(POLICY.deadline + 0.1, obs(state(), flag))
+        assert late.accept
+        assert late.phase is Phase.SETTLED_WITH_FLAGS
+
+    def test_a_grace_running_out_during_probes_triggers_a_full_fetch(self) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state(), ipv6_pending()))
+        t.on_observation(0.25, obs(state(), ipv6_pending()))
+        step = t.on_probe(POLICY.ipv6_grace + 0.5, {IPV6_KEY: None})
+        assert step.delay == 0.0
+        assert step.probe == ()
+
+
+class TestFailures:
+    def test_failures_back_off_exponentially_up_to_the_max(self) -> None:
+        t = tracker()
+        delays = [t.on_failure(float(i), "timeout").delay for i in range(8)]
+        assert delays[0] == POLICY.initial_interval
+        assert delays[1] == 2 * POLICY.initial_interval
+        assert delays[-1] == POLICY.max_interval
+        assert all(not t.on_failure(9.0, "x").accept for _ in range(3))
+
+    def test_a_failure_between_two_equal_polls_does_not_break_stability(self) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state()))
+        t.on_failure(0.25, "reset")
+        assert t.on_observation(0.75, obs(state())).accept
+
+    def test_a_failure_after_convergence_waits_for_the_next_resync(self) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state()))
+        t.on_observation(0.25, obs(state()))
+        step = t.on_failure(60.0, "503")
+        assert step.idle
+        assert not step.accept
+
+    def test_jitter_spreads_delays_within_the_configured_fraction(self) -> None:
+        t = Tracker(Policy(jitter=0.1), rng=random.Random(7))
+        t.start_episode(0.0)
+        delays = {
+            round(t.on_observation(0.0, obs(state(addrs=i % 2 + 1))).delay, 6) for i in range(20)
+        }
+        assert len(delays) > 5
+        assert all(0.225 <= d <= 0.275 for d in delays)
