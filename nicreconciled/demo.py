@@ -31,6 +31,7 @@ SHOWN = {
     "nic_tracked": "tracking NIC",
     "fingerprint_changed": "metadata changed",
     "poll": "poll",
+    "probe": "probe",
     "accepted": "stable: accepted",
     "rendered": "file written",
     "resync_requested": "SIGHUP: resync",
@@ -93,7 +94,7 @@ class Demo:
             if name == "rendered":
                 self.rendered.append(event.get("fingerprint", ""))
             details = []
-            for key in ("ifname", "fingerprint", "phase", "file"):
+            for key in ("ifname", "fingerprint", "phase", "file", "keys", "moved"):
                 if event.get(key):
                     details.append(f"{key}={event[key]}")
             if event.get("waiting_on"):
@@ -111,6 +112,7 @@ class Demo:
         await self.spawn(
             sys.executable, "-m", "nicreconciled.sim",
             "--listen", f"127.0.0.1:{PORT}", "--control", str(ctl),
+            stdout=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         sim = SimClient(str(ctl))
         await sim.wait_ready(10)
@@ -151,6 +153,7 @@ class Demo:
             ok = await self._wait_file(out / name, "10.0.1.26", 10)
         await asyncio.sleep(0.3)
         stats = await sim.stats()
+        await sim.close()
         daemon.send_signal(signal.SIGTERM)
         try:
             code = await asyncio.wait_for(daemon.wait(), 5)

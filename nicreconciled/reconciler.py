@@ -66,6 +66,7 @@ class Reconciler:
         self._new_episode = True
         self._desired: NicState | None = _UNSET
         self._synced = True
+        self._apply_pending = False
         self._retry = ctx.policy.initial_interval
         self._log = structlog.get_logger("nicreconciled.reconciler").bind(mac=mac, ifname=ifname)
 
@@ -207,7 +208,8 @@ class Reconciler:
             if state is None and not self.present:
                 if fs.remove_file(self.ctx.output_dir, self.filename):
                     self._log.info("removed", file=self.filename)
-                    await self._apply()
+                    self._apply_pending = True
+                await self._apply_if_pending()
                 self.status.managed = "removed"
                 self.removed = True
             elif state is None:
@@ -219,15 +221,14 @@ class Reconciler:
                 text = self.ctx.renderer.render(state)
                 if fs.write_if_changed(self.ctx.output_dir, self.filename, text):
                     self.status.last_change = _now_iso()
+                    self._apply_pending = True
                     self._log.info(
                         "rendered", file=self.filename, fingerprint=fp.fingerprint(state)
                     )
-                    if self.present:
-                        await self._apply()
-                else:
-                    self._log.debug("unchanged", file=self.filename)
                 self.status.managed = "managed"
                 self.status.rendered_fingerprint = fp.fingerprint(state)
+                if self.present:
+                    await self._apply_if_pending()
         except (OSError, UnsafePathError, ApplyError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             event = "apply_failed" if isinstance(exc, ApplyError) else "write_failed"
@@ -238,11 +239,14 @@ class Reconciler:
         self._synced = True
         self._retry = self.ctx.policy.initial_interval
 
-    async def _apply(self) -> None:
-        if self.ctx.applier is None:
+    async def _apply_if_pending(self) -> None:
+        """Load the written change; stays pending (and is retried) until it succeeds."""
+        if not self._apply_pending:
             return
-        await self.ctx.applier.apply(self.ifname)
-        self._log.info("applied", file=self.filename)
+        if self.ctx.applier is not None:
+            await self.ctx.applier.apply(self.ifname)
+            self._log.info("applied", file=self.filename)
+        self._apply_pending = False
 
     def _save_status(self, step: Step) -> None:
         self.status.phase = "removed" if self.removed else step.phase.value

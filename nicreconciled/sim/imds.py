@@ -16,8 +16,9 @@ import socket
 import struct
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 from aiohttp import web
@@ -25,17 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nicreconciled.model import Mac, normalize_mac
 
-FAULTS = (
-    "none",
-    "5xx",
-    "hang",
-    "reset",
-    "slow",
-    "oversize",
-    "401",
-    "token-fail",
-    "invalidate-tokens",
-)
+MODES = ("none", "5xx", "hang", "reset", "slow", "oversize", "401", "token-fail")
+#: Fault modes, plus one one-shot action ("invalidate-tokens") that leaves the mode alone.
+FAULTS = (*MODES, "invalidate-tokens")
 #: Schedule (or raw) value meaning "listed in the directory, but the key answers 404".
 LISTED_404 = "__404__"
 MAX_TTL = 21600
@@ -88,24 +81,21 @@ class NicSpec(BaseModel):
     def base_values(self) -> dict[str, str | None]:
         """Key -> served text before any schedule applies (None = not listed)."""
         hexmac = self.mac.replace(":", "")
-
-        def joined(items: list[str]) -> str | None:
-            return "\n".join(items) if items else None
-
+        # Plausible ids where the script gives none, so the directory looks real.
         values: dict[str, str | None] = {
-            "device-number": None if self.device_number is None else str(self.device_number),
-            "network-card": None if self.network_card is None else str(self.network_card),
-            "interface-id": self.interface_id or f"eni-0{hexmac}abcd",
-            "local-ipv4s": joined(self.local_ipv4s),
-            "subnet-ipv4-cidr-block": self.subnet_ipv4_cidr,
-            "ipv6s": joined(self.ipv6s),
-            "subnet-ipv6-cidr-blocks": joined(self.subnet_ipv6_cidrs),
-            "ipv4-prefix": joined(self.ipv4_prefixes),
-            "ipv6-prefix": joined(self.ipv6_prefixes),
             "mac": self.mac,
-            "subnet-id": self.subnet_id or f"subnet-0{hexmac[-8:]}",
-            "vpc-id": self.vpc_id or "vpc-0a1b2c3d4e5f60718",
+            "interface-id": f"eni-0{hexmac}abcd",
+            "subnet-id": f"subnet-0{hexmac[-8:]}",
+            "vpc-id": "vpc-0a1b2c3d4e5f60718",
         }
+        for name, key in FIELD_KEYS.items():
+            value = getattr(self, name)
+            if isinstance(value, list):
+                value = "\n".join(value) or None  # an empty list is an absent key
+            if value is not None:
+                values[key] = str(value)
+            elif key not in values:
+                values[key] = None
         values.update(dict.fromkeys(self.listed_404, LISTED_404))
         return values
 
@@ -322,10 +312,18 @@ class ImdsSim:
             self._drop(request, rst=True)
             return None
         if fault == "oversize":
-            return await self._stream(request, b"x" * OVERSIZE_BYTES, chunked=True)
+            chunk = b"x" * 65536  # chunked, no Content-Length: only reading tells the size
+            return await self._stream(request, repeat(chunk, OVERSIZE_BYTES // len(chunk)), 0)
         status, body, headers = self._route(request, fault)
         if fault == "slow":
-            return await self._stream(request, body.encode(), status=status, headers=headers)
+            # About ten pieces, spread over slow_seconds.
+            data = body.encode()
+            size = max(1, len(data) // 10)
+            pieces = (data[i : i + size] for i in range(0, len(data), size))
+            pause = self.slow_seconds / 10
+            return await self._stream(
+                request, pieces, pause, status=status, headers=headers, length=len(data)
+            )
         return web.Response(status=status, text=body, content_type="text/plain", headers=headers)
 
     def _route(self, request: web.Request, fault: str) -> tuple[int, str, dict[str, str]]:
@@ -411,25 +409,23 @@ class ImdsSim:
     async def _stream(
         self,
         request: web.Request,
-        body: bytes,
+        pieces: Iterable[bytes],
+        pause: float,
         *,
         status: int = 200,
         headers: Mapping[str, str] | None = None,
-        chunked: bool = False,
+        length: int | None = None,
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=status, headers=headers)
         response.content_type = "text/plain"
-        if chunked:
+        if length is None:
             response.enable_chunked_encoding()
-            piece, pause = 64 * 1024, 0.0
         else:
-            response.content_length = len(body)
-            # Trickle: about ten pieces spread over slow_seconds.
-            piece, pause = max(1, len(body) // 10), self.slow_seconds / 10
+            response.content_length = length
         try:
             await response.prepare(request)
-            for start in range(0, len(body), piece):
-                await response.write(body[start : start + piece])
+            for piece in pieces:
+                await response.write(piece)
                 await asyncio.sleep(pause)
             await response.write_eof()
         except (ConnectionError, RuntimeError):

@@ -174,6 +174,7 @@ async def stack(netns: Netns, tmp_path: Path) -> AsyncIterator[Stack]:
     await sim.set_primary(PRIMARY)
     st = Stack(netns, tmp_path, sim)
     yield st
+    await sim.close()
     if st.daemon is not None and st.daemon.poll() is None:
         st.daemon.kill()
         st.daemon.wait(timeout=10)

@@ -109,12 +109,12 @@ class TestKeepingItTrue:
         stack.ns.plug("eth1", MAC)
         stack.start(resync_interval=1)
         await stack.wait_file(MAC, "10.0.11.0/24")
-        await stack.sim.update_nic(MAC, {"ipv6s": [IPV6], "subnet_ipv6_cidrs": ["2001:db8:11::/64"]})
+        await stack.sim.update_nic(
+            MAC, {"ipv6s": [IPV6], "subnet_ipv6_cidrs": ["2001:db8:11::/64"]}
+        )
         await stack.wait_file(MAC, IPV6, timeout=8)
 
-    async def test_a_detached_nic_loses_its_file_and_others_keep_theirs(
-        self, stack: Stack
-    ) -> None:
+    async def test_a_detached_nic_loses_its_file_and_others_keep_theirs(self, stack: Stack) -> None:
         await stack.sim.add_nic(nic_spec(MAC))
         await stack.sim.add_nic(nic_spec(MAC2, device_number=2))
         stack.ns.plug("eth1", MAC)
@@ -148,6 +148,8 @@ class TestFaults:
         stack.ns.plug("eth1", MAC)
         stack.start(resync_interval=1, polling={"request_timeout": 0.5})
         good = await stack.wait_file(MAC, IPV6)
+        if mode == "token-fail":
+            await stack.sim.set_fault("invalidate-tokens")  # force the daemon to need a new one
         await stack.sim.set_fault(mode, 4.0)
         await stack.sim.update_nic(MAC, {"local_ipv4s": ["10.0.11.25", "10.0.11.27"]})
         stack.daemon.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
