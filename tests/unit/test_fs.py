@@ -78,11 +78,11 @@ class TestWriteIfChanged:
         self, tmp_path: Path
     ) -> None:
         fs.write_if_changed(tmp_path, "f.yaml", "old\n")
-        # root ignores permission bits; a read-only bind mount would need mount(2), so
-        # use the immutable-ish route that works for root too: make the dir a file's child.
+        # root ignores permission bits, so make the target directory impossible instead:
+        # its parent is a regular file.
         blocked = tmp_path / "file"
         blocked.write_text("")
-        with pytest.raises(OSError):
+        with pytest.raises(NotADirectoryError):
             fs.write_if_changed(blocked / "sub", "f.yaml", "new\n")
         assert (tmp_path / "f.yaml").read_text() == "old\n"
 
