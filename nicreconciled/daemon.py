@@ -102,9 +102,19 @@ class Daemon:
                 rec.kick(new_episode=True)
 
     def adopt_orphans(self) -> None:
-        """Our files for MACs not attached now (detached while we were stopped)."""
+        """Our files for MACs not attached now (detached while we were stopped).
+
+        Also removes temp files a killed writer left. Trouble with output_dir is logged, not
+        fatal: each reconciler reports and retries its own writes.
+        """
         renderer = self.ctx.renderer
-        for name in fs.list_names(self.ctx.output_dir, renderer.prefix, renderer.suffix):
+        try:
+            fs.remove_stale_temps(self.ctx.output_dir, renderer.prefix)
+            names = fs.list_names(self.ctx.output_dir, renderer.prefix, renderer.suffix)
+        except OSError as exc:
+            log.error("output_dir_unreadable", path=str(self.ctx.output_dir), error=str(exc))
+            return
+        for name in names:
             key = name[len(renderer.prefix) : -len(renderer.suffix)]
             try:
                 mac = key_to_mac(key)
@@ -159,7 +169,6 @@ class Daemon:
         watcher = UdevWatcher(self.config.udev.source)
         watcher.start(self.on_event)  # before the scan: no attach falls between the two
         try:
-            fs.remove_stale_temps(self.ctx.output_dir, self.ctx.renderer.prefix)
             self.scan()
             self.adopt_orphans()
             self._notify("READY=1\nSTATUS=" + self._status_line())
@@ -185,7 +194,6 @@ class Daemon:
 
     async def run_once(self, timeout: float) -> int:
         """Reconcile every NIC present now; 0 if each converged, 1 if any did not."""
-        fs.remove_stale_temps(self.ctx.output_dir, self.ctx.renderer.prefix)
         self.scan()
         self.adopt_orphans()
         recs = list(self.reconcilers.values())

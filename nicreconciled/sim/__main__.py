@@ -174,10 +174,22 @@ async def run(host: str, port: int, control: Path, scenario: dict[str, Any] | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nicreconciled.sim", description=__doc__)
-    parser.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 8080))
-    parser.add_argument("--control", type=Path, required=True, help="unix socket path")
-    parser.add_argument("--scenario", type=Path, help="JSON file: nics, primary, raw, fault")
+    parser = argparse.ArgumentParser(
+        prog="python -m nicreconciled.sim",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--listen",
+        type=parse_listen,
+        default=("127.0.0.1", 8080),
+        metavar="HOST:PORT",
+        help="IMDS address (default 127.0.0.1:8080; port 0 = any free port)",
+    )
+    parser.add_argument("--control", type=Path, required=True, metavar="SOCKET")
+    parser.add_argument(
+        "--scenario", type=Path, metavar="FILE", help="JSON: {nics, primary, raw, fault}"
+    )
     args = parser.parse_args(argv)
     scenario = None
     if args.scenario is not None:

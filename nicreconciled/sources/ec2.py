@@ -286,26 +286,25 @@ class Ec2Source:
         # Try the endpoint that answered last, then the other one; an HTTP status (even a
         # 5xx) proves the endpoint is reachable, so only transport failures move on.
         order = [self._current] + [i for i in range(len(self._endpoints)) if i != self._current]
-        failure: TransportError | None = None
+        failures: list[str] = []
         for index in order:
             try:
                 answer = await self._http.request(
                     method, f"{self._endpoints[index]}/latest/{path}", headers
                 )
             except TransportError as exc:
-                failure = exc
+                failures.append(f"{self._endpoints[index]}: {exc}" if failures else str(exc))
                 continue
             if index != self._current:
                 self._log.warning(
                     "imds_endpoint_switched",
                     endpoint=self._endpoints[index],
                     previous=self._endpoints[self._current],
-                    reason=str(failure),
+                    reason=failures[0],
                 )
                 self._current = index
             return answer
-        assert failure is not None
-        raise failure
+        raise TransportError("; fallback ".join(failures))
 
     async def _get_token(self) -> str:
         async with self._token_lock:

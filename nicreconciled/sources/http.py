@@ -10,6 +10,7 @@ confuse a failure with an empty answer. Statuses the caller must interpret (200,
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -87,7 +88,9 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timeout"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect ({exc.os_error.strerror or type(exc.os_error).__name__})"
+        error = exc.os_error
+        reason = os.strerror(error.errno) if error.errno else type(error).__name__
+        return f"cannot connect ({reason})"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "connection closed by server"
     if isinstance(exc, aiohttp.ClientPayloadError):
@@ -111,8 +114,8 @@ class HttpClient:
         concurrency: int = DEFAULT_CONCURRENCY,
         max_body: int = DEFAULT_MAX_BODY,
     ) -> None:
-        if timeout <= 0 or concurrency < 1 or max_body < 1:
-            raise ValueError("timeout, concurrency and max_body must be positive")
+        if timeout <= 0 or rate <= 0 or concurrency < 1 or max_body < 1:
+            raise ValueError("timeout, rate, concurrency and max_body must be positive")
         self.timeout = timeout
         self.max_body = max_body
         self.concurrency = concurrency

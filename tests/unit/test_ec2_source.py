@@ -113,9 +113,7 @@ class TestDetect:
     async def test_refused_connection_is_false(self, http: HttpClient, closed_port: int) -> None:
         assert not await source(http, f"http://127.0.0.1:{closed_port}").detect()
 
-    async def test_hanging_service_is_false_within_about_a_second(
-        self, sim: ImdsSim, http: HttpClient
-    ) -> None:
+    async def test_hanging_service_is_false_within_about_a_second(self, sim: ImdsSim) -> None:
         sim.set_fault("hang")
         slow_http = HttpClient(timeout=5.0)
         started = time.monotonic()
