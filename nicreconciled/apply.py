@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import structlog
@@ -15,8 +16,8 @@ TIMEOUT = 30.0
 
 
 class Applier(Protocol):
-    async def apply(self, ifname: str | None) -> None:
-        """Load what was just written; IFNAME None = the NIC is gone (reload only)."""
+    async def apply(self, *, mac: str, path: Path, ifname: str | None) -> None:
+        """Load PATH, just written (or removed) for MAC; IFNAME None = the NIC is gone."""
         ...
 
 
@@ -35,7 +36,7 @@ class NetplanNetworkdApplier:
         if not done.ok:
             raise ApplyError(done.summary())
 
-    async def apply(self, ifname: str | None) -> None:
+    async def apply(self, *, mac: str, path: Path, ifname: str | None) -> None:
         await self._step("netplan", "generate")
         await self._step("networkctl", "reload")
         if ifname is not None:

@@ -244,7 +244,9 @@ class Reconciler:
         if not self._apply_pending:
             return
         if self.ctx.applier is not None:
-            await self.ctx.applier.apply(self.ifname)
+            await self.ctx.applier.apply(
+                mac=self.mac, path=self.ctx.output_dir / self.filename, ifname=self.ifname
+            )
             self._log.info("applied", file=self.filename)
         self._apply_pending = False
 
