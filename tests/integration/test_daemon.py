@@ -161,6 +161,22 @@ class TestFaults:
         assert stack.events("fetch_failed", mac=MAC)
         await stack.wait_file(MAC, "10.0.11.27/24", timeout=10)
 
+    async def test_a_detach_during_an_outage_waits_for_the_metadata_to_say_so(
+        self, stack: Stack
+    ) -> None:
+        await stack.sim.add_nic(nic_spec(MAC))
+        stack.ns.plug("eth1", MAC)
+        stack.start(polling={"request_timeout": 0.5})
+        good = await stack.wait_file(MAC)
+        await stack.sim.set_fault("5xx")
+        await stack.sim.remove_nic(MAC)
+        stack.ns.unplug("eth1")
+        await stack.wait_event("nic_removed", mac=MAC)
+        await asyncio.sleep(2.0)
+        assert stack.file_for(MAC).read_text() == good  # a 503 is not "gone"
+        await stack.sim.set_fault("none")
+        await stack.wait_gone(MAC, timeout=10)
+
     async def test_garbage_metadata_keeps_the_last_good_file(self, stack: Stack) -> None:
         await stack.sim.add_nic(nic_spec(MAC))
         stack.ns.plug("eth1", MAC)

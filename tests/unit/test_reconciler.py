@@ -1,0 +1,197 @@
+"""The per-MAC reconciler with a scripted in-process source and the real filesystem."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from nicreconciled.errors import ApplyError, FetchError
+from nicreconciled.model import NicState, Observation
+from nicreconciled.reconciler import Context, Reconciler
+from nicreconciled.render.netplan import NetplanRenderer
+from nicreconciled.stability import Policy
+from nicreconciled.status import StatusStore
+
+MAC = "0a:00:00:00:00:02"
+FAST = Policy(initial_interval=0.01, max_interval=0.05, probe_interval=0.01, deadline=2.0)
+
+
+def state(*addrs: str) -> NicState:
+    return NicState(
+        mac=MAC,
+        cloud="ec2",
+        primary=False,
+        device_number=1,
+        ipv4_addresses=tuple(IPv4Address(a) for a in addrs or ("10.0.1.5",)),
+        ipv4_subnet=IPv4Network("10.0.1.0/24"),
+        ipv4_gateway=IPv4Address("10.0.1.1"),
+    )
+
+
+class ScriptedSource:
+    """Answers from a mutable script: a NicState, None (not listed) or an exception."""
+
+    name = "ec2"
+
+    def __init__(self, answer: NicState | None | Exception) -> None:
+        self.answer = answer
+        self.fetches = 0
+
+    async def detect(self) -> bool:
+        return True
+
+    async def fetch(self, mac: str) -> Observation:
+        self.fetches += 1
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return Observation(mac, self.answer)
+
+    async def probe(self, keys: Sequence[str]) -> dict[str, str | None]:
+        return {}
+
+    async def close(self) -> None:
+        return None
+
+
+class RecordingApplier:
+    def __init__(self, failures: int = 0) -> None:
+        self.calls: list[tuple[str, str | None]] = []
+        self.failures = failures
+
+    async def apply(self, *, mac: str, path: Path, ifname: str | None) -> None:
+        self.calls.append((path.name, ifname))
+        if self.failures:
+            self.failures -= 1
+            raise ApplyError("networkctl reload exited 1: boom")
+
+
+def make(
+    tmp_path: Path, source: ScriptedSource, applier: RecordingApplier | None = None
+) -> Reconciler:
+    ctx = Context(
+        source=source,
+        renderer=NetplanRenderer(),
+        applier=applier,
+        policy=FAST,
+        output_dir=tmp_path / "out",
+        status=StatusStore(tmp_path / "state"),
+        resync_interval=0.05,
+        rng=random.Random(3),
+    )
+    return Reconciler(ctx, MAC, "eth1")
+
+
+async def until(predicate: object, timeout: float = 3.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():  # type: ignore[operator]
+            await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Path:
+    return tmp_path / "out" / "90-nicreconciled-0a0000000002.yaml"
+
+
+class TestReconciler:
+    async def test_a_stable_state_is_written_once_and_applied_once(
+        self, tmp_path: Path, target: Path
+    ) -> None:
+        applier = RecordingApplier()
+        rec = make(tmp_path, ScriptedSource(state()), applier)
+        task = asyncio.create_task(rec.run())
+        await until(target.exists)
+        await asyncio.sleep(0.3)  # several resyncs with the same answer
+        task.cancel()
+        assert applier.calls == [(target.name, "eth1")]
+        assert "10.0.1.0/24" in target.read_text()
+
+    async def test_a_failed_apply_is_retried_until_it_works(
+        self, tmp_path: Path, target: Path
+    ) -> None:
+        applier = RecordingApplier(failures=2)
+        rec = make(tmp_path, ScriptedSource(state()), applier)
+        task = asyncio.create_task(rec.run())
+        await until(lambda: len(applier.calls) == 3)
+        await until(lambda: rec.status.last_error is not None and rec.converged)
+        task.cancel()
+        assert "boom" in (rec.status.last_error or "")
+
+    async def test_fetch_errors_never_touch_the_written_file(
+        self, tmp_path: Path, target: Path
+    ) -> None:
+        source = ScriptedSource(state())
+        rec = make(tmp_path, source)
+        task = asyncio.create_task(rec.run())
+        await until(target.exists)
+        good = target.read_text()
+        source.answer = FetchError("GET meta-data/...: 503")
+        seen = source.fetches
+        await until(lambda: source.fetches > seen + 3)
+        assert target.read_text() == good
+        assert rec.status.last_error == "GET meta-data/...: 503"
+        task.cancel()
+
+    async def test_a_symlinked_target_is_refused_and_retried_without_crashing(
+        self, tmp_path: Path, target: Path
+    ) -> None:
+        victim = tmp_path / "victim"
+        victim.write_text("keep\n")
+        target.parent.mkdir(parents=True)
+        target.symlink_to(victim)
+        rec = make(tmp_path, ScriptedSource(state()))
+        task = asyncio.create_task(rec.run())
+        await until(lambda: rec.status.last_error is not None)
+        assert "symlink" in (rec.status.last_error or "")
+        target.unlink()  # the operator removes the symlink: the next retry writes
+        await until(target.exists)
+        task.cancel()
+        assert victim.read_text() == "keep\n"
+        assert not target.is_symlink()
+
+    async def test_a_nic_gone_here_and_upstream_has_its_file_removed(
+        self, tmp_path: Path, target: Path
+    ) -> None:
+        source = ScriptedSource(state())
+        rec = make(tmp_path, source)
+        task = asyncio.create_task(rec.run())
+        await until(target.exists)
+        rec.set_link(None)
+        source.answer = None
+        rec.kick(new_episode=True)
+        await asyncio.wait_for(task, 3)
+        assert rec.removed
+        assert not target.exists()
+
+    async def test_a_nic_gone_here_but_still_listed_keeps_its_file(
+        self, tmp_path: Path, target: Path
+    ) -> None:
+        source = ScriptedSource(state())
+        rec = make(tmp_path, source)
+        task = asyncio.create_task(rec.run())
+        await until(target.exists)
+        rec.set_link(None)
+        rec.kick(new_episode=True)
+        await asyncio.sleep(0.3)
+        assert target.exists()
+        assert not rec.removed
+        assert any("still-listed" in w for w in rec.status.waiting_on)
+        task.cancel()
+
+    async def test_status_is_recorded_under_the_state_dir(
+        self, tmp_path: Path, target: Path
+    ) -> None:
+        rec = make(tmp_path, ScriptedSource(state()))
+        task = asyncio.create_task(rec.run())
+        await until(target.exists)
+        await asyncio.sleep(0.05)
+        task.cancel()
+        (saved,) = StatusStore(tmp_path / "state").load_all()
+        assert saved.mac == MAC
+        assert saved.phase == "converged"
+        assert saved.managed == "managed"
+        assert saved.rendered_fingerprint == saved.fingerprint
