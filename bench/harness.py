@@ -247,8 +247,8 @@ class Stack:
         self.daemon = await self._spawn([*argv, "run"], self.log.path)
         return self.daemon, started
 
-    async def wait_ready(self, timeout: float = 20.0) -> dict[str, Any]:
-        return await self.wait_for(lambda: self.log.first("ready"), timeout, "daemon ready")
+    async def wait_ready(self, timeout: float = 20.0, step: float = 0.05) -> dict[str, Any]:
+        return await self.wait_for(lambda: self.log.first("ready"), timeout, "daemon ready", step)
 
     async def stop_daemon(self, timeout: float = 10.0) -> int | None:
         proc = self.daemon
@@ -307,12 +307,23 @@ class Stack:
 
     # -- tear-down -----------------------------------------------------------------------
     async def aclose(self) -> None:
-        """The asynchronous part of the tear-down: daemon stop, control session."""
+        """The asynchronous part of the tear-down: stop the daemon, then the simulator."""
         with contextlib.suppress(Exception):
             await self.stop_daemon(5)
         if self._sim is not None:
             await self._sim.close()
             self._sim = None
+        for proc in self.procs:
+            if proc.returncode is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
 
     def destroy(self) -> None:
         """Kill everything started here, delete the namespaces and the scratch directory."""

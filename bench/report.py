@@ -56,6 +56,17 @@ def bucket_peak(times: Iterable[float], width: float = 1.0) -> int:
     return max(counts.values(), default=0)
 
 
+def per_second(times: Iterable[float]) -> list[int]:
+    """Events in each whole second from the first event on (a request-rate timeline)."""
+    ts = sorted(times)
+    if not ts:
+        return []
+    counts = [0] * (math.floor(ts[-1] - ts[0]) + 1)
+    for t in ts:
+        counts[math.floor(t - ts[0])] += 1
+    return counts
+
+
 def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         if math.isnan(value):
@@ -65,13 +76,18 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    cells = [[str(h) for h in headers]] + [[fmt(c) for c in row] for row in rows]
+    """Text cells left-aligned, numbers right-aligned, a rule under the header."""
+    body = [list(row) for row in rows]
+    cells = [[str(h) for h in headers]] + [[fmt(c) for c in row] for row in body]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = []
-    for n, row in enumerate(cells):
-        lines.append("  ".join(c.rjust(w) if n else c.ljust(w) for c, w in zip(row, widths)))
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cells[0], widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    for raw, row in zip(body, cells[1:], strict=True):
+        padded = (
+            c.ljust(w) if isinstance(v, str) else c.rjust(w)
+            for v, c, w in zip(raw, row, widths, strict=True)
+        )
+        lines.append("  ".join(padded).rstrip())
     return "\n".join(lines)
 
 

@@ -68,6 +68,7 @@ class Reconciler:
         self._synced = True
         self._apply_pending = False
         self._retry = ctx.policy.initial_interval
+        self._next_full = 0.0
         self._log = structlog.get_logger("nicreconciled.reconciler").bind(mac=mac, ifname=ifname)
 
     # -- control from the daemon -------------------------------------------------------
@@ -98,6 +99,9 @@ class Reconciler:
                 self._new_episode = False
                 self.tracker.start_episode(self.ctx.clock())
                 probe = ()
+            if probe and self.ctx.clock() >= self._next_full:
+                # Probes watch one key; the rest of the NIC's data still needs its resync.
+                probe = ()
             self._kick.clear()
             step = await self._poll(probe)
             await self._handle(step)
@@ -112,9 +116,12 @@ class Reconciler:
     def _done_once(self, step: Step) -> bool:
         return step.phase is not Phase.CONVERGING and self._synced
 
+    def _resync_delay(self) -> float:
+        return self.ctx.resync_interval * self.tracker.rng.uniform(0.8, 1.2)
+
     def _delay(self, step: Step) -> float:
         if step.idle:
-            delay = self.ctx.resync_interval * self.tracker.rng.uniform(0.8, 1.2)
+            delay = self._resync_delay()
         else:
             delay = step.delay
         if not self._synced:
@@ -141,6 +148,7 @@ class Reconciler:
                     "probe", keys=len(probe), changed=step.delay == 0 and not step.probe
                 )
                 return step
+            self._next_full = now() + self._resync_delay()
             obs = self._adjust(await self.ctx.source.fetch(self.mac))
         except (FetchError, MetadataError) as exc:
             kind = "metadata_invalid" if isinstance(exc, MetadataError) else "fetch_failed"

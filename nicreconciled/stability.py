@@ -79,18 +79,24 @@ class Tracker:
     seen: int = 0
     accepted_fp: str | None = None
     phase: Phase = Phase.CONVERGING
+    #: Red flag kind -> when it was first seen, across episodes while it stands: a later
+    #: upstream change (a new secondary IPv4, say) must not re-arm a grace that already ran
+    #: out for a NIC that simply has no IPv6.
+    flag_since: dict[str, float] = field(default_factory=dict)
     _interval: float = 0.0
     _last: Observation | None = None
     _deadline_warned: bool = False
 
-    def start_episode(self, now: float) -> None:
-        """Something happened to the NIC (attach, change seen): converge afresh from NOW."""
+    def start_episode(self, now: float, *, fresh: bool = True) -> None:
+        """Converge afresh from NOW: FRESH for the NIC itself (attach), else an upstream change."""
         self.episode_start = now
         self.seen = 0
         self.last_fp = None
         self.phase = Phase.CONVERGING
         self._interval = self.policy.initial_interval
         self._deadline_warned = False
+        if fresh:
+            self.flag_since.clear()
 
     # -- helpers -----------------------------------------------------------------------
     def _jittered(self, delay: float) -> float:
@@ -106,8 +112,17 @@ class Tracker:
         return self.policy.ipv6_grace if flag.grace == "ipv6" else self.policy.deadline
 
     def _pending(self, flags: tuple[RedFlag, ...], now: float) -> tuple[RedFlag, ...]:
-        elapsed = now - self.episode_start
-        return tuple(f for f in flags if elapsed < self._grace(f))
+        return tuple(
+            f for f in flags if now - self.flag_since.get(f.kind, now) < self._grace(f)
+        )
+
+    def _track_flags(self, flags: tuple[RedFlag, ...], now: float) -> None:
+        kinds = {f.kind for f in flags}
+        for kind in list(self.flag_since):
+            if kind not in kinds:
+                del self.flag_since[kind]
+        for kind in kinds:
+            self.flag_since.setdefault(kind, now)
 
     @staticmethod
     def _probe_keys(flags: tuple[RedFlag, ...]) -> tuple[str, ...]:
@@ -122,7 +137,8 @@ class Tracker:
         self._last = obs
         if self.phase is not Phase.CONVERGING and fp != self.accepted_fp:
             # Upstream changed after we had accepted a state: converge again.
-            self.start_episode(now)
+            self.start_episode(now, fresh=False)
+        self._track_flags(obs.flags, now)
         if fp == self.last_fp:
             self.seen += 1
         else:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from nicreconciled.errors import ApplyError, FetchError
-from nicreconciled.model import NicState, Observation
+from nicreconciled.model import NicState, Observation, RedFlag
 from nicreconciled.reconciler import Context, Reconciler
 from nicreconciled.render.netplan import NetplanRenderer
 from nicreconciled.stability import Policy
@@ -195,3 +195,32 @@ class TestReconciler:
         assert saved.phase == "converged"
         assert saved.managed == "managed"
         assert saved.rendered_fingerprint == saved.fingerprint
+
+
+class TestWatchingAfterAGrace:
+    async def test_a_nic_still_waiting_for_ipv6_gets_full_resyncs_too(
+        self, tmp_path: Path, target: Path
+    ) -> None:
+        key = f"meta-data/network/interfaces/macs/{MAC}/ipv6s"
+        flag = RedFlag("ipv6-pending", "no ipv6s yet", (key,), "ipv6")
+
+        class Pending(ScriptedSource):
+            async def fetch(self, mac: str) -> Observation:
+                self.fetches += 1
+                assert isinstance(self.answer, NicState)
+                return Observation(mac, self.answer, (flag,), {key: None})
+
+            async def probe(self, keys: Sequence[str]) -> dict[str, str | None]:
+                return {key: None}
+
+        source = Pending(state())
+        rec = make(tmp_path, source)
+        rec.ctx.policy = Policy(
+            initial_interval=0.01, max_interval=0.05, probe_interval=0.01, ipv6_grace=0.1
+        )
+        rec.tracker.policy = rec.ctx.policy
+        task = asyncio.create_task(rec.run())
+        await until(target.exists)
+        source.answer = state("10.0.1.5", "10.0.1.9")  # changes while only ipv6s is probed
+        await until(lambda: "10.0.1.9/24" in target.read_text())
+        task.cancel()

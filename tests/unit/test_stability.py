@@ -232,3 +232,32 @@ class TestFailures:
         }
         assert len(delays) > 5
         assert all(0.225 <= d <= 0.275 for d in delays)
+
+
+class TestFlagGraceAcrossChanges:
+    def test_an_upstream_change_does_not_rearm_an_expired_ipv6_grace(self) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state(), ipv6_pending()))
+        t.on_observation(POLICY.ipv6_grace + 0.1, obs(state(), ipv6_pending()))
+        # Much later a secondary IPv4 appears; the NIC still has no IPv6.
+        t.on_observation(100.0, obs(state(addrs=2), ipv6_pending()))
+        step = t.on_observation(100.25, obs(state(addrs=2), ipv6_pending()))
+        assert step.accept
+        assert step.state == state(addrs=2)
+
+    def test_a_fresh_attach_waits_for_ipv6_again(self) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state(), ipv6_pending()))
+        t.on_observation(POLICY.ipv6_grace + 0.1, obs(state(), ipv6_pending()))
+        t.start_episode(100.0)  # detached and attached again
+        t.on_observation(100.0, obs(state(), ipv6_pending()))
+        assert not t.on_observation(100.25, obs(state(), ipv6_pending())).accept
+
+    def test_a_flag_that_clears_and_returns_starts_its_grace_anew(self) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state(), ipv6_pending()))
+        t.on_observation(0.25, obs(state(ipv6=True)))
+        t.on_observation(0.5, obs(state(ipv6=True)))
+        assert "ipv6-pending" not in t.flag_since
+        t.on_observation(50.0, obs(state(), ipv6_pending()))
+        assert t.flag_since["ipv6-pending"] == 50.0

@@ -1,0 +1,1 @@
+"""Benchmarks for nicreconciled against the embedded IMDS simulator (run: python -m bench)."""

@@ -1,0 +1,115 @@
+"""python -m bench [NAME ...]: run the benchmarks (all by default), print and save figures.
+
+Each benchmark prints its tables and writes bench/results/NAME.json. The exit status is 0
+when every benchmark produced its figures (whether or not a target was met), 1 when one
+failed to, 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
+
+from bench import burst, convergence, footprint
+from bench.harness import BenchError
+from bench.report import table, verdict, write_json
+
+BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "convergence": lambda args: convergence.run(trials=args.trials, delays=tuple(args.delays)),
+    "burst": lambda _args: burst.run(),
+    "footprint": lambda args: footprint.run(idle=args.idle),
+}
+
+
+def _delays(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated seconds: {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError("delays must be positive")
+    return values
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("names", nargs="*", metavar="NAME", help=f"one of {', '.join(BENCHMARKS)}")
+    p.add_argument(
+        "--trials", type=int, default=convergence.TRIALS_PER_DELAY,
+        help="convergence: trials per delay (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--delays", type=_delays, default=list(convergence.DELAYS),
+        help="convergence: IPv6 delays in seconds, comma-separated (default 1,4,10)",
+    )  # fmt: skip
+    p.add_argument(
+        "--idle", type=float, default=footprint.IDLE,
+        help="footprint: idle window in seconds (default %(default)s)",
+    )  # fmt: skip
+    return p
+
+
+def _terminate(_signum: int, _frame: FrameType | None) -> None:
+    # SIGTERM takes the same way out as Ctrl-C: every stack is torn down on the way.
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    names = args.names or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)}; one of {', '.join(BENCHMARKS)}")
+    if args.trials < 1:
+        parser.error("--trials must be at least 1")
+    if os.geteuid() != 0:
+        print("python -m bench: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _terminate)
+    targets: list[dict[str, Any]] = []
+    failed: list[str] = []
+    began = time.monotonic()
+    try:
+        for name in names:
+            t0 = time.monotonic()
+            try:
+                result = BENCHMARKS[name](args)
+            except BenchError as exc:
+                print(f"!! {name}: {exc}", file=sys.stderr)
+                failed.append(name)
+                continue
+            result["duration_s"] = time.monotonic() - t0
+            path = write_json(name, result)
+            print(f"   ({name}: {result['duration_s']:.1f} s; results in {path})\n", flush=True)
+            targets += result.get("targets", [])
+    except KeyboardInterrupt:
+        print("\ninterrupted: namespaces and processes removed", file=sys.stderr)
+        return 130
+    if len(names) > 1 and targets:
+        print("== targets")
+        print(
+            table(
+                ["target", "measured", "limit", "result"],
+                [
+                    [t["name"], f"{t['value']:.3f} {t['unit']}", f"{t['limit']} {t['unit']}",
+                     verdict(t["met"])]
+                    for t in targets
+                ],
+            )
+        )  # fmt: skip
+        print(f"   all benchmarks: {time.monotonic() - began:.1f} s")
+    if failed:
+        print(f"benchmarks that produced no figures: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
