@@ -120,10 +120,7 @@ class Reconciler:
         return self.ctx.resync_interval * self.tracker.rng.uniform(0.8, 1.2)
 
     def _delay(self, step: Step) -> float:
-        if step.idle:
-            delay = self._resync_delay()
-        else:
-            delay = step.delay
+        delay = self._resync_delay() if step.idle else step.delay
         if not self._synced:
             delay = min(delay, self._retry)
             self._retry = min(self._retry * 2, self.ctx.resync_interval)

@@ -28,4 +28,8 @@ def make_renderer(name: str) -> Renderer:
         from nicreconciled.render.netplan import NetplanRenderer
 
         return NetplanRenderer()
+    if name == "networkmanager":
+        from nicreconciled.render.networkmanager import NetworkManagerRenderer
+
+        return NetworkManagerRenderer()
     raise ValueError(f"unsupported renderer {name!r}")

@@ -1,9 +1,15 @@
-"""python -m nicreconciled.sim --listen HOST:PORT --control SOCKET [--scenario FILE]
+"""python -m nicreconciled.sim [--cloud ec2|cloudstack] --listen HOST:PORT --control SOCKET
+                              [--scenario FILE]
 
-Serves IMDSv2 on HOST:PORT and a JSON control API on a filesystem unix socket. Unix sockets
-cross network namespaces, so a test in the root namespace can script a simulator running
-inside a test namespace. Prints one JSON line {"imds": URL, "control": PATH} when ready and
-exits 0 on SIGTERM or SIGINT.
+Serves IMDSv2 (--cloud ec2, the default) or a CloudStack virtual router's metadata
+(--cloud cloudstack) on HOST:PORT and a JSON control API on a filesystem unix socket. Unix
+sockets cross network namespaces, so a test in the root namespace can script a simulator
+running inside a test namespace. Prints one JSON line when ready, {"imds": URL, "control":
+PATH} or {"vr": URL, "control": PATH}, and exits 0 on SIGTERM or SIGINT.
+
+Control API, both clouds: GET /ready, PUT /fault {mode, duration}, GET /stats, POST
+/stats/reset. EC2: /nics, /nics/{mac}, /primary, /raw. CloudStack: GET /vm, PUT /vm
+{key: text|null} (null removes the key, "user-data" sets the user data).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from nicreconciled.model import normalize_mac
+from nicreconciled.sim.cloudstack import VrSim
 from nicreconciled.sim.imds import ImdsSim, url_of
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -66,6 +73,48 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return data
 
 
+async def _set_fault(sim: ImdsSim | VrSim, request: web.Request) -> dict[str, Any]:
+    body = await _body(request)
+    duration = body.get("duration")
+    if duration is not None and not isinstance(duration, int | float):
+        raise ValueError("duration must be a number of seconds")
+    sim.set_fault(str(body.get("mode", "")), None if duration is None else float(duration))
+    return {"mode": sim.fault, "until": sim.fault_until}
+
+
+def make_vr_control_app(sim: VrSim, vr_url: str) -> web.Application:
+    """The CloudStack VR simulator's control API; each handler maps onto a VrSim method."""
+
+    async def ready(_request: web.Request) -> web.Response:
+        return web.json_response({"vr": vr_url, "pid": os.getpid()})
+
+    async def get_vm(_request: web.Request) -> web.Response:
+        return web.json_response(sim.vm())
+
+    async def put_vm(request: web.Request) -> web.Response:
+        return web.json_response(sim.set_vm(await _body(request)))
+
+    async def fault(request: web.Request) -> web.Response:
+        return web.json_response(await _set_fault(sim, request))
+
+    async def stats(request: web.Request) -> web.Response:
+        include_log = request.query.get("log", "1") not in ("0", "false", "no")
+        return web.json_response(sim.stats(include_log))
+
+    async def reset_stats(_request: web.Request) -> web.Response:
+        sim.reset_stats()
+        return web.json_response(sim.stats(False))
+
+    app = web.Application(middlewares=[_errors])
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/vm", get_vm)
+    app.router.add_put("/vm", put_vm)
+    app.router.add_put("/fault", fault)
+    app.router.add_get("/stats", stats)
+    app.router.add_post("/stats/reset", reset_stats)
+    return app
+
+
 def make_control_app(sim: ImdsSim, imds_url: str) -> web.Application:
     """The JSON control API; every handler maps onto an ImdsSim method."""
 
@@ -99,12 +148,7 @@ def make_control_app(sim: ImdsSim, imds_url: str) -> web.Application:
         return web.json_response({"primary": sim.primary})
 
     async def fault(request: web.Request) -> web.Response:
-        body = await _body(request)
-        duration = body.get("duration")
-        if duration is not None and not isinstance(duration, int | float):
-            raise ValueError("duration must be a number of seconds")
-        sim.set_fault(str(body.get("mode", "")), None if duration is None else float(duration))
-        return web.json_response({"mode": sim.fault, "until": sim.fault_until})
+        return web.json_response(await _set_fault(sim, request))
 
     async def raw(request: web.Request) -> web.Response:
         body = await _body(request)
@@ -144,8 +188,14 @@ def _clear_stale_socket(path: Path) -> None:
         pass
 
 
-async def run(host: str, port: int, control: Path, scenario: dict[str, Any] | None) -> int:
-    sim = ImdsSim()
+async def run(
+    host: str,
+    port: int,
+    control: Path,
+    scenario: dict[str, Any] | None,
+    cloud: str = "ec2",
+) -> int:
+    sim: ImdsSim | VrSim = VrSim() if cloud == "cloudstack" else ImdsSim()
     if scenario is not None:
         sim.load_scenario(scenario)
     stop = asyncio.Event()
@@ -153,22 +203,26 @@ async def run(host: str, port: int, control: Path, scenario: dict[str, Any] | No
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    imds = web.AppRunner(sim.make_app(), access_log=None)
-    await imds.setup()
-    await web.TCPSite(imds, host, port).start()
-    url = url_of(imds)
-    ctl = web.AppRunner(make_control_app(sim, url), access_log=None)
+    served = web.AppRunner(sim.make_app(), access_log=None)
+    await served.setup()
+    await web.TCPSite(served, host, port).start()
+    url = url_of(served)
+    if isinstance(sim, VrSim):
+        ctl_app, ready = make_vr_control_app(sim, url), {"vr": url}
+    else:
+        ctl_app, ready = make_control_app(sim, url), {"imds": url}
+    ctl = web.AppRunner(ctl_app, access_log=None)
     await ctl.setup()
     _clear_stale_socket(control)
     await web.UnixSite(ctl, str(control)).start()
     os.chmod(control, 0o600)
-    print(json.dumps({"imds": url, "control": str(control)}), flush=True)
+    print(json.dumps({**ready, "control": str(control)}), flush=True)
     try:
         await stop.wait()
     finally:
         sim.wake()
         await ctl.cleanup()
-        await imds.cleanup()
+        await served.cleanup()
         _clear_stale_socket(control)
     return 0
 
@@ -180,15 +234,24 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
+        "--cloud",
+        choices=("ec2", "cloudstack"),
+        default="ec2",
+        help="simulate EC2's IMDSv2 (default) or a CloudStack virtual router",
+    )
+    parser.add_argument(
         "--listen",
         type=parse_listen,
         default=("127.0.0.1", 8080),
         metavar="HOST:PORT",
-        help="IMDS address (default 127.0.0.1:8080; port 0 = any free port)",
+        help="metadata address (default 127.0.0.1:8080; port 0 = any free port)",
     )
     parser.add_argument("--control", type=Path, required=True, metavar="SOCKET")
     parser.add_argument(
-        "--scenario", type=Path, metavar="FILE", help="JSON: {nics, primary, raw, fault}"
+        "--scenario",
+        type=Path,
+        metavar="FILE",
+        help="JSON: ec2 {nics, primary, raw, fault}; cloudstack {vm, fault}",
     )
     args = parser.parse_args(argv)
     scenario = None
@@ -200,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     host, port = args.listen
     try:
-        return asyncio.run(run(host, port, args.control, scenario))
+        return asyncio.run(run(host, port, args.control, scenario, args.cloud))
     except (OSError, ValueError) as exc:
         print(f"nicreconciled.sim: {_message(exc)}", file=sys.stderr)
         return 1

@@ -56,7 +56,8 @@ class SimClient:
             raise SimControlError(0, f"{method} {path}: {type(exc).__name__}: {exc}") from exc
 
     async def wait_ready(self, timeout: float = 10.0) -> dict[str, Any]:
-        """Poll until the control socket answers; returns {"imds": url, "pid": pid}."""
+        """Poll until the control socket answers; returns {"imds": url, "pid": pid} (EC2) or
+        {"vr": url, "pid": pid} (CloudStack)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -96,6 +97,17 @@ class SimClient:
 
     async def set_raw(self, path: str, text: str | None) -> None:
         await self._call("PUT", "/raw", {"path": path, "text": text})
+
+    async def get_vm(self) -> dict[str, Any]:
+        """CloudStack: every metadata key the VR serves."""
+        result: dict[str, Any] = await self._call("GET", "/vm")
+        return result
+
+    async def set_vm(self, changes: Mapping[str, str | None]) -> dict[str, Any]:
+        """CloudStack: set metadata keys to text, remove them with None ("user-data" sets
+        the user data); returns every key served afterwards."""
+        result: dict[str, Any] = await self._call("PUT", "/vm", dict(changes))
+        return result
 
     async def stats(self, log: bool = True) -> dict[str, Any]:
         result: dict[str, Any] = await self._call("GET", "/stats" if log else "/stats?log=0")

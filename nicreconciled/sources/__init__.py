@@ -48,11 +48,16 @@ def make_source(cloud: Cloud, config: Config, http: HttpClient) -> Source:
         from nicreconciled.sources.ec2 import Ec2Source
 
         return Ec2Source(config.ec2, http)
+    if cloud == "cloudstack":
+        from nicreconciled.sources.cloudstack import CloudStackSource
+
+        return CloudStackSource(config.cloudstack, http)
     raise ValueError(f"unsupported cloud {cloud!r}")
 
 
-#: The order in which ``cloud = "auto"`` probes.
-AUTO_ORDER: tuple[Cloud, ...] = ("ec2",)
+#: The order in which ``cloud = "auto"`` probes. EC2 first: its detect() is one request to
+#: a fixed address, CloudStack's may walk the whole VR discovery chain.
+AUTO_ORDER: tuple[Cloud, ...] = ("ec2", "cloudstack")
 
 
 async def select_source(config: Config, http: HttpClient, *, max_wait: float = 60.0) -> Source:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -38,7 +38,7 @@ class ScriptedSource:
 
     name = "ec2"
 
-    def __init__(self, answer: NicState | None | Exception) -> None:
+    def __init__(self, answer: NicState | Exception | None) -> None:
         self.answer = answer
         self.fetches = 0
 
@@ -86,9 +86,10 @@ def make(
     return Reconciler(ctx, MAC, "eth1")
 
 
-async def until(predicate: object, timeout: float = 3.0) -> None:
+async def until(predicate: Callable[[], object], timeout: float = 3.0) -> None:
+    """Poll PREDICATE: the reconciler offers no event to wait on, by design."""
     async with asyncio.timeout(timeout):
-        while not predicate():  # type: ignore[operator]
+        while not predicate():  # noqa: ASYNC110
             await asyncio.sleep(0.005)
 
 
