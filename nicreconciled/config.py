@@ -64,6 +64,11 @@ class Ec2Config(_Section):
     _endpoint = field_validator("endpoint", "fallback_endpoint")(_check_endpoint)
 
 
+class NetplanConfig(_Section):
+    #: Which backend netplan hands our YAML to (renderer: on our device entry only).
+    backend: Literal["networkd", "NetworkManager"] = "networkd"
+
+
 class CloudStackConfig(_Section):
     endpoint: str = ""
 
@@ -101,6 +106,7 @@ class Config(_Section):
     udev: UdevConfig = UdevConfig()
     ec2: Ec2Config = Ec2Config()
     cloudstack: CloudStackConfig = CloudStackConfig()
+    netplan: NetplanConfig = NetplanConfig()
     polling: PollingConfig = PollingConfig()
 
     @field_validator("output_dir", "state_dir", mode="before")

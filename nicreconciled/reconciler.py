@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from nicreconciled import conflicts
 from nicreconciled import fingerprint as fp
 from nicreconciled.apply import Applier
 from nicreconciled.errors import ApplyError, FetchError, MetadataError, UnsafePathError
@@ -47,6 +48,8 @@ class Context:
     status: StatusStore
     manage_primary: bool = False
     resync_interval: float = 60.0
+    #: Where other tools' files are looked for (conflicts); tests point it at a tree.
+    root: Path = Path("/")
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.monotonic
 
@@ -232,6 +235,7 @@ class Reconciler:
                     )
                 self.status.managed = "managed"
                 self.status.rendered_fingerprint = fp.fingerprint(state)
+                self._check_conflicts()
                 if self.present:
                     await self._apply_if_pending()
         except (OSError, UnsafePathError, ApplyError) as exc:
@@ -243,6 +247,16 @@ class Reconciler:
             return
         self._synced = True
         self._retry = self.ctx.policy.initial_interval
+
+    def _check_conflicts(self) -> None:
+        """Warn (once per change) when another tool also configures this NIC."""
+        found = conflicts.find_conflicts(self.mac, self.ifname, self.ctx.root)
+        if found != self.status.conflicts:
+            for line in found:
+                self._log.warning(
+                    "conflicting_config", conflict=line, advice=conflicts.advice(line)
+                )
+            self.status.conflicts = found
 
     async def _apply_if_pending(self) -> None:
         """Load the written change; stays pending (and is retried) until it succeeds."""

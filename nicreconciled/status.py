@@ -24,6 +24,8 @@ class NicStatus:
     last_change: str | None = None
     last_error: str | None = None
     last_error_at: str | None = None
+    #: Other tools' configurations for this NIC (one line each, see conflicts.py).
+    conflicts: list[str] = field(default_factory=list)
 
 
 class StatusStore:

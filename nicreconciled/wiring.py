@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from nicreconciled.apply import Applier, NetplanNetworkdApplier
+from nicreconciled.apply import (
+    Applier,
+    NetplanNetworkdApplier,
+    NetplanNetworkManagerApplier,
+    NetworkManagerApplier,
+)
 from nicreconciled.config import Config
 from nicreconciled.daemon import Daemon
 from nicreconciled.reconciler import Context
@@ -18,9 +23,11 @@ from nicreconciled.status import StatusStore
 def make_applier(config: Config) -> Applier | None:
     if not config.apply:
         return None
-    if config.renderer == "netplan":
-        return NetplanNetworkdApplier()
-    raise ValueError(f"no applier for renderer {config.renderer!r}")
+    if config.renderer == "networkmanager":
+        return NetworkManagerApplier()
+    if config.netplan.backend == "NetworkManager":
+        return NetplanNetworkManagerApplier()
+    return NetplanNetworkdApplier()
 
 
 async def build_context(
@@ -36,7 +43,7 @@ async def build_context(
 
     ctx = Context(
         source=source,
-        renderer=make_renderer(config.renderer),
+        renderer=make_renderer(config),
         applier=make_applier(config) if apply is not False else None,
         policy=Policy.from_config(config.polling),
         output_dir=config.effective_output_dir,

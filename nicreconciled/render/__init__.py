@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from nicreconciled.model import NicState
+
+if TYPE_CHECKING:
+    from nicreconciled.config import Config
 
 
 class Renderer(Protocol):
@@ -22,14 +25,14 @@ class Renderer(Protocol):
         ...
 
 
-def make_renderer(name: str) -> Renderer:
-    """The registry: one line per renderer."""
-    if name == "netplan":
+def make_renderer(config: Config) -> Renderer:
+    """The registry: one entry per renderer."""
+    if config.renderer == "netplan":
         from nicreconciled.render.netplan import NetplanRenderer
 
-        return NetplanRenderer()
-    if name == "networkmanager":
+        return NetplanRenderer(backend=config.netplan.backend)
+    if config.renderer == "networkmanager":
         from nicreconciled.render.networkmanager import NetworkManagerRenderer
 
         return NetworkManagerRenderer()
-    raise ValueError(f"unsupported renderer {name!r}")
+    raise ValueError(f"unsupported renderer {config.renderer!r}")

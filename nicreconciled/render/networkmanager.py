@@ -1,0 +1,234 @@
+"""NicState -> one NetworkManager keyfile per NIC.
+
+The routing design is the netplan renderer's (read its module docstring first); this
+module only says where NetworkManager needs something different. Every key used here
+exists in NetworkManager 1.42 (Debian 12) and was checked with libnm itself:
+``tests/tools/nm_keyfile_check.py`` reads our output with ``NM.keyfile_read`` and
+``verify()``, and the integration tests assert what libnm parsed, not just that it loaded.
+
+* Bound by MAC only: ``[ethernet] mac-address`` (NetworkManager compares it with the
+  permanent MAC), never ``interface-name``: hot-plugged names are not stable. The MAC is
+  written upper-case because that is how NetworkManager writes it back (it reads either).
+
+* The profile UUID is ``connection_uuid(mac)``, a uuid5 of the MAC: the same on every
+  restart and every machine, so a rewrite updates the profile NetworkManager already has
+  instead of adding a second one, and ``nmcli connection up uuid U`` needs no lookup.
+
+* ``autoconnect-priority=150``: above the default 0 of hand-written or netplan-generated
+  profiles, above cloud-init's 120 and far above the -999 of NetworkManager's own
+  "Wired connection N", so when several profiles could take this NIC, ours does.
+  (Another tool's profile for the same NIC is still a conflict: see ``conflicts.py``.)
+  ``autoconnect-retries=0`` (retry forever): a server NIC has nobody to reconnect it by
+  hand after NetworkManager's default four failed attempts (e.g. a slow DHCP server).
+
+* Non-primary NICs get ``never-default=true``: NetworkManager then installs no default
+  route for this NIC in the main table at all (DHCP or RA), rather than one with a worse
+  metric as the netplan renderer does. Both keep the primary's default route preferred;
+  this one also means nothing unbound ever leaves by a secondary NIC while the primary's
+  route is briefly gone (DHCP renewal, re-activation), which the VPC would drop for its
+  source address. ``never-default`` only affects DHCP/RA/``gateway=`` routes, not the static
+  ``0.0.0.0/0`` route we put in table T (in the l3cfg code of NetworkManager >= 1.36,
+  nm-device.c merges the manual configuration without the "no default routes" flag that
+  ``never-default`` sets for DHCP and autoconf). ``route-metric=M`` still matters: it
+  ranks this NIC's on-link subnet route in main below the primary's when both NICs are in
+  the same subnet, and is the metric of our table-T routes.
+
+* Table T is filled with static routes carrying a ``table=T`` route option (the subnet
+  route, the default route via the subnet gateway, the IPv6 subnet routes), and looked up
+  by ``routing-ruleN=priority P from X table T`` entries, one per address and delegated
+  prefix; NetworkManager requires the priority and a numeric table. We do not use
+  ``route-table=T``: it would move every route of the profile, DHCP's included, out of the
+  main table, so the host would lose its on-link route to the NIC's own subnet for traffic
+  not sourced from this NIC.
+
+* IPv6 method. With IPv6 addresses: ``auto`` (router advertisements plus DHCPv6) and the
+  addresses statically as well, as in the netplan renderer. Without any, on a non-primary
+  NIC: ``disabled`` (NetworkManager >= 1.20), not ``ignore``. ``ignore`` leaves IPv6 on the
+  link to the kernel, which (with its default accept_ra) can take the router's
+  advertisements of an IPv6-enabled subnet and install a main-table default route via this
+  NIC, outside ``never-default`` and our metric: exactly the competing route the rest of
+  the design avoids. ``disabled`` is undone by the next activation, which our applier
+  requests as soon as IPv6 appears in the metadata. A non-primary NIC with delegated IPv6
+  prefixes but no IPv6 address gets ``link-local``: the link needs IPv6 for the VPC to
+  deliver to the prefix and for the table-T subnet route and rules to exist, but no RA
+  default route.
+  The primary NIC (rendered only with ``manage_primary``) without IPv6 gets ``ignore``: we
+  do not take IPv6 away from the NIC the instance was booted with.
+
+* The file is built as data (sections of key/value pairs) and serialized by a writer that
+  refuses anything outside a small character set: a value can never carry a newline, a
+  ``[``, a ``;`` list separator or a ``\\`` escape into the GLib key-file syntax. The model's
+  fields are validated types, so this never fires on real metadata; it turns a future
+  mistake into an error instead of a silently different profile.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from ipaddress import IPv4Address, IPv6Address
+from typing import ClassVar, Final, TypeVar
+
+from nicreconciled.model import NicState, mac_to_key, normalize_mac
+
+_T = TypeVar("_T")
+
+#: Fixed forever: changing it changes every profile UUID and orphans existing profiles.
+UUID_NAMESPACE: Final = uuid.UUID("484654a7-89a4-4710-909c-b1de3df92bea")
+
+#: See the module docstring for why these values.
+AUTOCONNECT_PRIORITY: Final = 150
+ORIGIN_KEY: Final = "org.freedesktop.NetworkManager.origin"
+
+_HEADER: Final = "# Written by nicreconciled for {mac}; do not edit (rewritten on change).\n"
+_IPV4_DEFAULT: Final = "0.0.0.0/0"
+
+Section = list[tuple[str, str]]
+Keyfile = dict[str, Section]
+
+_SECTION_RE: Final = re.compile(r"[a-z0-9-]+")
+_KEY_RE: Final = re.compile(r"[A-Za-z0-9._-]+")
+# Everything our values need (addresses, numbers, rule strings, "table=N") and nothing the
+# key-file syntax gives a meaning to (newline, "[", ";", "\\", "#", leading blanks).
+_VALUE_RE: Final = re.compile(r"[A-Za-z0-9:./,=_-]+(?: [A-Za-z0-9:./,=_-]+)*")
+
+
+def connection_uuid(mac: str) -> str:
+    """The profile UUID for MAC: uuid5 of the normalized MAC; ValueError if not a MAC."""
+    return str(uuid.uuid5(UUID_NAMESPACE, normalize_mac(mac)))
+
+
+class NetworkManagerRenderer:
+    """Renders one NIC as a keyfile for ``/run/NetworkManager/system-connections``."""
+
+    name: ClassVar[str] = "networkmanager"
+    prefix: ClassVar[str] = "nicreconciled-"
+    suffix: ClassVar[str] = ".nmconnection"
+
+    def filename(self, mac: str) -> str:
+        """``nicreconciled-0a1b2c3d4e5f.nmconnection``; ValueError if MAC is not a MAC."""
+        return f"{self.prefix}{mac_to_key(mac)}{self.suffix}"
+
+    def render(self, state: NicState) -> str:
+        return write_keyfile(keyfile(state), comment=_HEADER.format(mac=state.mac))
+
+
+def keyfile(state: NicState) -> Keyfile:
+    """The profile as ordered sections of (key, value); what ``render`` serializes."""
+    return {
+        "connection": [
+            ("id", f"nicreconciled-{state.key}"),
+            ("uuid", connection_uuid(state.mac)),
+            ("type", "ethernet"),
+            ("autoconnect", "true"),
+            ("autoconnect-priority", str(AUTOCONNECT_PRIORITY)),
+            ("autoconnect-retries", "0"),
+        ],
+        "ethernet": [("mac-address", state.mac.upper())],
+        "ipv4": _ipv4(state),
+        "ipv6": _ipv6(state),
+        "user": [(ORIGIN_KEY, "nicreconciled")],
+    }
+
+
+def write_keyfile(sections: Keyfile, *, comment: str = "") -> str:
+    """Serialize SECTIONS; ValueError for any name or value the format could misread."""
+    lines = [comment.rstrip("\n")] if comment else []
+    for name, entries in sections.items():
+        if not _SECTION_RE.fullmatch(name):
+            raise ValueError(f"invalid keyfile section name {name!r}")
+        if lines:
+            lines.append("")
+        lines.append(f"[{name}]")
+        for key, value in entries:
+            if not _KEY_RE.fullmatch(key):
+                raise ValueError(f"invalid keyfile key {key!r} in [{name}]")
+            if not _VALUE_RE.fullmatch(value):
+                raise ValueError(f"invalid keyfile value for {name}.{key}: {value[:60]!r}")
+            lines.append(f"{key}={value}")
+    return "\n".join(lines) + "\n"
+
+
+def _ipv4(state: NicState) -> Section:
+    ipv4 = _unique(state.ipv4_addresses)
+    # The first address is the DHCP one; the others are not in EC2's DHCP lease.
+    entries: Section = [("method", "auto")]
+    entries += _numbered("address", [_ipv4_cidr(state, a) for a in ipv4[1:]])
+    if state.primary:
+        return entries
+    entries += _policy_header(state)
+    routes: list[str] = []
+    if state.ipv4_subnet is not None:
+        routes.append(str(state.ipv4_subnet))
+    if state.ipv4_gateway is not None:
+        routes.append(f"{_IPV4_DEFAULT},{state.ipv4_gateway}")
+    entries += _table_routes(state, routes)
+    sources = [f"{a}/32" for a in ipv4] + [str(p) for p in _unique(state.ipv4_prefixes)]
+    entries += _rules(state, sources)
+    return entries
+
+
+def _ipv6(state: NicState) -> Section:
+    ipv6 = _unique(state.ipv6_addresses)
+    prefixes = _unique(state.ipv6_prefixes)
+    if ipv6:
+        method = "auto"
+    elif state.primary:
+        method = "ignore"
+    elif prefixes:
+        method = "link-local"
+    else:
+        return [("method", "disabled")]
+    entries: Section = [("method", method)]
+    entries += _numbered("address", [_ipv6_cidr(state, a) for a in ipv6])
+    if state.primary:
+        return entries
+    entries += _policy_header(state)
+    # The stand-in for the RA default route, whose link-local next hop the metadata does not
+    # name (see the netplan renderer): on-subnet replies from our sources stay symmetric.
+    entries += _table_routes(state, [str(s) for s in state.ipv6_subnets])
+    sources = [f"{a}/128" for a in ipv6] + [str(p) for p in prefixes]
+    entries += _rules(state, sources)
+    return entries
+
+
+def _policy_header(state: NicState) -> Section:
+    return [("never-default", "true"), ("route-metric", str(state.route_metric))]
+
+
+def _table_routes(state: NicState, routes: list[str]) -> Section:
+    entries: Section = []
+    for n, route in enumerate(_unique(tuple(routes)), start=1):
+        entries.append((f"route{n}", route))
+        entries.append((f"route{n}_options", f"table={state.route_table}"))
+    return entries
+
+
+def _rules(state: NicState, sources: list[str]) -> Section:
+    table, priority = state.route_table, state.rule_priority
+    rules = [f"priority {priority} from {s} table {table}" for s in sources]
+    return _numbered("routing-rule", rules)
+
+
+def _numbered(key: str, values: list[str]) -> Section:
+    return [(f"{key}{n}", value) for n, value in enumerate(values, start=1)]
+
+
+def _unique(items: tuple[_T, ...]) -> list[_T]:
+    """Drop repeats, keep the metadata's order (the first IPv4 is the DHCP one)."""
+    return list(dict.fromkeys(items))
+
+
+def _ipv4_cidr(state: NicState, address: IPv4Address) -> str:
+    # Same rule as the netplan renderer: the subnet's prefix length, /32 when the subnet is
+    # unknown or (defensively) does not contain the address.
+    subnet = state.ipv4_subnet
+    prefixlen = subnet.prefixlen if subnet is not None and address in subnet else 32
+    return f"{address}/{prefixlen}"
+
+
+def _ipv6_cidr(state: NicState, address: IPv6Address) -> str:
+    for subnet in state.ipv6_subnets:
+        if address in subnet:
+            return f"{address}/{subnet.prefixlen}"
+    return f"{address}/128"
