@@ -112,9 +112,7 @@ class Tracker:
         return self.policy.ipv6_grace if flag.grace == "ipv6" else self.policy.deadline
 
     def _pending(self, flags: tuple[RedFlag, ...], now: float) -> tuple[RedFlag, ...]:
-        return tuple(
-            f for f in flags if now - self.flag_since.get(f.kind, now) < self._grace(f)
-        )
+        return tuple(f for f in flags if now - self.flag_since.get(f.kind, now) < self._grace(f))
 
     def _track_flags(self, flags: tuple[RedFlag, ...], now: float) -> None:
         kinds = {f.kind for f in flags}
