@@ -1,0 +1,266 @@
+"""A CloudStack virtual router's metadata service, with injectable faults.
+
+It serves what the daemon relies on: ``/latest/meta-data/`` (the listing; the trailing slash
+is required, as on a real VR), one text file per key, ``/latest/user-data`` (404 = none),
+404 for anything unknown. A key set to ``LISTED_404`` stays in the listing but answers 404
+and an empty value is served as an empty body, so a half-populated VR can be scripted.
+Faults are the IMDS simulator's where they make sense for a plain HTTP server: 5xx, hang,
+reset, slow, oversize. A real VR answers for the VM by the request's source address; this
+one serves a single VM to every client, which is what a test on 127.0.0.1 needs.
+
+In-process: ``VrSim`` (``start()``/``stop()``, ``set_vm()``, ``set_fault()``). Out of
+process: ``python -m nicreconciled.sim --cloud cloudstack``, driven by ``SimClient``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import struct
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
+from itertools import repeat
+from typing import Any
+
+from aiohttp import web
+
+from nicreconciled.sim.imds import LISTED_404, LOG_LIMIT, OVERSIZE_BYTES, url_of
+
+MODES = ("none", "5xx", "hang", "reset", "slow", "oversize")
+META = "/latest/meta-data/"
+USER_DATA = "user-data"
+_KEY = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+#: What a freshly deployed VM's VR serves (values as CloudStack spells them).
+DEFAULT_VM: dict[str, str] = {
+    "availability-zone": "zone1",
+    "cloud-identifier": "CloudStack-{7c3b0a52-5c44-4d9e-9c55-0f2d4a6e1b2c}",
+    "hypervisor-host-name": "kvm-host-1",
+    "instance-id": "0d4d6ae8-1b6c-4a3e-9a51-6f4f2b7c9e01",
+    "local-hostname": "vm-1",
+    "local-ipv4": "10.1.1.23",
+    "public-hostname": "203.0.113.10",
+    "public-ipv4": "203.0.113.10",
+    "service-offering": "Small Instance",
+    "vm-id": "0d4d6ae8-1b6c-4a3e-9a51-6f4f2b7c9e01",
+}
+
+
+class VrSim:
+    """Simulator state plus its aiohttp application; drive it in-process or over control."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        slow_seconds: float = 5.0,
+        vm: Mapping[str, str] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.slow_seconds = slow_seconds
+        self.fault = "none"
+        self.fault_until: float | None = None
+        self._vm: dict[str, str] = dict(DEFAULT_VM if vm is None else vm)
+        self._user_data: str | None = None
+        self._wake: asyncio.Event | None = None
+        self._runner: web.AppRunner | None = None
+        #: Base URL once start() has run.
+        self.url = ""
+        self.reset_stats()
+
+    # --- state --------------------------------------------------------------------------
+
+    def vm(self) -> dict[str, str | None]:
+        """Every key served (``user-data`` included when set)."""
+        out: dict[str, str | None] = dict(sorted(self._vm.items()))
+        if self._user_data is not None:
+            out[USER_DATA] = self._user_data
+        return out
+
+    def set_vm(self, changes: Mapping[str, Any]) -> dict[str, str | None]:
+        """Set keys to text, or remove them with None; ``user-data`` sets the user data.
+
+        Validates everything before changing anything: ValueError names the bad key.
+        """
+        for key, value in changes.items():
+            if not isinstance(key, str) or not _KEY.fullmatch(key):
+                raise ValueError(f"not a metadata key: {str(key)[:64]!r}")
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{key}: value must be a string or null")
+        for key, value in changes.items():
+            if key == USER_DATA:
+                self._user_data = value
+            elif value is None:
+                self._vm.pop(key, None)
+            else:
+                self._vm[key] = value
+        return self.vm()
+
+    def set_fault(self, mode: str, duration: float | None = None) -> None:
+        """Inject a fault for DURATION seconds (None: until changed)."""
+        if mode not in MODES:
+            raise ValueError(f"unknown fault {mode!r}; one of {', '.join(MODES)}")
+        if duration is not None and duration <= 0:
+            raise ValueError("duration must be positive")
+        self.fault = mode
+        self.fault_until = None if duration is None else self.clock() + duration
+        self.wake()
+
+    def active_fault(self) -> str:
+        if self.fault_until is not None and self.clock() >= self.fault_until:
+            self.fault, self.fault_until = "none", None
+        return self.fault
+
+    def load_scenario(self, data: Mapping[str, Any]) -> None:
+        """{"vm": {key: text|null}, "fault": {"mode": ..., "duration": ...}}"""
+        self.set_vm(dict(data.get("vm", {})))
+        if data.get("fault"):
+            self.set_fault(data["fault"]["mode"], data["fault"].get("duration"))
+
+    def wake(self) -> None:
+        """Release every hanging request (fault changed, or shutting down)."""
+        if self._wake is not None:
+            self._wake.set()
+            self._wake = None
+
+    def lookup(self, path: str) -> str | None:
+        """The body served at PATH (absolute, e.g. /latest/meta-data/local-ipv4); None = 404."""
+        if path == "/latest/user-data":
+            return self._user_data
+        if path == META:
+            return "\n".join(sorted(self._vm))
+        key = path.removeprefix(META)
+        if key == path or key not in self._vm:
+            return None
+        value = self._vm[key]
+        return None if value == LISTED_404 else value
+
+    # --- statistics ---------------------------------------------------------------------
+
+    def reset_stats(self) -> None:
+        self.requests = 0
+        self.by_status: Counter[int] = Counter()
+        self.by_method: Counter[str] = Counter()
+        self.log: deque[tuple[float, str, str, int]] = deque(maxlen=LOG_LIMIT)
+
+    def stats(self, include_log: bool = True) -> dict[str, Any]:
+        """Status 0 in the log means the connection was dropped without an answer."""
+        out: dict[str, Any] = {
+            "requests": self.requests,
+            "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
+            "by_method": dict(self.by_method),
+        }
+        if include_log:
+            out["log"] = [{"t": t, "method": m, "path": p, "status": s} for t, m, p, s in self.log]
+        return out
+
+    # --- serving ------------------------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    async def _on_shutdown(self, _app: web.Application) -> None:
+        self.wake()
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve on HOST:PORT (0 = any free port); returns the base URL."""
+        self._runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+        self.url = url_of(self._runner)
+        return self.url
+
+    async def stop(self) -> None:
+        self.wake()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        status = 0
+        try:
+            response = await self._answer(request)
+            if response is None:
+                return web.Response(status=204)  # the connection is gone already
+            status = response.status
+            return response
+        finally:
+            self.requests += 1
+            self.by_status[status] += 1
+            self.by_method[request.method] += 1
+            self.log.append((self.clock(), request.method, request.path, status))
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse | None:
+        fault = self.active_fault()
+        if fault == "5xx":
+            return web.Response(status=503, text="Service Unavailable")
+        if fault == "hang":
+            await self._hang()
+            self._drop(request)
+            return None
+        if fault == "reset":
+            self._drop(request, rst=True)
+            return None
+        if fault == "oversize":
+            chunk = b"x" * 65536  # chunked, no Content-Length: only reading tells the size
+            return await self._stream(request, repeat(chunk, OVERSIZE_BYTES // len(chunk)), 0)
+        if request.method not in ("GET", "HEAD"):
+            return web.Response(status=405, text="Method Not Allowed")
+        body = self.lookup(request.path)
+        if body is None:
+            return web.Response(status=404, text="Not Found")
+        if fault == "slow":
+            data = body.encode()
+            size = max(1, len(data) // 10)  # about ten pieces over slow_seconds
+            pieces = (data[i : i + size] for i in range(0, len(data), size))
+            return await self._stream(request, pieces, self.slow_seconds / 10, len(data))
+        return web.Response(text=body, content_type="text/plain")
+
+    async def _hang(self) -> None:
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        wake = self._wake
+        remaining = None if self.fault_until is None else self.fault_until - self.clock()
+        try:
+            async with asyncio.timeout(remaining):
+                await wake.wait()
+        except TimeoutError:
+            pass
+
+    @staticmethod
+    def _drop(request: web.Request, rst: bool = False) -> None:
+        transport = request.transport
+        if transport is None:
+            return
+        if rst:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                # Linger 0: closing sends a TCP RST, as a crashing VR would.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        else:
+            transport.close()
+
+    async def _stream(
+        self, request: web.Request, pieces: Iterable[bytes], pause: float, length: int = -1
+    ) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_type = "text/plain"
+        if length < 0:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = length
+        try:
+            await response.prepare(request)
+            for piece in pieces:
+                await response.write(piece)
+                await asyncio.sleep(pause)
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client gave up, as it should
+        return response

@@ -1,0 +1,432 @@
+"""Apache CloudStack: NIC state from the NIC's DHCP lease, confirmed by its virtual router.
+
+Why it looks the way it does:
+
+* CloudStack metadata names no MACs, subnets or gateways: the virtual router (VR) answers
+  for the VM by the request's source address. A NIC's address, prefix and gateway therefore
+  come from its own DHCP lease (handed out by the VR's dnsmasq), and the metadata confirms
+  that a VR answers and which address it gives the VM on its network (``local-ipv4``).
+* Each guest network has its own VR. A NIC whose lease names a server asks that VR; any
+  other NIC asks the default VR found by the discovery chain (vr_discovery). Both are
+  cached, and dropped and re-discovered when they stop answering (a re-created VR may come
+  back at another address).
+* There are no device numbers: the NIC carrying the default route is 0 (CloudStack's VR
+  hands out a router only on the default network) and the others get numbers derived from
+  their ifindex, which does not change while the NIC exists (device_numbers()).
+* Red flags name what they wait on, so the reconciler polls cheaply: a metadata URL, the
+  canonical text of a NIC's lease (``lease:<mac>``) or its interface name (``link:<mac>``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import cast
+
+import structlog
+
+from nicreconciled.config import CloudStackConfig
+from nicreconciled.errors import FetchError, MetadataError
+from nicreconciled.model import Cloud, NicState, Observation, RedFlag, normalize_mac
+from nicreconciled.sources.http import HttpClient
+from nicreconciled.sources.vr_discovery import Lease, Resolver, VrDiscovery, vr_url
+from nicreconciled.system import proc, sysfs
+
+_log = structlog.get_logger(__name__)
+
+_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_HOSTNAME = re.compile(r"[A-Za-z0-9._-]{1,255}")
+#: The keys we read, and the shape of those that have one (the others are IPv4 addresses
+#: or free text on one line). Only listed keys are fetched, except REQUIRED.
+WANTED: dict[str, re.Pattern[str] | None] = {
+    "instance-id": _ID,
+    "local-ipv4": None,
+    "vm-id": _ID,
+    "local-hostname": _HOSTNAME,
+    "public-ipv4": None,
+    "public-hostname": _HOSTNAME,
+    "service-offering": None,
+    "availability-zone": None,
+    "cloud-identifier": None,
+    "hypervisor-host-name": _HOSTNAME,
+}
+#: Always requested, so "not listed" and "404" read the same: None.
+REQUIRED = ("instance-id", "local-ipv4")
+#: detect() on another cloud walks the whole chain; this bounds it.
+DETECT_TIMEOUT = 3.0
+#: A blackholed candidate (a gateway that drops port 80) must not stall discovery.
+LIVENESS_TIMEOUT = 1.0
+MAX_TEXT = 255
+LINK_KEY = "link:"
+LEASE_KEY = "lease:"
+META = "/latest/meta-data/"
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_ADDRESSES = ("local-ipv4", "public-ipv4")
+
+
+@dataclass(frozen=True)
+class VrMetadata:
+    """The VR's answers, validated; absent, 404 and empty values are left out."""
+
+    instance_id: str
+    local_ipv4: IPv4Address | None
+    public_ipv4: IPv4Address | None
+    #: Every other key answered (local-hostname, service-offering, ...): one line of text.
+    texts: Mapping[str, str]
+
+
+def metadata_url(vr: str, key: str) -> str:
+    return f"{vr}{META}{key}"
+
+
+def link_key(mac: str) -> str:
+    return f"{LINK_KEY}{normalize_mac(mac)}"
+
+
+def lease_key(mac: str) -> str:
+    return f"{LEASE_KEY}{normalize_mac(mac)}"
+
+
+def _text(key: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    text = value.strip()
+    bad = _CONTROL.search(text)
+    if bad is not None:
+        raise MetadataError(f"{key}: control character {bad.group()!r} in value")
+    if len(text) > MAX_TEXT:
+        raise MetadataError(f"{key}: longer than {MAX_TEXT} characters")
+    shape = WANTED.get(key)
+    if text and shape is not None and not shape.fullmatch(text):
+        what = "an id" if shape is _ID else "a hostname"
+        raise MetadataError(f"{key}: not {what}: {text[:40]!r}")
+    # An empty file is a VR still writing its metadata, not a value.
+    return text or None
+
+
+def _address(key: str, value: str | None) -> IPv4Address | None:
+    text = _text(key, value)
+    try:
+        return None if text is None else IPv4Address(text)  # no "%scope", "/len", "010."
+    except ValueError:
+        raise MetadataError(f"{key}: not an IPv4 address: {text!r:.40}") from None
+
+
+def parse_metadata(raw: Mapping[str, str | None]) -> VrMetadata:
+    """Validate the VR's answers (key -> body, None = 404). Pure.
+
+    Raises MetadataError naming the key for garbage. instance-id must be present: the I/O
+    layer treats a VR without it as no VR at all.
+    """
+    texts = {k: _text(k, raw.get(k)) for k in WANTED if k not in _ADDRESSES}
+    instance_id = texts.pop("instance-id")
+    if instance_id is None:
+        raise MetadataError("instance-id: missing")
+    return VrMetadata(
+        instance_id,
+        _address("local-ipv4", raw.get("local-ipv4")),
+        _address("public-ipv4", raw.get("public-ipv4")),
+        {k: v for k, v in texts.items() if v is not None},
+    )
+
+
+def _by_mac(links: Iterable[sysfs.Link]) -> dict[str, sysfs.Link]:
+    """One ethernet link per MAC: a VLAN or macvlan on top shares its parent's MAC, so
+    prefer the non-virtual link, then the oldest (lowest ifindex)."""
+    out: dict[str, sysfs.Link] = {}
+    for link in sorted(links, key=lambda x: (x.virtual, x.ifindex)):
+        if link.ethernet:
+            out.setdefault(link.mac, link)
+    return out
+
+
+def device_numbers(links: Iterable[sysfs.Link], primary: str | None) -> dict[str, int]:
+    """MAC -> device number in 0..99: 0 for PRIMARY, 1..99 for the other ethernet NICs.
+
+    The number feeds the route table and metric, so it must not change while the NIC
+    exists: a rank among present NICs would shift whenever a lower one detaches and force
+    a re-render (new table, dropped flows) of a NIC that did not change. The number is
+    therefore the ifindex folded into 1..99; on a collision (ifindexes 99 apart, i.e. after
+    ~100 hot-plugs) the NIC with the higher ifindex takes the next free number.
+    """
+    out = {primary: 0} if primary is not None else {}
+    taken = {0}
+    for link in sorted(_by_mac(links).values(), key=lambda x: x.ifindex):
+        if link.mac in out:
+            continue
+        slot = (link.ifindex - 2) % 99 + 1  # ifindex 1 is lo
+        for _ in range(99):
+            if slot not in taken:
+                taken.add(slot)
+                out[link.mac] = slot
+                break
+            slot = slot % 99 + 1
+    return out
+
+
+def build_state(
+    mac: str,
+    raw: Mapping[str, str | None],
+    lease: Lease | None,
+    *,
+    vr: str,
+    own_vr: bool,
+    primary: bool,
+    device_number: int,
+) -> Observation:
+    """One NIC's Observation from its lease and the VR's raw answers. Pure.
+
+    ``own_vr``: VR serves this NIC's network (its lease named it, or the NIC is the primary
+    and asked the default VR), so its local-ipv4 is this NIC's address.
+    """
+    mac = normalize_mac(mac)
+    meta = parse_metadata(raw)
+    flags: list[RedFlag] = []
+    probe: dict[str, str | None] = {}
+    local_url = metadata_url(vr, "local-ipv4")
+    if meta.local_ipv4 is None:
+        detail = "the VR answers instance-id but not local-ipv4 yet"
+        flags.append(RedFlag("incomplete", detail, (local_url,)))
+        probe[local_url] = raw.get("local-ipv4")
+
+    key = lease_key(mac)
+    address = lease.address if lease is not None else None
+    if address is None and own_vr:
+        address = meta.local_ipv4
+    if address is None:
+        # No address yet: after the deadline the reconciler renders DHCP only, and the
+        # lease that follows shows up in the probe.
+        flags.append(RedFlag("incomplete", "no DHCP lease yet: address unknown", (key,)))
+        probe[key] = lease.describe() if lease is not None else None
+    elif own_vr and lease is not None and meta.local_ipv4 not in (None, address):
+        # A lease file that outlived its NIC (dhclient's, under /var/lib) names an old
+        # address; the VR knows the current one. Wait for them to agree.
+        detail = f"lease address {address} is not the VR's local-ipv4 {meta.local_ipv4}"
+        flags.append(RedFlag("incomplete", detail, (key, local_url)))
+        probe[key] = lease.describe()
+        probe[local_url] = raw.get("local-ipv4")
+
+    subnet: IPv4Network | None = None
+    gateway: IPv4Address | None = None
+    if lease is not None and address is not None and lease.address == address:
+        subnet = lease.network
+        # A router outside the subnet cannot be a next hop of the table's default route.
+        if subnet is not None and lease.router is not None and lease.router in subnet:
+            gateway = lease.router
+    # Typed values, and device_numbers() keeps the number in 0..99: NicState refusing this
+    # would be a bug here, not garbage from the VR.
+    state = NicState(
+        mac=mac,
+        cloud="cloudstack",
+        primary=primary,
+        device_number=device_number,
+        ipv4_addresses=(address,) if address is not None else (),
+        ipv4_subnet=subnet,
+        ipv4_gateway=gateway,
+    )
+    return Observation(mac=mac, state=state, flags=tuple(flags), probe=probe)
+
+
+class CloudStackSource:
+    """VR metadata plus local leases for NIC state. Not safe to share between event loops."""
+
+    name: Cloud = "cloudstack"
+
+    def __init__(
+        self,
+        config: CloudStackConfig,
+        http: HttpClient,
+        log: structlog.typing.FilteringBoundLogger | None = None,
+        *,
+        root: Path = Path("/"),
+        runner: proc.Runner = proc.run,
+        resolver: Resolver | None = None,
+    ) -> None:
+        self._http = http
+        self._root = root
+        self.discovery = VrDiscovery(config.endpoint, root=root, runner=runner, resolver=resolver)
+        self._default: str | None = None
+        self._discover_lock = asyncio.Lock()
+        #: Guest network -> the VR that last answered for a NIC in it.
+        self._by_network: dict[IPv4Network, str] = {}
+        #: Every VR that answered: probe() fetches metadata URLs of these only.
+        self._known: set[str] = set()
+        self._log = (log if log is not None else _log).bind(source="cloudstack")
+
+    @property
+    def default_vr(self) -> str | None:
+        """Base URL of the default VR once found."""
+        return self._default
+
+    async def _get(self, url: str) -> str | None:
+        answer = await self._http.request("GET", url)
+        if answer.status == 200:
+            return answer.body
+        if answer.status == 404:
+            return None
+        raise FetchError(f"GET {url}: HTTP {answer.status}")
+
+    async def _gather(self, urls: Sequence[str]) -> list[str | None]:
+        # Let every request finish (each is bounded by the HTTP timeout), then report the
+        # first failure: partial answers are never used.
+        results = await asyncio.gather(*(self._get(u) for u in urls), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return cast(list[str | None], results)
+
+    async def _alive(self, vr: str) -> str | None:
+        """Liveness of a candidate: a plausible instance-id, quickly. None = alive."""
+        try:
+            async with asyncio.timeout(LIVENESS_TIMEOUT):
+                answer = await self._http.request("GET", metadata_url(vr, "instance-id"))
+        except TimeoutError:
+            return f"did not answer (timeout after {LIVENESS_TIMEOUT:g}s)"
+        except FetchError as exc:
+            return f"did not answer ({str(exc).partition(': ')[2] or exc})"
+        except MetadataError:
+            return "answered garbage for instance-id"
+        if answer.status != 200:
+            return f"answered HTTP {answer.status} for instance-id"
+        # A home router's web page answers 200 to anything: demand an id.
+        if not _ID.fullmatch(answer.body.strip()):
+            return "answered something that is not an instance-id"
+        return None
+
+    async def _read_vr(self, vr: str) -> dict[str, str | None]:
+        """Raw answers of one VR; FetchError when it gives none or has no instance-id."""
+        try:
+            listing = await self._get(f"{vr}{META}")  # the trailing slash is required
+            names = set(WANTED)
+            if listing is not None:
+                names = {line.strip().rstrip("/") for line in listing.splitlines()}
+            keys = [k for k in WANTED if k in REQUIRED or k in names]
+            answers = await self._gather([metadata_url(vr, k) for k in keys])
+        except FetchError as exc:
+            raise FetchError(f"VR {vr}: {exc}") from None
+        raw = dict(zip(keys, answers, strict=True))
+        if not (raw.get("instance-id") or "").strip():
+            raise FetchError(f"VR {vr}: no instance-id (not a virtual router?)")
+        self._known.add(vr)
+        return raw
+
+    async def _discover(self, stale: str | None) -> str:
+        # One discovery at a time: NICs attached together would otherwise each run the chain.
+        async with self._discover_lock:
+            if self._default is not None and self._default != stale:
+                return self._default
+            found = await self.discovery.find(self._alive)
+            self._log.info("vr_discovered", vr=found.url, method=found.method, via=found.detail)
+            self._default = found.url
+            return found.url
+
+    async def _read_default(self) -> tuple[str, dict[str, str | None]]:
+        stale = self._default
+        if stale is not None:
+            try:
+                return stale, await self._read_vr(stale)
+            except FetchError as exc:
+                self._log.warning("vr_not_answering", vr=stale, error=str(exc), next="discover")
+        vr = await self._discover(stale)
+        return vr, await self._read_vr(vr)
+
+    async def _read_for(
+        self, lease: Lease | None, *, primary: bool
+    ) -> tuple[str, dict[str, str | None], bool]:
+        """(VR, its answers, whether it is the VR of the NIC's own network)."""
+        network = lease.network if lease is not None else None
+        own: list[str] = []
+        if lease is not None and lease.server is not None:
+            own.append(vr_url(lease.server))
+        if network is not None and network in self._by_network:
+            own.append(self._by_network[network])
+        for vr in dict.fromkeys(own):
+            try:
+                raw = await self._read_vr(vr)
+            except FetchError as exc:
+                self._log.warning("vr_not_answering", vr=vr, error=str(exc), next="default")
+                if network is not None and self._by_network.get(network) == vr:
+                    del self._by_network[network]
+                continue
+            if network is not None:
+                self._by_network[network] = vr
+            return vr, raw, True
+        vr, raw = await self._read_default()
+        return vr, raw, primary and not own
+
+    async def detect(self) -> bool:
+        product = sysfs.dmi("product_name", self._root / "sys") or ""
+        if product.startswith("CloudStack"):
+            return True
+        try:
+            async with asyncio.timeout(DETECT_TIMEOUT):
+                await self._discover(None)
+        except Exception as exc:
+            self._log.debug("cloudstack_not_detected", reason=str(exc) or type(exc).__name__)
+            return False
+        return True
+
+    async def fetch(self, mac: str) -> Observation:
+        mac = normalize_mac(mac)
+        links = self.discovery.links()
+        link = _by_mac(links).get(mac)
+        if link is None:
+            key = link_key(mac)
+            flag = RedFlag("not-listed", "no interface with this MAC on this machine", (key,))
+            return Observation(mac=mac, state=None, flags=(flag,), probe={key: None})
+        lease = await self.discovery.leases_for(link.name)
+        by_name = {x.name: x for x in links}
+        routes = self.discovery.default_routes()
+        routed = [by_name[r.ifname].mac for r in routes if r.ifname in by_name]
+        primary_mac = routed[0] if routed else None
+        vr, raw, own = await self._read_for(lease, primary=primary_mac == mac)
+        if primary_mac is None and lease is not None and lease.address is not None:
+            # No default route at all: the primary is the NIC the default VR knows.
+            default = raw if vr == self._default else (await self._read_default())[1]
+            if parse_metadata(default).local_ipv4 == lease.address:
+                primary_mac = mac
+        numbers = device_numbers(links, primary_mac)
+        if mac not in numbers:
+            raise FetchError(f"{mac}: no free device number (more than 100 NICs)")
+        observation = build_state(
+            mac,
+            raw,
+            lease,
+            vr=vr,
+            own_vr=own,
+            primary=primary_mac == mac,
+            device_number=numbers[mac],
+        )
+        flags = [f.kind for f in observation.flags]
+        self._log.debug("cloudstack_fetched", mac=mac, ifname=link.name, vr=vr, flags=flags)
+        return observation
+
+    async def probe(self, keys: Sequence[str]) -> dict[str, str | None]:
+        out: dict[str, str | None] = {}
+        urls: list[str] = []
+        for key in keys:
+            if key.startswith((LINK_KEY, LEASE_KEY)):
+                kind, _, mac = key.partition(":")
+                link = _by_mac(self.discovery.links()).get(normalize_mac(mac))
+                if kind == LINK_KEY[:-1]:
+                    out[key] = link.name if link is not None else None
+                else:
+                    lease = await self.discovery.leases_for(link.name) if link else None
+                    out[key] = lease.describe() if lease is not None else None
+                continue
+            base, _, name = key.partition(META)
+            if base not in self._known or not _KEY_NAME.fullmatch(name):
+                raise ValueError(f"not a CloudStack probe key: {key[:80]!r}")
+            urls.append(key)
+        out.update(zip(urls, await self._gather(urls), strict=True))
+        return {key: out[key] for key in keys}
+
+    async def close(self) -> None:
+        """Close the HTTP client (it reopens if used again); the VRs found stay cached."""
+        await self._http.close()
