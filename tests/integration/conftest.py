@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,42 @@ import pytest
 
 from nicreconciled.sim.client import SimClient
 from tests.conftest import PYTHON, Netns, read_json_lines
+
+NM_CHECK_TOOL = Path(__file__).resolve().parents[1] / "tools" / "nm_keyfile_check.py"
+SYSTEM_PYTHON = "/usr/bin/python3"
+PACKAGES = "python3-gi gir1.2-nm-1.0"
+
+
+@pytest.fixture(scope="module")
+def libnm() -> str:
+    """/usr/bin/python3, after proving it can import libnm (fail, never skip)."""
+    probe = "import gi; gi.require_version('NM', '1.0'); from gi.repository import NM"
+    try:
+        done = subprocess.run(
+            [SYSTEM_PYTHON, "-c", probe], capture_output=True, text=True, timeout=60
+        )
+    except OSError as exc:
+        pytest.fail(
+            f"{SYSTEM_PYTHON} not runnable ({exc}); install python3 and {PACKAGES}", pytrace=False
+        )
+    if done.returncode != 0:
+        pytest.fail(
+            f"{SYSTEM_PYTHON} cannot import libnm: install the Debian packages {PACKAGES}\n"
+            f"{done.stderr.strip()}",
+            pytrace=False,
+        )
+    return SYSTEM_PYTHON
+
+
+def check(python: str, paths: list[Path]) -> list[dict[str, Any]]:
+    done = subprocess.run(
+        [python, str(NM_CHECK_TOOL), *map(str, paths)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode in (0, 1), done.stderr
+    results: list[dict[str, Any]] = json.loads(done.stdout)
+    assert [r["file"] for r in results] == [str(p) for p in paths]
+    return results
+
 
 PRIMARY = "0a:00:00:00:00:01"
 PORT = 8080
@@ -41,6 +78,8 @@ class Stack:
     config: dict[str, Any] = field(default_factory=dict)
     daemon: subprocess.Popen[bytes] | None = None
     fakebin: Path | None = None
+    cloud: str = "ec2"
+    renderer: str = "netplan"
 
     @property
     def out(self) -> Path:
@@ -59,14 +98,17 @@ class Stack:
         return self.tmp / "apply.log"
 
     def file_for(self, mac: str) -> Path:
-        return self.out / f"90-nicreconciled-{mac.replace(':', '')}.yaml"
+        key = mac.replace(":", "")
+        if self.renderer == "networkmanager":
+            return self.out / f"nicreconciled-{key}.nmconnection"
+        return self.out / f"90-nicreconciled-{key}.yaml"
 
     def write_config(self, **overrides: Any) -> Path:
         polling = {"deadline": 8, "ipv6_grace": 6, "max_interval": 1}
         polling.update(overrides.pop("polling", {}))
         lines = [
-            'cloud = "ec2"',
-            'renderer = "netplan"',
+            f'cloud = "{self.cloud}"',
+            f'renderer = "{self.renderer}"',
             f'output_dir = "{self.out}"',
             f'state_dir = "{self.state}"',
             f"apply = {str(overrides.pop('apply', False)).lower()}",
@@ -79,11 +121,10 @@ class Stack:
             'ignore = ["nrp*"]',
             "[udev]",
             'source = "kernel"',
-            "[ec2]",
-            f'endpoint = "http://127.0.0.1:{PORT}"',
-            'fallback_endpoint = ""',
-            "[polling]",
         ]
+        if self.cloud == "ec2":
+            lines += ["[ec2]", f'endpoint = "http://127.0.0.1:{PORT}"', 'fallback_endpoint = ""']
+        lines += ["[polling]"]
         lines += [f"{k} = {v}" for k, v in polling.items()]
         path = self.tmp / "nicreconciled.toml"
         path.write_text("\n".join(lines) + "\n")

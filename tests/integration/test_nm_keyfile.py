@@ -27,45 +27,12 @@ from nicreconciled.apply import netplan_nm_connection_id
 from nicreconciled.model import NicState
 from nicreconciled.render.netplan import NetplanRenderer
 from nicreconciled.render.networkmanager import NetworkManagerRenderer, connection_uuid
+from tests.integration.conftest import check
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-TOOL = ROOT / "tests" / "tools" / "nm_keyfile_check.py"
 GOLDEN_DIR = ROOT / "tests" / "golden" / "networkmanager"
-SYSTEM_PYTHON = "/usr/bin/python3"
-PACKAGES = "python3-gi gir1.2-nm-1.0"
-
-
-@pytest.fixture(scope="module")
-def libnm() -> str:
-    """/usr/bin/python3, after proving it can import libnm (fail, never skip)."""
-    probe = "import gi; gi.require_version('NM', '1.0'); from gi.repository import NM"
-    try:
-        done = subprocess.run(
-            [SYSTEM_PYTHON, "-c", probe], capture_output=True, text=True, timeout=60
-        )
-    except OSError as exc:
-        pytest.fail(
-            f"{SYSTEM_PYTHON} not runnable ({exc}); install python3 and {PACKAGES}", pytrace=False
-        )
-    if done.returncode != 0:
-        pytest.fail(
-            f"{SYSTEM_PYTHON} cannot import libnm: install the Debian packages {PACKAGES}\n"
-            f"{done.stderr.strip()}",
-            pytrace=False,
-        )
-    return SYSTEM_PYTHON
-
-
-def check(python: str, paths: list[Path]) -> list[dict[str, Any]]:
-    done = subprocess.run(
-        [python, str(TOOL), *map(str, paths)], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode in (0, 1), done.stderr
-    results: list[dict[str, Any]] = json.loads(done.stdout)
-    assert [r["file"] for r in results] == [str(p) for p in paths]
-    return results
 
 
 def write(directory: Path, states: list[NicState]) -> list[Path]:

@@ -1,0 +1,113 @@
+"""CloudStack end to end: the VR found through `data-server`, NetworkManager keyfiles out.
+
+`ip netns exec` bind-mounts /etc/netns/<NS>/hosts over /etc/hosts, so inside the test
+namespace `data-server` resolves to the VR simulator on that namespace's 127.0.0.1:80.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from nicreconciled.render.networkmanager import connection_uuid
+from nicreconciled.sim.client import SimClient
+from tests.conftest import PYTHON, Netns
+from tests.integration.conftest import Stack, check
+
+pytestmark = pytest.mark.integration
+
+MAC = "02:c5:00:00:00:02"
+VM = {
+    "instance-id": "i-2-17-VM",
+    "vm-id": "2a7c0f1e-1d2b-4e3f-9a8b-0c1d2e3f4a5b",
+    "local-ipv4": "10.1.1.23",
+    "local-hostname": "vm17",
+    "service-offering": "Small Instance",
+    "availability-zone": "zone1",
+}
+
+
+@pytest.fixture
+def data_server(netns: Netns) -> Iterator[Path]:
+    """/etc/netns/<NS>/hosts resolving data-server to the namespace's loopback."""
+    etc = Path("/etc/netns") / netns.name
+    etc.mkdir(parents=True)
+    (etc / "hosts").write_text("127.0.0.1 localhost\n127.0.0.1 data-server\n")
+    try:
+        yield etc
+    finally:
+        shutil.rmtree(etc, ignore_errors=True)
+
+
+class VrStack(Stack):
+    def start_vr(self) -> None:
+        self.ns.popen(
+            [
+                *(PYTHON, "-m", "nicreconciled.sim", "--cloud", "cloudstack"),
+                *("--listen", "127.0.0.1:80", "--control", str(self.tmp / "vr.sock")),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.tmp / "vr.log").open("ab"),
+        )
+
+
+@pytest.fixture
+async def vr_stack(netns: Netns, data_server: Path, tmp_path: Path) -> AsyncIterator[VrStack]:
+    st = VrStack(netns, tmp_path, SimClient(str(tmp_path / "vr.sock")))
+    st.cloud, st.renderer = "cloudstack", "networkmanager"
+    yield st
+    await st.sim.close()
+    if st.daemon is not None and st.daemon.poll() is None:
+        st.daemon.kill()
+        st.daemon.wait(timeout=10)
+
+
+async def vr_up(stack: VrStack) -> None:
+    stack.start_vr()
+    await stack.sim.wait_ready(15)
+    await stack.sim.set_vm(VM)
+
+
+class TestCloudStack:
+    async def test_a_hotplugged_nic_gets_a_keyfile_libnm_accepts(
+        self, vr_stack: VrStack, libnm: str
+    ) -> None:
+        await vr_up(vr_stack)
+        vr_stack.start(polling={"deadline": 3})
+        await vr_stack.wait_event("ready", timeout=20)
+        vr_stack.ns.plug("csn1", MAC)
+        await vr_stack.wait_file(MAC, "mac-address=02:C5:00:00:00:02", timeout=20)
+        path = vr_stack.file_for(MAC)
+        assert path.stat().st_mode & 0o777 == 0o600
+        (parsed,) = check(libnm, [path])
+        assert parsed["error"] is None
+        assert not parsed["warnings"]
+        assert parsed["uuid"] == connection_uuid(MAC)
+        # No DHCP lease exists in the test namespace: after the deadline the NIC is
+        # rendered DHCP-only, kept off the main default route, with no policy rules.
+        assert parsed["ipv4"]["method"] == "auto"
+        assert parsed["ipv4"]["never_default"] is True
+        assert parsed["ipv4"]["rules"] == []
+        found = vr_stack.events("cloud_detected") + vr_stack.events("ready")
+        assert found
+        assert found[-1].get("source") == "cloudstack"
+
+    async def test_a_vr_that_comes_up_late_is_found_without_a_restart(
+        self, vr_stack: VrStack
+    ) -> None:
+        vr_stack.start(polling={"deadline": 3, "max_interval": 1})
+        await vr_stack.wait_event("ready", timeout=20)
+        vr_stack.ns.plug("csn1", MAC)
+        failed = await vr_stack.wait_event("fetch_failed", mac=MAC, timeout=20)
+        assert "no virtual router found" in failed["error"]
+        assert "data-server" in failed["error"]
+        await asyncio.sleep(1.0)
+        assert not vr_stack.file_for(MAC).exists()
+        await vr_up(vr_stack)
+        await vr_stack.wait_file(MAC, timeout=20)
+        vr_stack.assert_alive()
