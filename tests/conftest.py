@@ -62,6 +62,10 @@ class Netns:
             ["ip", "netns", "exec", self.name, *argv], text=True, capture_output=True, **kwargs
         )
 
+    def ifindex(self, ifname: str) -> int:
+        done = self.run(["cat", f"/sys/class/net/{ifname}/ifindex"], check=True)
+        return int(done.stdout)
+
     def plug(self, ifname: str, mac: str, peer: str | None = None) -> None:
         """Hot-plug a veth NIC with MAC (real kernel add uevents); its peer is nrp-*."""
         peer = peer or f"nrp{ifname[-6:]}"

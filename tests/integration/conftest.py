@@ -80,6 +80,9 @@ class Stack:
     fakebin: Path | None = None
     cloud: str = "ec2"
     renderer: str = "netplan"
+    #: When set, the daemon sees this directory as /run (its own mount namespace), so a
+    #: test can hand it systemd-networkd lease files without touching the host's /run.
+    run_dir: Path | None = None
 
     @property
     def out(self) -> Path:
@@ -138,7 +141,11 @@ class Stack:
             env["NICR_APPLY_LOG"] = str(self.apply_log)
         log = self.log_path.open("ab")
         argv = [PYTHON, "-m", "nicreconciled", "--config", str(cfg), "--log-format", "json"]
-        self.daemon = self.ns.popen([*argv, *(args or ("run",))], stderr=log, env=env)
+        argv += args or ("run",)
+        if self.run_dir is not None:
+            mount = 'mount --bind "$0" /run && exec "$@"'
+            argv = ["unshare", "--mount", "sh", "-c", mount, str(self.run_dir), *argv]
+        self.daemon = self.ns.popen(argv, stderr=log, env=env)
         return self.daemon
 
     def events(self, name: str | None = None, **match: Any) -> list[dict[str, Any]]:

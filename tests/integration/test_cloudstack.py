@@ -111,3 +111,40 @@ class TestCloudStack:
         await vr_up(vr_stack)
         await vr_stack.wait_file(MAC, timeout=20)
         vr_stack.assert_alive()
+
+
+class TestLeases:
+    async def test_a_nic_with_a_networkd_lease_gets_policy_routing(
+        self, vr_stack: VrStack, libnm: str
+    ) -> None:
+        """The primary NIC carries the default route; the hot-plugged one has a lease."""
+        ns = vr_stack.ns
+        ns.plug("csn0", "02:c5:00:00:00:01", peer="nrpcsn0")
+        ns.ip("addr", "add", "10.1.0.10/24", "dev", "csn0")
+        ns.ip("link", "set", "csn0", "up")
+        ns.ip("link", "set", "nrpcsn0", "up")
+        ns.ip("route", "add", "default", "via", "10.1.0.1", "dev", "csn0")
+        leases = vr_stack.tmp / "run" / "systemd" / "netif" / "leases"
+        leases.mkdir(parents=True)
+        vr_stack.run_dir = vr_stack.tmp / "run"
+        await vr_up(vr_stack)
+        vr_stack.start()
+        await vr_stack.wait_event("ready", timeout=20)
+        ns.plug("csn1", MAC)
+        (leases / str(ns.ifindex("csn1"))).write_text(
+            "# This is private data. Do not parse.\n"
+            "ADDRESS=10.1.1.23\nNETMASK=255.255.255.0\nROUTER=10.1.1.1\n"
+            "SERVER_ADDRESS=127.0.0.1\n"
+        )
+        await vr_stack.wait_file(MAC, "routing-rule1=", timeout=20)
+        (parsed,) = check(libnm, [vr_stack.file_for(MAC)])
+        assert not parsed["warnings"]
+        table = parsed["ipv4"]["routes"][0]["table"]
+        assert 10001 <= table <= 10099
+        assert parsed["ipv4"]["rules"] == [f"priority {table} from 10.1.1.23 table {table}"]
+        assert {(r["dest"], r["prefix"], r["next_hop"]) for r in parsed["ipv4"]["routes"]} == {
+            ("10.1.1.0", 24, None),
+            ("0.0.0.0", 0, "10.1.1.1"),
+        }
+        # The primary NIC (default route) is not managed: no file for it.
+        assert not vr_stack.file_for("02:c5:00:00:00:01").exists()
