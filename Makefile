@@ -1,4 +1,5 @@
-# The two entry points: `make demo` (the embedded demo) and `make test` (ruff, mypy, pytest).
+# The two entry points: `make demo` (the embedded demos, EC2 then CloudStack) and `make test`
+# (ruff, mypy, pytest).
 # Both set everything up on a fresh Debian machine (root: apt-get, network namespaces).
 .PHONY: demo test lint bench setup
 
@@ -6,7 +7,8 @@ setup:
 	./scripts/bootstrap
 
 demo: setup
-	.venv/bin/nicreconciled demo
+	.venv/bin/nicreconciled demo --cloud ec2
+	.venv/bin/nicreconciled demo --cloud cloudstack
 
 lint: setup
 	.venv/bin/ruff check .

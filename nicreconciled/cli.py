@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "demo", help="simulated metadata service + hot-plugged NIC in a scratch netns (root)"
     )
+    d.add_argument(
+        "--cloud",
+        choices=("ec2", "cloudstack"),
+        default="ec2",
+        help="ec2: IMDSv2 + netplan, IPv6 late; cloudstack: virtual router + keyfile",
+    )
     d.add_argument("--ipv6-delay", type=float, default=4.0, help="seconds until IPv6 appears")
     return p
 
@@ -63,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from nicreconciled.demo import run_demo
 
-        return run_demo(ipv6_delay=args.ipv6_delay)
+        return run_demo(cloud=args.cloud, ipv6_delay=args.ipv6_delay)
     try:
         config = load(args.config)
     except ConfigError as exc:

@@ -37,13 +37,12 @@ SHOWN = {
     "resync_requested": "SIGHUP: resync",
     "fetch_failed": "fetch failed",
     "deadline_passed": "deadline passed",
+    "vr_discovered": "virtual router found",
 }
 
 
-def _config(tmp: Path) -> str:
-    return f"""
-cloud = "ec2"
-renderer = "netplan"
+def _config(tmp: Path, cloud: str) -> str:
+    common = f"""
 output_dir = "{tmp}/out"
 state_dir = "{tmp}/state"
 apply = false
@@ -53,10 +52,18 @@ virtual = true
 ignore = ["nrp*"]
 [udev]
 source = "kernel"
+"""
+    if cloud == "ec2":
+        return f"""cloud = "ec2"
+renderer = "netplan"
+{common}
 [ec2]
 endpoint = "http://127.0.0.1:{PORT}"
 fallback_endpoint = ""
 """
+    return f"""cloud = "cloudstack"
+renderer = "networkmanager"
+{common}"""
 
 
 class Demo:
@@ -67,6 +74,8 @@ class Demo:
         self.t0 = time.monotonic()
         self.procs: list[asyncio.subprocess.Process] = []
         self.rendered: list[str] = []
+        self.etc_netns = Path("/etc/netns") / self.ns
+        self.follower: asyncio.Task[None]
 
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.t0:6.2f} s] {text}", flush=True)
@@ -94,20 +103,55 @@ class Demo:
             if name == "rendered":
                 self.rendered.append(event.get("fingerprint", ""))
             details = []
-            for key in ("ifname", "fingerprint", "phase", "file", "keys", "moved"):
+            for key in ("ifname", "fingerprint", "phase", "file", "keys", "moved", "vr", "method"):
                 if event.get(key):
                     details.append(f"{key}={event[key]}")
             if event.get("waiting_on"):
                 details.append("waiting on: " + "; ".join(event["waiting_on"]))
             self.say(f"{SHOWN[name]:<22} " + " ".join(details))
 
-    async def run(self) -> int:
-        out = self.tmp / "out"
+    async def start_daemon(self, cfg: Path, *wrap: str) -> asyncio.subprocess.Process:
+        daemon = await self.spawn(
+            *wrap, sys.executable, "-m", "nicreconciled", "--config", str(cfg),
+            "--log-format", "json", "run",
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert daemon.stderr is not None
+        self.follower = asyncio.create_task(self.follow(daemon.stderr))
+        return daemon
+
+    async def stop_daemon(self, daemon: asyncio.subprocess.Process) -> int:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.wait_for(daemon.wait(), 5)
+        except TimeoutError:
+            code = -1
+        self.follower.cancel()
+        self.say(f"SIGTERM: daemon exited with status {code}")
+        return code
+
+    async def run(self, cloud: str) -> int:
         cfg = self.tmp / "nicreconciled.toml"
-        cfg.write_text(_config(self.tmp))
+        cfg.write_text(_config(self.tmp, cloud))
         subprocess.run(["ip", "netns", "add", self.ns], check=True, capture_output=True)
         self.ip("link", "set", "lo", "up")
         self.say(f"network namespace {self.ns} created")
+        if cloud == "ec2":
+            ok, shown = await self.run_ec2(cfg)
+        else:
+            ok, shown = await self.run_cloudstack(cfg)
+        print()
+        if shown.exists():
+            print(f"--- {shown} (mode {oct(shown.stat().st_mode & 0o777)}) ---")
+            print(shown.read_text())
+            print(self._validate(shown))
+        print(f"files written for the NIC: {len(self.rendered)} (fingerprints {self.rendered})")
+        verdict = "converged" if ok else "FAILED"
+        print(f"result: {verdict}")
+        return 0 if ok else 1
+
+    async def run_ec2(self, cfg: Path) -> tuple[bool, Path]:
+        out = self.tmp / "out"
         ctl = self.tmp / "sim.sock"
         await self.spawn(
             sys.executable, "-m", "nicreconciled.sim",
@@ -122,13 +166,7 @@ class Demo:
         )  # fmt: skip
         await sim.set_primary(PRIMARY)
         self.say(f"IMDSv2 simulator listening on 127.0.0.1:{PORT} inside the namespace")
-        daemon = await self.spawn(
-            sys.executable, "-m", "nicreconciled", "--config", str(cfg),
-            "--log-format", "json", "run",
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        assert daemon.stderr is not None
-        follower = asyncio.create_task(self.follow(daemon.stderr))
+        daemon = await self.start_daemon(cfg)
         await asyncio.sleep(1.0)
         self.say(f"attach: ENI {MAC} listed in IMDS; its IPv6 appears {self.ipv6_delay:g} s later")
         await sim.add_nic(
@@ -144,33 +182,74 @@ class Demo:
         self.ip(
             "link", "add", IFNAME, "address", MAC, "type", "veth", "peer", "name", "nrp1"
         )  # fmt: skip
-        name = f"90-nicreconciled-{MAC.replace(':', '')}.yaml"
-        ok = await self._wait_file(out / name, "2001:db8:1::25", self.ipv6_delay + 15)
+        path = out / f"90-nicreconciled-{MAC.replace(':', '')}.yaml"
+        ok = await self._wait_file(path, "2001:db8:1::25", self.ipv6_delay + 15)
         if ok:
             self.say("upstream change: a secondary private IPv4 is assigned; sending SIGHUP")
             await sim.update_nic(MAC, {"local_ipv4s": ["10.0.1.25", "10.0.1.26"]})
             daemon.send_signal(signal.SIGHUP)
-            ok = await self._wait_file(out / name, "10.0.1.26", 10)
+            ok = await self._wait_file(path, "10.0.1.26", 10)
         await asyncio.sleep(0.3)
         stats = await sim.stats()
         await sim.close()
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.wait_for(daemon.wait(), 5)
-        except TimeoutError:
-            code = -1
-        follower.cancel()
-        self.say(f"SIGTERM: daemon exited with status {code}")
-        print()
-        if (out / name).exists():
-            print(f"--- {out / name} (mode {oct((out / name).stat().st_mode & 0o777)}) ---")
-            print((out / name).read_text())
-            print(self._validate(out))
+        code = await self.stop_daemon(daemon)
         print(f"IMDS requests served in all: {stats.get('requests')}")
-        print(f"files written for the ENI: {len(self.rendered)} (fingerprints {self.rendered})")
-        verdict = "converged" if ok and code == 0 else "FAILED"
-        print(f"result: {verdict}")
-        return 0 if verdict == "converged" else 1
+        return ok and code == 0, path
+
+    async def run_cloudstack(self, cfg: Path) -> tuple[bool, Path]:
+        out = self.tmp / "out"
+        # `ip netns exec` bind-mounts /etc/netns/<ns>/hosts over /etc/hosts: data-server
+        # resolves to the VR simulator on the namespace's loopback.
+        self.etc_netns.mkdir(parents=True)
+        (self.etc_netns / "hosts").write_text("127.0.0.1 localhost\n127.0.0.1 data-server\n")
+        # The primary NIC carries the default route (that is how CloudStack's is found).
+        self.ip("link", "add", "eth0", "address", PRIMARY, "type", "veth", "peer", "name", "nrp0")
+        self.ip("addr", "add", "10.1.0.10/24", "dev", "eth0")
+        for dev in ("eth0", "nrp0"):
+            self.ip("link", "set", dev, "up")
+        self.ip("route", "add", "default", "via", "10.1.0.1", "dev", "eth0")
+        ctl = self.tmp / "vr.sock"
+        await self.spawn(
+            sys.executable, "-m", "nicreconciled.sim", "--cloud", "cloudstack",
+            "--listen", "127.0.0.1:80", "--control", str(ctl),
+            stdout=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        vr = SimClient(str(ctl))
+        await vr.wait_ready(10)
+        await vr.set_vm({"instance-id": "i-2-17-VM", "local-ipv4": "10.1.1.23"})
+        self.say("virtual router simulator on 127.0.0.1:80; data-server resolves to it")
+        # The daemon gets its own /run (a private mount namespace), where this demo plays
+        # systemd-networkd and writes the hot-plugged NIC's DHCP lease.
+        leases = self.tmp / "run/systemd/netif/leases"
+        leases.mkdir(parents=True)
+        mount = 'mount --bind "$0" /run && exec "$@"'
+        daemon = await self.start_daemon(
+            cfg, "unshare", "--mount", "sh", "-c", mount, str(self.tmp / "run")
+        )
+        await asyncio.sleep(1.5)
+        self.say(f"attach: NIC {MAC} hot-plugged as {IFNAME}; its DHCP lease comes 3 s later")
+        self.ip(
+            "link", "add", IFNAME, "address", MAC, "type", "veth", "peer", "name", "nrp1"
+        )  # fmt: skip
+        await asyncio.sleep(3.0)
+        ifindex = (await asyncio.to_thread(self._ifindex, IFNAME)).strip()
+        (leases / ifindex).write_text(
+            "ADDRESS=10.1.1.23\nNETMASK=255.255.255.0\nROUTER=10.1.1.1\nSERVER_ADDRESS=127.0.0.1\n"
+        )
+        self.say("DHCP lease written: 10.1.1.23/24, router 10.1.1.1, server (VR) 127.0.0.1")
+        path = out / f"nicreconciled-{MAC.replace(':', '')}.nmconnection"
+        ok = await self._wait_file(path, "routing-rule1=", 15)
+        await asyncio.sleep(0.3)
+        await vr.close()
+        code = await self.stop_daemon(daemon)
+        return ok and code == 0, path
+
+    def _ifindex(self, ifname: str) -> str:
+        done = subprocess.run(
+            ["ip", "netns", "exec", self.ns, "cat", f"/sys/class/net/{ifname}/ifindex"],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        return done.stdout
 
     async def _wait_file(self, path: Path, needle: str, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -182,16 +261,18 @@ class Demo:
         self.say(f"gave up waiting for {needle} in {path.name}")
         return False
 
-    def _validate(self, out: Path) -> str:
+    def _validate(self, path: Path) -> str:
+        """Feed the file to its real consumer: netplan generate, or libnm's keyfile reader."""
+        if path.suffix == ".nmconnection":
+            return self._validate_keyfile(path)
         netplan = shutil.which("netplan")
         if netplan is None:
             return "netplan not installed: file not validated"
         root = self.tmp / "root"
         (root / "etc/netplan").mkdir(parents=True)
-        for f in out.glob("*.yaml"):
-            dest = root / "etc/netplan" / f.name
-            shutil.copy(f, dest)
-            dest.chmod(0o600)
+        dest = root / "etc/netplan" / path.name
+        shutil.copy(path, dest)
+        dest.chmod(0o600)
         done = subprocess.run(
             [netplan, "generate", "--root-dir", str(root)], capture_output=True, text=True
         )
@@ -199,6 +280,22 @@ class Demo:
         if done.returncode != 0:
             return f"netplan generate FAILED: {done.stderr.strip()}"
         return f"netplan generate --root-dir: ok, wrote {', '.join(made)}"
+
+    def _validate_keyfile(self, path: Path) -> str:
+        tool = Path(__file__).resolve().parents[1] / "tests/tools/nm_keyfile_check.py"
+        if not tool.exists() or not Path("/usr/bin/python3").exists():
+            return "libnm check tool not available here: keyfile not validated"
+        done = subprocess.run(
+            ["/usr/bin/python3", str(tool), str(path)], capture_output=True, text=True
+        )
+        try:
+            (result,) = json.loads(done.stdout)
+        except ValueError:
+            return f"libnm check FAILED: {done.stderr.strip()[:300]}"
+        if result.get("error") or result.get("warnings"):
+            return f"libnm keyfile_read/verify FAILED: {result.get('error') or result['warnings']}"
+        rules = result["ipv4"]["rules"]
+        return f"libnm keyfile_read + verify(): ok; routing rules {rules}"
 
     async def cleanup(self) -> None:
         for proc in self.procs:
@@ -208,10 +305,11 @@ class Demo:
                 await proc.wait()
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(self.etc_netns, ignore_errors=True)
         self.say("namespace, processes and temporary files removed")
 
 
-def run_demo(ipv6_delay: float = 4.0) -> int:
+def run_demo(cloud: str = "ec2", ipv6_delay: float = 4.0) -> int:
     if os.geteuid() != 0:
         print("nicreconciled demo: needs root (it creates a network namespace)", file=sys.stderr)
         return 2
@@ -219,7 +317,7 @@ def run_demo(ipv6_delay: float = 4.0) -> int:
 
     async def main() -> int:
         try:
-            return await demo.run()
+            return await demo.run(cloud)
         finally:
             await demo.cleanup()
 
