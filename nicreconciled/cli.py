@@ -33,9 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--log-format",
-        choices=("console", "json"),
-        default="console",
-        help="console lines (default) or one JSON object per line",
+        choices=("auto", "console", "json", "journal"),
+        default="auto",
+        help="auto (default): the journal when systemd connected stderr to it, else console; "
+        "console: readable lines; json: one JSON object per line; journal: structured "
+        "journald entries (NIC_MAC=, NIC_IFNAME=, CLOUD=, ...)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="also log debug events")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import fnmatch
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import structlog
@@ -22,6 +22,9 @@ log = structlog.get_logger(__name__)
 
 #: A reconciler that crashed on a bug is restarted after this long, never left dead.
 RESTART_DELAY = 5.0
+#: A SIGHUP resync reports READY=1 at the latest this long after it started, even if some
+#: NIC's poll is still stuck (a metadata service timing out must not hold systemctl reload).
+RELOAD_BOUND = 10.0
 
 
 class Daemon:
@@ -33,6 +36,7 @@ class Daemon:
         sys_root: Path = Path("/sys"),
         once: bool = False,
         notify: Callable[[str], bool] = systemd.notify,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self.ctx = ctx
@@ -43,6 +47,16 @@ class Daemon:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._names: dict[str, str] = {}  # ifname -> mac, for remove events (no sysfs then)
         self._stop = asyncio.Event()
+        self._env = env  # WATCHDOG_USEC/WATCHDOG_PID; None: os.environ
+        ctx.on_pass = self._pass_done
+        #: STATUS= lines go out only between READY=1 and STOPPING=1, and only when changed.
+        self._announcing = False
+        self._status_sent: str | None = None
+        #: MACs kicked by the running SIGHUP resync that have not finished a pass since.
+        self._reload_pending: set[str] = set()
+        self._reloaded = asyncio.Event()
+        self._reload_task: asyncio.Task[None] | None = None
+        self.reload_bound = RELOAD_BOUND
 
     # -- which NICs ----------------------------------------------------------------------
     def eligible(self, link: sysfs.Link) -> bool:
@@ -59,6 +73,7 @@ class Daemon:
             self.reconcilers[mac] = rec
             self.tasks[mac] = asyncio.create_task(self._supervise(rec), name=f"nic-{mac}")
             log.info("nic_tracked", mac=mac, ifname=ifname)
+            self._update_status()
         else:
             rec.set_link(ifname)
         return rec
@@ -80,6 +95,8 @@ class Daemon:
             if self.reconcilers.get(rec.mac) is rec:
                 del self.reconcilers[rec.mac]
                 self.tasks.pop(rec.mac, None)
+                self._reload_progress(rec.mac)
+                self._update_status()
 
     # -- inputs ----------------------------------------------------------------------------
     def scan(self) -> None:
@@ -147,42 +164,124 @@ class Daemon:
             self._ensure(link.mac, link.name)
 
     def resync_all(self) -> None:
+        """SIGHUP: re-poll every NIC now; RELOADING=1 until each has finished that poll."""
         log.info("resync_requested", nics=len(self.reconcilers))
+        if not self._announcing:
+            # Before READY=1 or after STOPPING=1 there is no reload to report to systemd.
+            for rec in self.reconcilers.values():
+                rec.kick()
+            return
+        self._notify(systemd.reloading())
+        self._reload_pending = set(self.reconcilers)
+        self._reloaded.clear()
         for rec in self.reconcilers.values():
             rec.kick()
+        if self._reload_task is not None:
+            # A second SIGHUP during a resync restarts it: READY=1 answers the latest one.
+            self._reload_task.cancel()
+        self._reload_task = asyncio.create_task(self._finish_reload(), name="reload")
+
+    async def _finish_reload(self) -> None:
+        if self._reload_pending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reloaded.wait(), self.reload_bound)
+        late = sorted(self._reload_pending)
+        self._reload_pending.clear()
+        line = self._status_line()
+        self._notify(systemd.ready(line))
+        self._status_sent = line
+        log.info("resync_done", nics=len(self.reconcilers), late=late)
+
+    def _reload_progress(self, mac: str) -> None:
+        if mac in self._reload_pending:
+            self._reload_pending.discard(mac)
+            if not self._reload_pending:
+                self._reloaded.set()
+
+    def _pass_done(self, mac: str) -> None:
+        """A reconciler finished a pass (its status was just saved)."""
+        rec = self.reconcilers.get(mac)
+        # A pass that was already running when SIGHUP came ends with the kick still
+        # pending: only the pass after it counts.
+        if rec is None or not rec.kick_pending:
+            self._reload_progress(mac)
+        self._update_status()
 
     def stop(self) -> None:
         self._stop.set()
 
     # -- main --------------------------------------------------------------------------------
     def _status_line(self) -> str:
+        """The STATUS= summary (``systemctl status`` shows it).
+
+        managed: NICs whose file we own; converged: settled and written; failing: not
+        converged and an error recorded; waiting: the rest (converging, or watching a red
+        flag such as late IPv6). converged + waiting + failing = NICs.
+        """
         recs = list(self.reconcilers.values())
+        managed = sum(r.status.managed == "managed" for r in recs)
         converged = sum(r.converged for r in recs)
         failing = sum(1 for r in recs if not r.converged and r.status.last_error)
-        return f"{len(recs)} NICs tracked, {converged} converged, {failing} with errors"
+        waiting = len(recs) - converged - failing
+        return (
+            f"{len(recs)} NICs ({managed} managed): {converged} converged, "
+            f"{waiting} waiting, {failing} failing"
+        )
+
+    def _update_status(self) -> None:
+        """Send STATUS= if the summary changed (cheap: one pass over the reconcilers)."""
+        if not self._announcing:
+            return
+        line = self._status_line()
+        if line != self._status_sent:
+            self._notify(systemd.status(line))
+            self._status_sent = line
+
+    async def _watchdog(self, interval: float) -> None:
+        """Pet systemd's watchdog from the event loop itself: a stalled loop stops petting."""
+        while True:
+            self._notify(systemd.WATCHDOG)
+            await asyncio.sleep(interval)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.resync_all)
+        interval = systemd.watchdog_interval(self._env)
+        # Started first: it pets from the first await on, while the scan's NICs get going.
+        watchdog = (
+            asyncio.create_task(self._watchdog(interval), name="watchdog") if interval else None
+        )
         watcher = UdevWatcher(self.config.udev.source)
         watcher.start(self.on_event)  # before the scan: no attach falls between the two
         try:
             self.scan()
             self.adopt_orphans()
-            self._notify("READY=1\nSTATUS=" + self._status_line())
-            log.info("ready", nics=len(self.reconcilers), source=self.ctx.source.name)
+            line = self._status_line()
+            self._notify(systemd.ready(line))
+            self._status_sent, self._announcing = line, True
+            cloud = self.ctx.source.name
+            log.info(
+                "ready", nics=len(self.reconcilers), source=cloud, cloud=cloud, watchdog=interval
+            )
             while not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self.config.resync_interval)
                 if not self._stop.is_set():
                     self.scan()
-                    self._notify("STATUS=" + self._status_line())
+                    self._update_status()
         finally:
-            self._notify("STOPPING=1")
+            self._announcing = False
+            self._notify(systemd.STOPPING)
+            if self._reload_task is not None:
+                self._reload_task.cancel()  # no READY=1 after STOPPING=1
             watcher.stop()
             await self.shutdown()
+            if watchdog is not None:
+                # Last: systemd still expects pets until we are gone.
+                watchdog.cancel()
+                await asyncio.gather(watchdog, return_exceptions=True)
         log.info("stopped")
         return 0
 

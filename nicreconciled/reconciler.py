@@ -50,6 +50,9 @@ class Context:
     resync_interval: float = 60.0
     #: Where other tools' files are looked for (conflicts); tests point it at a tree.
     root: Path = Path("/")
+    #: Called with the MAC after every pass (poll, write, apply, status saved): the daemon
+    #: updates its STATUS= summary and tracks SIGHUP resyncs from here, without a timer.
+    on_pass: Callable[[str], None] = lambda mac: None
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.monotonic
 
@@ -72,7 +75,9 @@ class Reconciler:
         self._apply_pending = False
         self._retry = ctx.policy.initial_interval
         self._next_full = 0.0
-        self._log = structlog.get_logger("nicreconciled.reconciler").bind(mac=mac, ifname=ifname)
+        self._log = structlog.get_logger("nicreconciled.reconciler").bind(
+            mac=mac, ifname=ifname, cloud=ctx.source.name
+        )
 
     # -- control from the daemon -------------------------------------------------------
     def kick(self, *, new_episode: bool = False) -> None:
@@ -85,6 +90,11 @@ class Reconciler:
             self.ifname = ifname
             self.status.ifname = ifname
             self._log = self._log.bind(ifname=ifname)
+
+    @property
+    def kick_pending(self) -> bool:
+        """Kicked since the current pass started (the next pass will answer the kick)."""
+        return self._kick.is_set()
 
     @property
     def present(self) -> bool:
@@ -109,6 +119,7 @@ class Reconciler:
             step = await self._poll(probe)
             await self._handle(step)
             self._save_status(step)
+            self.ctx.on_pass(self.mac)
             if self.removed or (self.once and self._done_once(step)):
                 return
             delay = self._delay(step)
