@@ -20,3 +20,14 @@ test: lint
 
 bench: setup
 	.venv/bin/python -m bench
+
+# The Debian package (packaging/README.md). `make deb` builds dist/nicreconciled_*.deb with
+# dpkg-buildpackage; `make deb-check` builds it if needed, runs lintian, installs it, runs it
+# in a scratch network namespace and purges it (root).
+.PHONY: deb deb-check
+
+deb:
+	./packaging/build-deb
+
+deb-check:
+	./packaging/check-deb
