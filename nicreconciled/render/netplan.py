@@ -65,14 +65,14 @@ Why the output looks the way it does:
 from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any, ClassVar, Final, Literal, TypeVar, get_args
+from typing import Any, ClassVar, Final, Literal, get_args
 
 import yaml
 
 from nicreconciled.model import NicState, mac_to_key
+from nicreconciled.render.addressing import ipv4_cidr, ipv6_cidr, unique
 
 Backend = Literal["networkd", "NetworkManager"]
-_T = TypeVar("_T")
 _BACKENDS: Final[tuple[str, ...]] = get_args(Backend)
 
 _HEADER: Final = "# Written by nicreconciled for {mac}; do not edit (rewritten on change).\n"
@@ -112,8 +112,8 @@ class NetplanRenderer:
         return _HEADER.format(mac=state.mac) + body
 
     def _ethernet(self, state: NicState) -> dict[str, Any]:
-        ipv4 = _unique(state.ipv4_addresses)
-        ipv6 = _unique(state.ipv6_addresses)
+        ipv4 = unique(state.ipv4_addresses)
+        ipv6 = unique(state.ipv6_addresses)
         policy = not state.primary
         metric = {"route-metric": state.route_metric}
 
@@ -133,8 +133,8 @@ class NetplanRenderer:
         else:
             eth["dhcp6"] = False
 
-        addresses = [_ipv4_cidr(state, a) for a in ipv4[1:]]
-        addresses += [_ipv6_cidr(state, a) for a in ipv6]
+        addresses = [ipv4_cidr(state, a) for a in ipv4[1:]]
+        addresses += [ipv6_cidr(state, a) for a in ipv6]
         if addresses:
             eth["addresses"] = addresses
 
@@ -147,27 +147,6 @@ class NetplanRenderer:
             if rules:
                 eth["routing-policy"] = rules
         return eth
-
-
-def _unique(items: tuple[_T, ...]) -> list[_T]:
-    """Drop repeats, keep the metadata's order (the first IPv4 is the DHCP one)."""
-    return list(dict.fromkeys(items))
-
-
-def _ipv4_cidr(state: NicState, address: IPv4Address) -> str:
-    # All of an ENI's addresses are in its subnet; /32 when the subnet is not known (or,
-    # defensively, does not contain the address) still adds the address without claiming
-    # a wrong on-link range.
-    subnet = state.ipv4_subnet
-    prefixlen = subnet.prefixlen if subnet is not None and address in subnet else 32
-    return f"{address}/{prefixlen}"
-
-
-def _ipv6_cidr(state: NicState, address: IPv6Address) -> str:
-    for subnet in state.ipv6_subnets:
-        if address in subnet:
-            return f"{address}/{subnet.prefixlen}"
-    return f"{address}/128"
 
 
 def _policy_routes(state: NicState, *, route_ipv6: bool) -> list[dict[str, Any]]:
@@ -190,7 +169,7 @@ def _policy_rules(
     """One ``from X lookup T`` rule per source this NIC answers for."""
     sources = [f"{a}/32" for a in ipv4]
     sources += [f"{a}/128" for a in ipv6]
-    sources += [str(p) for p in _unique(state.ipv4_prefixes)]
-    sources += [str(p) for p in _unique(state.ipv6_prefixes)]
+    sources += [str(p) for p in unique(state.ipv4_prefixes)]
+    sources += [str(p) for p in unique(state.ipv6_prefixes)]
     table, priority = state.route_table, state.rule_priority
     return [{"from": s, "table": table, "priority": priority} for s in sources]

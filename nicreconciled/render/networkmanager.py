@@ -66,12 +66,10 @@ from __future__ import annotations
 
 import re
 import uuid
-from ipaddress import IPv4Address, IPv6Address
-from typing import ClassVar, Final, TypeVar
+from typing import ClassVar, Final
 
 from nicreconciled.model import NicState, mac_to_key, normalize_mac
-
-_T = TypeVar("_T")
+from nicreconciled.render.addressing import ipv4_cidr, ipv6_cidr, unique
 
 #: Fixed forever: changing it changes every profile UUID and orphans existing profiles.
 UUID_NAMESPACE: Final = uuid.UUID("484654a7-89a4-4710-909c-b1de3df92bea")
@@ -150,10 +148,10 @@ def write_keyfile(sections: Keyfile, *, comment: str = "") -> str:
 
 
 def _ipv4(state: NicState) -> Section:
-    ipv4 = _unique(state.ipv4_addresses)
+    ipv4 = unique(state.ipv4_addresses)
     # The first address is the DHCP one; the others are not in EC2's DHCP lease.
     entries: Section = [("method", "auto")]
-    entries += _numbered("address", [_ipv4_cidr(state, a) for a in ipv4[1:]])
+    entries += _numbered("address", [ipv4_cidr(state, a) for a in ipv4[1:]])
     if state.primary:
         return entries
     entries += _policy_header(state)
@@ -163,14 +161,14 @@ def _ipv4(state: NicState) -> Section:
     if state.ipv4_gateway is not None:
         routes.append(f"{_IPV4_DEFAULT},{state.ipv4_gateway}")
     entries += _table_routes(state, routes)
-    sources = [f"{a}/32" for a in ipv4] + [str(p) for p in _unique(state.ipv4_prefixes)]
+    sources = [f"{a}/32" for a in ipv4] + [str(p) for p in unique(state.ipv4_prefixes)]
     entries += _rules(state, sources)
     return entries
 
 
 def _ipv6(state: NicState) -> Section:
-    ipv6 = _unique(state.ipv6_addresses)
-    prefixes = _unique(state.ipv6_prefixes)
+    ipv6 = unique(state.ipv6_addresses)
+    prefixes = unique(state.ipv6_prefixes)
     if ipv6:
         method = "auto"
     elif state.primary:
@@ -180,7 +178,7 @@ def _ipv6(state: NicState) -> Section:
     else:
         return [("method", "disabled")]
     entries: Section = [("method", method)]
-    entries += _numbered("address", [_ipv6_cidr(state, a) for a in ipv6])
+    entries += _numbered("address", [ipv6_cidr(state, a) for a in ipv6])
     if state.primary:
         return entries
     entries += _policy_header(state)
@@ -198,7 +196,7 @@ def _policy_header(state: NicState) -> Section:
 
 def _table_routes(state: NicState, routes: list[str]) -> Section:
     entries: Section = []
-    for n, route in enumerate(_unique(tuple(routes)), start=1):
+    for n, route in enumerate(unique(tuple(routes)), start=1):
         entries.append((f"route{n}", route))
         entries.append((f"route{n}_options", f"table={state.route_table}"))
     return entries
@@ -212,23 +210,3 @@ def _rules(state: NicState, sources: list[str]) -> Section:
 
 def _numbered(key: str, values: list[str]) -> Section:
     return [(f"{key}{n}", value) for n, value in enumerate(values, start=1)]
-
-
-def _unique(items: tuple[_T, ...]) -> list[_T]:
-    """Drop repeats, keep the metadata's order (the first IPv4 is the DHCP one)."""
-    return list(dict.fromkeys(items))
-
-
-def _ipv4_cidr(state: NicState, address: IPv4Address) -> str:
-    # Same rule as the netplan renderer: the subnet's prefix length, /32 when the subnet is
-    # unknown or (defensively) does not contain the address.
-    subnet = state.ipv4_subnet
-    prefixlen = subnet.prefixlen if subnet is not None and address in subnet else 32
-    return f"{address}/{prefixlen}"
-
-
-def _ipv6_cidr(state: NicState, address: IPv6Address) -> str:
-    for subnet in state.ipv6_subnets:
-        if address in subnet:
-            return f"{address}/{subnet.prefixlen}"
-    return f"{address}/128"
