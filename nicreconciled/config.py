@@ -8,6 +8,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -41,8 +42,20 @@ class _Section(BaseModel):
 
 
 def _check_endpoint(value: str) -> str:
-    if value and not (value.startswith("http://") or value.startswith("https://")):
-        raise ValueError("must be an http:// or https:// URL")
+    """An http(s) URL with a host and a valid port, or "" (none)."""
+    if not value:
+        return value
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError("must be an http:// or https:// URL without spaces")
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises for a port out of range or not a number
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if parts.query or parts.fragment or parts.path.strip("/") or port == 0:
+        raise ValueError("must be just scheme://host[:port]")
     return value.rstrip("/")
 
 
@@ -115,6 +128,8 @@ class Config(_Section):
         if isinstance(value, str):
             if not value.startswith("/"):
                 raise ValueError("must be an absolute path")
+            if "\0" in value:
+                raise ValueError("must not contain a NUL byte")
             return Path(value)
         return value
 

@@ -15,6 +15,7 @@ from nicreconciled import systemd
 from nicreconciled.config import Config
 from nicreconciled.model import key_to_mac
 from nicreconciled.reconciler import Context, Reconciler
+from nicreconciled.render import owned_names
 from nicreconciled.system import fs, sysfs
 from nicreconciled.udev import NicEvent, UdevWatcher
 
@@ -125,9 +126,15 @@ class Daemon:
         fatal: each reconciler reports and retries its own writes.
         """
         renderer = self.ctx.renderer
+        owned = owned_names(renderer)
         try:
-            fs.remove_stale_temps(self.ctx.output_dir, renderer.prefix)
-            names = fs.list_names(self.ctx.output_dir, renderer.prefix, renderer.suffix)
+            self.ctx.status.sweep()
+            fs.remove_stale_temps(self.ctx.output_dir, owned)
+            names = [
+                n
+                for n in fs.list_names(self.ctx.output_dir, renderer.prefix, renderer.suffix)
+                if owned.fullmatch(n)
+            ]
         except OSError as exc:
             log.error("output_dir_unreadable", path=str(self.ctx.output_dir), error=str(exc))
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,9 +29,16 @@ class NicStatus:
     conflicts: list[str] = field(default_factory=list)
 
 
+_OWNED = re.compile(r"[0-9a-f]{12}\.json")
+
+
 class StatusStore:
     def __init__(self, state_dir: Path) -> None:
         self.directory = state_dir / "nics"
+
+    def sweep(self) -> int:
+        """Remove temp files a killed writer left among the status files."""
+        return fs.remove_stale_temps(self.directory, _OWNED)
 
     def save(self, status: NicStatus) -> bool:
         text = json.dumps(asdict(status), indent=2, sort_keys=True) + "\n"

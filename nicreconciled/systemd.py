@@ -34,8 +34,10 @@ def notify(message: str, env: Mapping[str, str] | None = None) -> bool:
         return False
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
         try:
-            sock.sendto(message.encode(), address)
-        except OSError:
+            # Never block the event loop: with the manager's queue full, a blocking send
+            # would stall every NIC, every signal and the watchdog itself.
+            sock.sendto(message.encode(), socket.MSG_DONTWAIT, address)
+        except OSError:  # BlockingIOError included: the message is dropped, not waited for
             return False
     return True
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from nicreconciled import systemd
 from nicreconciled.apply import (
     Applier,
     NetplanNetworkdApplier,
@@ -35,7 +36,9 @@ async def build_context(
 ) -> tuple[Context, Callable[[], Awaitable[None]]]:
     """The shared reconciler context and a coroutine function that releases it."""
     http = HttpClient.from_polling(config.polling.request_rate, config.polling.request_timeout)
-    source = await select_source(config, http)
+    source = await select_source(
+        config, http, on_wait=lambda line: systemd.notify(systemd.status(line))
+    )
 
     async def close() -> None:
         await source.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from nicreconciled.model import NicState
@@ -23,6 +24,12 @@ class Renderer(Protocol):
     def render(self, state: NicState) -> str:
         """The complete content of the NIC's file."""
         ...
+
+
+def owned_names(renderer: Renderer) -> re.Pattern[str]:
+    """Exactly the file names RENDERER produces (prefix, a MAC key, suffix): nothing else
+    in output_dir is ever ours to touch."""
+    return re.compile(re.escape(renderer.prefix) + "[0-9a-f]{12}" + re.escape(renderer.suffix))
 
 
 def make_renderer(config: Config) -> Renderer:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -60,11 +60,19 @@ def make_source(cloud: Cloud, config: Config, http: HttpClient) -> Source:
 AUTO_ORDER: tuple[Cloud, ...] = ("ec2", "cloudstack")
 
 
-async def select_source(config: Config, http: HttpClient, *, max_wait: float = 60.0) -> Source:
+async def select_source(
+    config: Config,
+    http: HttpClient,
+    *,
+    max_wait: float = 10.0,
+    on_wait: Callable[[str], object] = lambda line: None,
+) -> Source:
     """The configured source, or (auto) the first that detects its cloud.
 
     Auto detection never gives up: with no cloud answering (a metadata service that is still
-    coming up), it logs and retries with jittered backoff up to MAX_WAIT between rounds.
+    coming up), it logs and retries with jittered backoff up to MAX_WAIT between rounds (a
+    short cap: detection is cheap, and a service that comes back should be used soon);
+    ON_WAIT gets a one-line status for each wait (systemd's STATUS=).
     """
     if config.cloud != "auto":
         return make_source(config.cloud, config, http)
@@ -77,5 +85,6 @@ async def select_source(config: Config, http: HttpClient, *, max_wait: float = 6
                 return source
             await source.close()
         log.warning("no_cloud_detected", tried=list(AUTO_ORDER), retry_in=round(delay, 1))
+        on_wait(f"no cloud detected yet (tried {', '.join(AUTO_ORDER)}); retrying")
         await asyncio.sleep(delay * random.uniform(0.8, 1.2))
         delay = min(delay * 2, max_wait)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import stat
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from nicreconciled.errors import UnsafePathError
 
 #: Temporary files end in .tmp: neither netplan (*.yaml) nor NetworkManager reads them.
 TMP_SUFFIX = ".tmp"
+_TOKEN = re.compile(r"[0-9a-f]{8}")
 
 
 def _check_name(name: str) -> None:
@@ -70,6 +72,11 @@ def read_file(directory: Path, name: str) -> str | None:
     return None if data is None else data.decode("utf-8", errors="replace")
 
 
+def temp_name(name: str) -> str:
+    """The temporary name NAME is written under before it is renamed into place."""
+    return f"{name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+
+
 def write_if_changed(directory: Path, name: str, text: str, mode: int = 0o600) -> bool:
     """Atomically make directory/name hold TEXT with MODE; True if anything changed."""
     _check_name(name)
@@ -82,7 +89,7 @@ def write_if_changed(directory: Path, name: str, text: str, mode: int = 0o600) -
                 return False
             # Same content, wrong mode: rewrite rather than chmod a path that could be
             # swapped for a symlink between the check and the call.
-        tmp = f"{name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+        tmp = temp_name(name)
         fd = os.open(
             tmp,
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -134,10 +141,21 @@ def list_names(directory: Path, prefix: str, suffix: str) -> list[str]:
     return sorted(n for n in entries if n.startswith(prefix) and n.endswith(suffix))
 
 
-def remove_stale_temps(directory: Path, prefix: str) -> int:
-    """Temp files a killed writer left behind (ours only: PREFIX...TMP_SUFFIX)."""
+def remove_stale_temps(directory: Path, owned: re.Pattern[str]) -> int:
+    """Temp files a killed writer left behind: only temp names of files OWNED matches.
+
+    A name is ours only if it is exactly ``temp_name(owned file)``: an operator's
+    ``90-nicreconciled-notes.tmp`` is not.
+    """
     removed = 0
-    for name in list_names(directory, prefix, TMP_SUFFIX):
-        with contextlib.suppress(FileNotFoundError, UnsafePathError):
-            removed += remove_file(directory, name)
+    try:
+        entries = os.listdir(directory)
+    except FileNotFoundError:
+        return 0
+    for name in sorted(entries):
+        base, dot, rest = name.rpartition(".")  # strip ".tmp"
+        stem, _, token = base.rpartition(".")
+        if dot and "." + rest == TMP_SUFFIX and _TOKEN.fullmatch(token) and owned.fullmatch(stem):
+            with contextlib.suppress(FileNotFoundError, UnsafePathError):
+                removed += remove_file(directory, name)
     return removed

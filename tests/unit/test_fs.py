@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -109,10 +110,23 @@ class TestRemoveAndList:
     def test_stale_temp_files_of_ours_are_cleaned_and_foreign_ones_kept(
         self, tmp_path: Path
     ) -> None:
-        (tmp_path / "90-nicreconciled-a.yaml.1234abcd.tmp").write_text("half")
-        (tmp_path / "other.tmp").write_text("theirs")
-        assert fs.remove_stale_temps(tmp_path, "90-nicreconciled-") == 1
-        assert sorted(os.listdir(tmp_path)) == ["other.tmp"]
+        owned = re.compile(r"90-nicreconciled-[0-9a-f]{12}\.yaml")
+        (tmp_path / "90-nicreconciled-0a0000000002.yaml.1234abcd.tmp").write_text("half")
+        foreign = [
+            "other.tmp",
+            "90-nicreconciled-notes.tmp",
+            "90-nicreconciled-0a0000000002.yaml.tmp",
+            "90-nicreconciled-0a0000000002.yaml.XYZ.tmp",
+        ]
+        for name in foreign:
+            (tmp_path / name).write_text("theirs")
+        assert fs.remove_stale_temps(tmp_path, owned) == 1
+        assert sorted(os.listdir(tmp_path)) == sorted(foreign)
+
+    def test_a_temp_name_is_swept_by_the_pattern_of_its_file(self, tmp_path: Path) -> None:
+        owned = re.compile(r"[0-9a-f]{12}\.json")
+        (tmp_path / fs.temp_name("0a0000000002.json")).write_text("{")
+        assert fs.remove_stale_temps(tmp_path, owned) == 1
 
     def test_read_file_returns_none_for_a_missing_file_or_directory(self, tmp_path: Path) -> None:
         assert fs.read_file(tmp_path, "nope") is None
