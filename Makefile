@@ -19,6 +19,7 @@ test: lint
 	.venv/bin/pytest -q
 
 bench: setup
+	.venv/bin/pip install -q -e '.[bench]'
 	.venv/bin/python -m bench
 
 # The Debian package (packaging/README.md). `make deb` builds dist/nicreconciled_*.deb with

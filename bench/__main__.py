@@ -1,7 +1,8 @@
 """python -m bench [NAME ...]: run the benchmarks (all by default), print and save figures.
 
-Each benchmark prints its tables and writes bench/results/NAME.json. The exit status is 0
-when every benchmark produced its figures (whether or not a target was met), 1 when one
+Each benchmark prints its tables and writes bench/results/NAME.json (peers also writes
+peers.md and, with matplotlib installed, peers.png; fleet writes fleet.png). The exit status
+is 0 when every benchmark produced its figures (whether or not a target was met), 1 when one
 failed to, 2 for a usage error.
 """
 
@@ -16,14 +17,18 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
-from bench import burst, convergence, footprint
+from bench import burst, convergence, fleet, footprint, load, peers
 from bench.harness import BenchError
 from bench.report import table, verdict, write_json
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "convergence": lambda args: convergence.run(trials=args.trials, delays=tuple(args.delays)),
     "burst": lambda _args: burst.run(),
-    "footprint": lambda args: footprint.run(idle=args.idle),
+    "footprint": lambda args: footprint.run(idle=args.idle, soak=args.soak),
+    # After burst: load quotes the burst peak from bench/results/burst.json.
+    "load": lambda _args: load.run(),
+    "peers": lambda args: peers.run(delays=tuple(args.peer_delays)),
+    "fleet": lambda args: fleet.run(vms=args.vms, outage=args.outage),
 }
 
 
@@ -52,6 +57,23 @@ def _parser() -> argparse.ArgumentParser:
         "--idle", type=float, default=footprint.IDLE,
         help="footprint: idle window in seconds (default %(default)s)",
     )  # fmt: skip
+    p.add_argument(
+        "--soak", type=float, default=footprint.SOAK,
+        help="footprint: soak length in seconds with the default resync_interval, 0 = none "
+        "(default %(default)s; the issue's figure is 600)",
+    )  # fmt: skip
+    p.add_argument(
+        "--peer-delays", type=_delays, default=list(peers.DELAYS),
+        help="peers: late IPv6 delays in seconds (default 1,4,10,45,120)",
+    )  # fmt: skip
+    p.add_argument(
+        "--vms", type=int, default=fleet.VMS,
+        help="fleet: reconcilers against the VR (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--outage", type=float, default=fleet.OUTAGE,
+        help="fleet: VR outage in seconds (default %(default)s)",
+    )  # fmt: skip
     return p
 
 
@@ -69,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown benchmark {', '.join(unknown)}; one of {', '.join(BENCHMARKS)}")
     if args.trials < 1:
         parser.error("--trials must be at least 1")
+    if args.soak < 0 or args.vms < 1 or args.outage <= 0:
+        parser.error("--soak must be >= 0, --vms >= 1, --outage > 0")
     if os.geteuid() != 0:
         print("python -m bench: needs root (network namespaces)", file=sys.stderr)
         return 2

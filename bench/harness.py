@@ -209,6 +209,21 @@ class Stack:
         self.procs.append(proc)
         return proc
 
+    async def spawn_piped(self, argv: Sequence[str], stderr: Path) -> asyncio.subprocess.Process:
+        """Start ARGV inside the namespace with stdin and stdout as pipes (its own session,
+        killed with the stack)."""
+        with stderr.open("ab") as log:
+            proc = await asyncio.create_subprocess_exec(
+                "ip", "netns", "exec", self.ns, *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,
+                limit=64 * 1024 * 1024,
+            )  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
     # -- set-up --------------------------------------------------------------------------
     async def setup(self) -> None:
         """Namespaces, loopback, the simulator (with a primary NIC that is never plugged)."""
@@ -358,3 +373,23 @@ def run_with_stack(label: str, body: Callable[[Stack], Awaitable[_T]]) -> _T:
         return asyncio.run(main())
     finally:
         stack.destroy()
+
+
+def run_with_stacks(labels: Sequence[str], body: Callable[[list[Stack]], Awaitable[_T]]) -> _T:
+    """Like run_with_stack with several stacks at once (set up together, torn down all)."""
+    stacks = [Stack(label) for label in labels]
+
+    async def main() -> _T:
+        try:
+            for stack in stacks:
+                await stack.setup()
+            return await body(stacks)
+        finally:
+            for stack in stacks:
+                await stack.aclose()
+
+    try:
+        return asyncio.run(main())
+    finally:
+        for stack in stacks:
+            stack.destroy()

@@ -1,0 +1,223 @@
+"""load: IMDS requests per NIC until convergence, and the steady-state request rate.
+
+For each NIC count (1, 8, 32 by default) a daemon of its own (its own namespace and
+simulator; the counts run concurrently) gets that many complete dual-stack NICs, plugged by
+one ``ip -batch``. Until convergence: requests naming a NIC's MAC up to its first file, plus
+an equal share of the requests naming no MAC (token PUT, ``meta-data/mac``). Steady state:
+with ``resync_interval = RESYNC`` (the default 60 s would need many minutes per figure),
+every request in a window that starts once every NIC's first resync is due (1.2 x RESYNC,
+the top of the jitter, after the last file) and lasts WINDOW s. Background checks are one
+full fetch per NIC per resync_interval (jittered +-20 %), so the rate scales as
+RESYNC / resync_interval: the table also gives the figure for the default 60 s.
+
+The burst peak (20 NICs at once) is the burst benchmark's figure; this one reports the peak
+during its own batch attach, and the burst figure from bench/results/burst.json when present.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import time
+from typing import Any
+
+from bench.harness import Stack, mono_to_wall_offset, run_with_stacks
+from bench.report import RESULTS, sliding_peak, summary, table
+
+NAME = "load"
+COUNTS = (1, 8, 32)
+RESYNC = 10.0
+DEFAULT_RESYNC = 60.0
+WINDOW = 40.0
+TIMEOUT = 60.0
+
+
+def _mac(group: int, n: int) -> str:
+    return f"0a:b5:00:00:{group:02x}:{n:02x}"
+
+
+def _spec(group: int, n: int) -> dict[str, Any]:
+    return {
+        "mac": _mac(group, n),
+        "device_number": n,
+        "local_ipv4s": [f"10.5.{n}.25"],
+        "subnet_ipv4_cidr": f"10.5.{n}.0/24",
+        "ipv6s": [f"2001:db8:5:{n:x}::25"],
+        "subnet_ipv6_cidrs": [f"2001:db8:5:{n:x}::/64"],
+    }
+
+
+def _mac_of(path: str) -> str | None:
+    parts = path.split("/")
+    if "macs" in parts:
+        i = parts.index("macs")
+        if i + 1 < len(parts) and parts[i + 1]:
+            return parts[i + 1]
+    return None
+
+
+async def _one(stack: Stack, group: int, count: int) -> dict[str, Any]:
+    await stack.start_daemon(resync_interval=RESYNC)
+    await stack.wait_ready()
+    numbers = range(1, count + 1)
+    macs = [_mac(group, n) for n in numbers]
+    for n in numbers:
+        await stack.sim.add_nic(_spec(group, n))
+    await stack.sim.reset_stats()
+    attach = time.time()
+    await stack.plug_many((f"ld{n}", _mac(group, n), f"ldp{n}") for n in numbers)
+
+    def all_written() -> bool:
+        return all(stack.log.named("rendered", mac=mac) for mac in macs)
+
+    await stack.wait_for(all_written, TIMEOUT, f"files for all {count} NICs")
+    first_file = {m: float(stack.log.named("rendered", mac=m)[0]["timestamp"]) for m in macs}
+    converged = max(first_file.values())
+    w0 = converged + 1.2 * RESYNC
+    w1 = w0 + WINDOW
+    while time.time() < w1:
+        await asyncio.sleep(min(1.0, max(0.0, w1 - time.time())))
+        stack.check_alive()
+    stats = await stack.sim.stats(log=True)
+    offset = mono_to_wall_offset()
+    stack.log.refresh()
+    log = [(float(e["t"]) + offset, str(e["path"]), int(e["status"])) for e in stats["log"]]
+
+    # Until convergence.
+    until: dict[str, int] = dict.fromkeys(macs, 0)
+    shared_until = 0
+    for t, path, _status in log:
+        mac = _mac_of(path)
+        if mac in until and t <= first_file[mac]:
+            until[mac] += 1
+        elif mac is None and t <= converged:
+            shared_until += 1
+    attach_peak, _ = sliding_peak(t for t, _p, _s in log if t <= converged)
+
+    # Steady state. Full fetches (a MAC's directory listing) after its first file, over the
+    # whole run: their spacing is the background cadence (only the last gap is censored).
+    steady = [(t, p) for t, p, _s in log if w0 <= t < w1]
+    fetches: dict[str, list[float]] = {m: [] for m in macs}
+    per_mac = dict.fromkeys(macs, 0)
+    for t, path, _status in log:
+        mac = _mac_of(path)
+        if mac in per_mac and t > first_file[mac]:
+            per_mac[mac] += 1
+            if path.endswith(f"/macs/{mac}/"):
+                fetches[mac].append(t)
+    all_fetches = sum(len(v) for v in fetches.values())
+    gaps = [b - a for v in fetches.values() for a, b in itertools.pairwise(v)]
+    rewritten = len(stack.log.named("rendered")) - count
+    return {
+        "nics": count,
+        "attach_to_all_files_s": converged - attach,
+        "requests_until_converged": until,
+        "shared_until_converged": shared_until,
+        "attach_peak_1s": attach_peak,
+        "window_s": w1 - w0,
+        "window_requests": len(steady),
+        "window_requests_naming_no_mac": sum(1 for _t, p in steady if _mac_of(p) is None),
+        "full_fetches": all_fetches,
+        "requests_per_fetch": sum(per_mac.values()) / all_fetches if all_fetches else math.nan,
+        "fetch_interval_s": summary(gaps),
+        "files_rewritten_in_steady_state": rewritten,
+        "by_status": stats["by_status"],
+    }
+
+
+async def _bench(stacks: list[Stack], counts: tuple[int, ...]) -> list[dict[str, Any]]:
+    return list(await asyncio.gather(*(_one(s, i, c) for i, (s, c) in
+                                        enumerate(zip(stacks, counts, strict=True)))))  # fmt: skip
+
+
+def _burst_reference() -> dict[str, Any] | None:
+    try:
+        data = json.loads((RESULTS / "burst.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return {
+        "finished_at": data.get("finished_at"),
+        "nics": data.get("nics"),
+        "peak_requests_1s_sliding": data.get("peak_requests_1s_sliding"),
+        "peak_requests_1s_bucket": data.get("peak_requests_1s_bucket"),
+    }
+
+
+def run(*, counts: tuple[int, ...] = COUNTS) -> dict[str, Any]:
+    print(
+        f"== load: {', '.join(map(str, counts))} NICs (one daemon each, concurrently), "
+        f"resync_interval = {RESYNC:g} s; steady window {WINDOW:g} s starting "
+        f"{1.2 * RESYNC:g} s after the last file",
+        flush=True,
+    )
+    labels = [f"{NAME}{c}" for c in counts]
+    results = run_with_stacks(labels, lambda stacks: _bench(stacks, counts))
+    rows = []
+    figures: list[dict[str, Any]] = []
+    for r in results:
+        n = r["nics"]
+        share = r["shared_until_converged"] / n
+        per_nic = [float(v) + share for v in r["requests_until_converged"].values()]
+        conv = summary(per_nic)
+        rate = r["window_requests"] / r["window_s"]
+        interval = r["fetch_interval_s"]["mean"]
+        derived = n * r["requests_per_fetch"] / interval if interval else math.nan
+        at_default = rate * RESYNC / DEFAULT_RESYNC
+        fig = {
+            **r,
+            "requests_per_nic_until_converged": conv,
+            "steady_requests_per_s": rate,
+            "steady_requests_per_s_derived": derived,
+            "requests_per_nic_per_resync": rate * RESYNC / n,
+            "steady_requests_per_s_at_60s": at_default,
+            "requests_per_nic_per_hour_at_60s": at_default * 3600 / n,
+        }
+        figures.append(fig)
+        rows.append([
+            n, conv["p50"], conv["max"], r["attach_to_all_files_s"], r["attach_peak_1s"],
+            rate, derived, r["requests_per_fetch"], interval, at_default,
+            at_default * 3600 / n,
+        ])  # fmt: skip
+    print()
+    print(
+        table(
+            ["NICs", "req/NIC to converge p50", "max", "attach->all files s",
+             "peak req/s attach", f"steady req/s (resync {RESYNC:g})", "derived req/s",
+             "req/fetch", "fetch every s", "req/s at resync 60", "req/NIC/h at 60"],
+            rows,
+        )
+    )  # fmt: skip
+    print(
+        "   req/NIC to converge: requests naming the MAC up to its first file + an equal share "
+        "of those naming none.\n"
+        "   steady: all simulator requests in the window / its length; derived = NICs x "
+        "requests per full fetch / mean interval between a NIC's fetches (all fetches after "
+        "its first file).\n"
+        f"   at resync 60 = steady x {RESYNC:g}/60 (one full fetch per NIC per interval; "
+        "the token lasts 6 h)."
+    )
+    rewrites = [f["files_rewritten_in_steady_state"] for f in figures]
+    if any(rewrites):
+        print(f"   !! files rewritten in steady state: {rewrites}")
+    burst = _burst_reference()
+    if burst is not None:
+        print(
+            f"   20-NIC burst peak (burst benchmark, {burst['finished_at']}): "
+            f"{burst['peak_requests_1s_sliding']} req in a sliding 1 s window, "
+            f"{burst['peak_requests_1s_bucket']} in a 1 s bucket."
+        )
+    else:
+        print("   20-NIC burst peak: run `python -m bench burst` (bench/results/burst.json).")
+    return {
+        "method": {
+            "counts": list(counts),
+            "resync_interval_s": RESYNC,
+            "window_s": WINDOW,
+            "window_start": "1.2 x resync_interval after the last NIC's first file",
+            "scaling": f"rate x {RESYNC:g} / {DEFAULT_RESYNC:g} for the default interval",
+        },
+        "per_count": figures,
+        "burst_reference": burst,
+    }
