@@ -60,7 +60,7 @@ from nicreconciled.model import Cloud, Observation
 from nicreconciled.reconciler import Context, Reconciler
 from nicreconciled.render.netplan import NetplanRenderer
 from nicreconciled.sim.cloudstack import VrSim
-from nicreconciled.sim.imds import url_of
+from nicreconciled.sim.server import url_of
 from nicreconciled.sources.cloudstack import CloudStackSource
 from nicreconciled.sources.http import HttpClient
 from nicreconciled.stability import Policy

@@ -30,7 +30,8 @@ from pydantic import ValidationError
 
 from nicreconciled.model import normalize_mac
 from nicreconciled.sim.cloudstack import VrSim
-from nicreconciled.sim.imds import ImdsSim, url_of
+from nicreconciled.sim.imds import ImdsSim
+from nicreconciled.sim.server import url_of
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

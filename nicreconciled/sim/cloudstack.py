@@ -14,19 +14,16 @@ process: ``python -m nicreconciled.sim --cloud cloudstack``, driven by ``SimClie
 
 from __future__ import annotations
 
-import asyncio
 import re
-import socket
-import struct
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from itertools import repeat
 from typing import Any
 
 from aiohttp import web
 
-from nicreconciled.sim.imds import LISTED_404, LOG_LIMIT, OVERSIZE_BYTES, url_of
+from nicreconciled.sim.imds import LISTED_404
+from nicreconciled.sim.server import OVERSIZE_BYTES, FaultyServer
 
 MODES = ("none", "5xx", "hang", "reset", "slow", "oversize")
 META = "/latest/meta-data/"
@@ -48,8 +45,10 @@ DEFAULT_VM: dict[str, str] = {
 }
 
 
-class VrSim:
+class VrSim(FaultyServer):
     """Simulator state plus its aiohttp application; drive it in-process or over control."""
+
+    MODES = MODES
 
     def __init__(
         self,
@@ -58,17 +57,9 @@ class VrSim:
         slow_seconds: float = 5.0,
         vm: Mapping[str, str] | None = None,
     ) -> None:
-        self.clock = clock
-        self.slow_seconds = slow_seconds
-        self.fault = "none"
-        self.fault_until: float | None = None
         self._vm: dict[str, str] = dict(DEFAULT_VM if vm is None else vm)
         self._user_data: str | None = None
-        self._wake: asyncio.Event | None = None
-        self._runner: web.AppRunner | None = None
-        #: Base URL once start() has run.
-        self.url = ""
-        self.reset_stats()
+        super().__init__(clock=clock, slow_seconds=slow_seconds)
 
     # --- state --------------------------------------------------------------------------
 
@@ -98,32 +89,11 @@ class VrSim:
                 self._vm[key] = value
         return self.vm()
 
-    def set_fault(self, mode: str, duration: float | None = None) -> None:
-        """Inject a fault for DURATION seconds (None: until changed)."""
-        if mode not in MODES:
-            raise ValueError(f"unknown fault {mode!r}; one of {', '.join(MODES)}")
-        if duration is not None and duration <= 0:
-            raise ValueError("duration must be positive")
-        self.fault = mode
-        self.fault_until = None if duration is None else self.clock() + duration
-        self.wake()
-
-    def active_fault(self) -> str:
-        if self.fault_until is not None and self.clock() >= self.fault_until:
-            self.fault, self.fault_until = "none", None
-        return self.fault
-
     def load_scenario(self, data: Mapping[str, Any]) -> None:
         """{"vm": {key: text|null}, "fault": {"mode": ..., "duration": ...}}"""
         self.set_vm(dict(data.get("vm", {})))
         if data.get("fault"):
             self.set_fault(data["fault"]["mode"], data["fault"].get("duration"))
-
-    def wake(self) -> None:
-        """Release every hanging request (fault changed, or shutting down)."""
-        if self._wake is not None:
-            self._wake.set()
-            self._wake = None
 
     def lookup(self, path: str) -> str | None:
         """The body served at PATH (absolute, e.g. /latest/meta-data/local-ipv4); None = 404."""
@@ -136,64 +106,6 @@ class VrSim:
             return None
         value = self._vm[key]
         return None if value == LISTED_404 else value
-
-    # --- statistics ---------------------------------------------------------------------
-
-    def reset_stats(self) -> None:
-        self.requests = 0
-        self.by_status: Counter[int] = Counter()
-        self.by_method: Counter[str] = Counter()
-        self.log: deque[tuple[float, str, str, int]] = deque(maxlen=LOG_LIMIT)
-
-    def stats(self, include_log: bool = True) -> dict[str, Any]:
-        """Status 0 in the log means the connection was dropped without an answer."""
-        out: dict[str, Any] = {
-            "requests": self.requests,
-            "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
-            "by_method": dict(self.by_method),
-        }
-        if include_log:
-            out["log"] = [{"t": t, "method": m, "path": p, "status": s} for t, m, p, s in self.log]
-        return out
-
-    # --- serving ------------------------------------------------------------------------
-
-    def make_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        app.on_shutdown.append(self._on_shutdown)
-        return app
-
-    async def _on_shutdown(self, _app: web.Application) -> None:
-        self.wake()
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve on HOST:PORT (0 = any free port); returns the base URL."""
-        self._runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        self.url = url_of(self._runner)
-        return self.url
-
-    async def stop(self) -> None:
-        self.wake()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        status = 0
-        try:
-            response = await self._answer(request)
-            if response is None:
-                return web.Response(status=204)  # the connection is gone already
-            status = response.status
-            return response
-        finally:
-            self.requests += 1
-            self.by_status[status] += 1
-            self.by_method[request.method] += 1
-            self.log.append((self.clock(), request.method, request.path, status))
 
     async def _answer(self, request: web.Request) -> web.StreamResponse | None:
         fault = self.active_fault()
@@ -218,49 +130,5 @@ class VrSim:
             data = body.encode()
             size = max(1, len(data) // 10)  # about ten pieces over slow_seconds
             pieces = (data[i : i + size] for i in range(0, len(data), size))
-            return await self._stream(request, pieces, self.slow_seconds / 10, len(data))
+            return await self._stream(request, pieces, self.slow_seconds / 10, length=len(data))
         return web.Response(text=body, content_type="text/plain")
-
-    async def _hang(self) -> None:
-        if self._wake is None:
-            self._wake = asyncio.Event()
-        wake = self._wake
-        remaining = None if self.fault_until is None else self.fault_until - self.clock()
-        try:
-            async with asyncio.timeout(remaining):
-                await wake.wait()
-        except TimeoutError:
-            pass
-
-    @staticmethod
-    def _drop(request: web.Request, rst: bool = False) -> None:
-        transport = request.transport
-        if transport is None:
-            return
-        if rst:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                # Linger 0: closing sends a TCP RST, as a crashing VR would.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
-        else:
-            transport.close()
-
-    async def _stream(
-        self, request: web.Request, pieces: Iterable[bytes], pause: float, length: int = -1
-    ) -> web.StreamResponse:
-        response = web.StreamResponse()
-        response.content_type = "text/plain"
-        if length < 0:
-            response.enable_chunked_encoding()
-        else:
-            response.content_length = length
-        try:
-            await response.prepare(request)
-            for piece in pieces:
-                await response.write(piece)
-                await asyncio.sleep(pause)
-            await response.write_eof()
-        except (ConnectionError, RuntimeError):
-            pass  # the client gave up, as it should
-        return response

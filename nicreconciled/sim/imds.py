@@ -9,14 +9,10 @@ of seconds after the NIC was added.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
-import socket
-import struct
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
@@ -25,16 +21,16 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from nicreconciled.model import Mac, normalize_mac
+from nicreconciled.sim.server import OVERSIZE_BYTES, FaultyServer
 
 MODES = ("none", "5xx", "hang", "reset", "slow", "oversize", "401", "token-fail")
+
 #: Fault modes, plus one one-shot action ("invalidate-tokens") that leaves the mode alone.
 FAULTS = (*MODES, "invalidate-tokens")
 #: Schedule (or raw) value meaning "listed in the directory, but the key answers 404".
 LISTED_404 = "__404__"
 MAX_TTL = 21600
-OVERSIZE_BYTES = 10 * 1024 * 1024
 MACS_DIR = "meta-data/network/interfaces/macs/"
-LOG_LIMIT = 100_000
 
 #: NicSpec field -> the IMDS key it feeds.
 FIELD_KEYS = {
@@ -115,8 +111,10 @@ class _Nic:
         return {k: v for k, v in values.items() if v is not None}
 
 
-class ImdsSim:
+class ImdsSim(FaultyServer):
     """Simulator state plus its aiohttp application; drive it in-process or over control."""
+
+    MODES = MODES
 
     def __init__(
         self,
@@ -125,20 +123,12 @@ class ImdsSim:
         instance_id: str = "i-0123456789abcdef0",
         slow_seconds: float = 5.0,
     ) -> None:
-        self.clock = clock
         self.instance_id = instance_id
-        self.slow_seconds = slow_seconds
         self.primary: str | None = None
-        self.fault = "none"
-        self.fault_until: float | None = None
         self._nics: dict[str, _Nic] = {}
         self._raw: dict[str, str] = {}
         self._tokens: dict[str, float] = {}
-        self._wake: asyncio.Event | None = None
-        self._runner: web.AppRunner | None = None
-        #: Base URL once start() has run.
-        self.url = ""
-        self.reset_stats()
+        super().__init__(clock=clock, slow_seconds=slow_seconds)
 
     # --- state (in-process API; the control socket calls the same methods) --------------
 
@@ -204,21 +194,12 @@ class ImdsSim:
 
         "invalidate-tokens" is one-shot: it revokes every token and leaves the mode alone.
         """
-        if mode not in FAULTS:
-            raise ValueError(f"unknown fault {mode!r}; one of {', '.join(FAULTS)}")
-        if duration is not None and duration <= 0:
-            raise ValueError("duration must be positive")
         if mode == "invalidate-tokens":
+            if duration is not None and duration <= 0:
+                raise ValueError("duration must be positive")
             self._tokens.clear()
             return
-        self.fault = mode
-        self.fault_until = None if duration is None else self.clock() + duration
-        self.wake()
-
-    def active_fault(self) -> str:
-        if self.fault_until is not None and self.clock() >= self.fault_until:
-            self.fault, self.fault_until = "none", None
-        return self.fault
+        super().set_fault(mode, duration)
 
     def load_scenario(self, data: Mapping[str, Any]) -> None:
         """{"nics": [spec, ...], "primary": mac, "raw": {path: text}, "fault": {mode, duration}}"""
@@ -230,75 +211,6 @@ class ImdsSim:
             self.set_raw(path, text)
         if data.get("fault"):
             self.set_fault(data["fault"]["mode"], data["fault"].get("duration"))
-
-    def wake(self) -> None:
-        """Release every hanging request (fault changed, or shutting down)."""
-        if self._wake is not None:
-            self._wake.set()
-            self._wake = None
-
-    # --- statistics ---------------------------------------------------------------------
-
-    def reset_stats(self) -> None:
-        self.requests = 0
-        self.by_status: Counter[int] = Counter()
-        self.by_method: Counter[str] = Counter()
-        self.log: deque[tuple[float, str, str, int]] = deque(maxlen=LOG_LIMIT)
-
-    def stats(self, include_log: bool = True) -> dict[str, Any]:
-        """Status 0 in the log means the connection was dropped without an answer."""
-        out: dict[str, Any] = {
-            "requests": self.requests,
-            "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
-            "by_method": dict(self.by_method),
-        }
-        if include_log:
-            out["log"] = [{"t": t, "method": m, "path": p, "status": s} for t, m, p, s in self.log]
-        return out
-
-    def _record(self, method: str, path: str, status: int) -> None:
-        self.requests += 1
-        self.by_status[status] += 1
-        self.by_method[method] += 1
-        self.log.append((self.clock(), method, path, status))
-
-    # --- serving ------------------------------------------------------------------------
-
-    def make_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        app.on_shutdown.append(self._on_shutdown)
-        return app
-
-    async def _on_shutdown(self, _app: web.Application) -> None:
-        self.wake()
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve on HOST:PORT (0 = any free port); returns the base URL."""
-        self._runner = web.AppRunner(self.make_app(), access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        self.url = url_of(self._runner)
-        return self.url
-
-    async def stop(self) -> None:
-        self.wake()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        status = 0
-        try:
-            response = await self._answer(request)
-            if response is None:
-                # The connection is closed: aiohttp has nowhere to write this.
-                return web.Response(status=204)
-            status = response.status
-            return response
-        finally:
-            # Status 0: dropped without an answer (or the handler failed).
-            self._record(request.method, request.path, status)
 
     async def _answer(self, request: web.Request) -> web.StreamResponse | None:
         fault = self.active_fault()
@@ -380,63 +292,3 @@ class ImdsSim:
             return "\n".join(sorted(values))
         text = values.get(parts[5])
         return None if text == LISTED_404 else text
-
-    async def _hang(self) -> None:
-        if self._wake is None:
-            self._wake = asyncio.Event()
-        wake = self._wake
-        remaining = None if self.fault_until is None else self.fault_until - self.clock()
-        try:
-            async with asyncio.timeout(remaining):
-                await wake.wait()
-        except TimeoutError:
-            pass
-
-    @staticmethod
-    def _drop(request: web.Request, rst: bool = False) -> None:
-        transport = request.transport
-        if transport is None:
-            return
-        if rst:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                # Linger 0: closing sends a TCP RST, as a crashing middlebox would.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
-        else:
-            transport.close()
-
-    async def _stream(
-        self,
-        request: web.Request,
-        pieces: Iterable[bytes],
-        pause: float,
-        *,
-        status: int = 200,
-        headers: Mapping[str, str] | None = None,
-        length: int | None = None,
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(status=status, headers=headers)
-        response.content_type = "text/plain"
-        if length is None:
-            response.enable_chunked_encoding()
-        else:
-            response.content_length = length
-        try:
-            await response.prepare(request)
-            for piece in pieces:
-                await response.write(piece)
-                await asyncio.sleep(pause)
-            await response.write_eof()
-        except (ConnectionError, RuntimeError):
-            pass  # the client gave up, as it should
-        return response
-
-
-def url_of(runner: web.BaseRunner) -> str:
-    """Base URL of the first TCP address RUNNER listens on."""
-    for address in runner.addresses:
-        if isinstance(address, tuple):
-            host, port = address[0], address[1]
-            return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-    raise RuntimeError("runner has no TCP address")

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from nicreconciled.sim.imds import ImdsSim, url_of
+from nicreconciled.sim.imds import ImdsSim
+from nicreconciled.sim.server import url_of
 from nicreconciled.sources.http import HttpClient
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "ec2"
