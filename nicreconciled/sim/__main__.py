@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from nicreconciled.model import normalize_mac
 from nicreconciled.sim.cloudstack import VrSim
 from nicreconciled.sim.imds import ImdsSim
-from nicreconciled.sim.server import url_of
+from nicreconciled.sim.server import FaultyServer, url_of
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -74,7 +74,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return data
 
 
-async def _set_fault(sim: ImdsSim | VrSim, request: web.Request) -> dict[str, Any]:
+async def _set_fault(sim: FaultyServer, request: web.Request) -> dict[str, Any]:
     body = await _body(request)
     duration = body.get("duration")
     if duration is not None and not isinstance(duration, int | float):
@@ -95,24 +95,11 @@ def make_vr_control_app(sim: VrSim, vr_url: str) -> web.Application:
     async def put_vm(request: web.Request) -> web.Response:
         return web.json_response(sim.set_vm(await _body(request)))
 
-    async def fault(request: web.Request) -> web.Response:
-        return web.json_response(await _set_fault(sim, request))
-
-    async def stats(request: web.Request) -> web.Response:
-        include_log = request.query.get("log", "1") not in ("0", "false", "no")
-        return web.json_response(sim.stats(include_log))
-
-    async def reset_stats(_request: web.Request) -> web.Response:
-        sim.reset_stats()
-        return web.json_response(sim.stats(False))
-
     app = web.Application(middlewares=[_errors])
     app.router.add_get("/ready", ready)
     app.router.add_get("/vm", get_vm)
     app.router.add_put("/vm", put_vm)
-    app.router.add_put("/fault", fault)
-    app.router.add_get("/stats", stats)
-    app.router.add_post("/stats/reset", reset_stats)
+    _add_common_routes(app, sim)
     return app
 
 
@@ -148,9 +135,6 @@ def make_control_app(sim: ImdsSim, imds_url: str) -> web.Application:
         sim.set_primary(str((await _body(request)).get("mac", "")))
         return web.json_response({"primary": sim.primary})
 
-    async def fault(request: web.Request) -> web.Response:
-        return web.json_response(await _set_fault(sim, request))
-
     async def raw(request: web.Request) -> web.Response:
         body = await _body(request)
         path, text = body.get("path"), body.get("text")
@@ -158,6 +142,24 @@ def make_control_app(sim: ImdsSim, imds_url: str) -> web.Application:
             raise ValueError("need {path: str, text: str|null}")
         sim.set_raw(path, text)
         return web.json_response({"path": path, "text": text})
+
+    app = web.Application(middlewares=[_errors])
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/nics", list_nics)
+    app.router.add_post("/nics", add_nic)
+    app.router.add_patch("/nics/{mac}", update_nic)
+    app.router.add_delete("/nics/{mac}", remove_nic)
+    app.router.add_put("/primary", primary)
+    app.router.add_put("/raw", raw)
+    _add_common_routes(app, sim)
+    return app
+
+
+def _add_common_routes(app: web.Application, sim: FaultyServer) -> None:
+    """The control calls both simulators answer: faults and the request log."""
+
+    async def fault(request: web.Request) -> web.Response:
+        return web.json_response(await _set_fault(sim, request))
 
     async def stats(request: web.Request) -> web.Response:
         include_log = request.query.get("log", "1") not in ("0", "false", "no")
@@ -167,18 +169,9 @@ def make_control_app(sim: ImdsSim, imds_url: str) -> web.Application:
         sim.reset_stats()
         return web.json_response(sim.stats(False))
 
-    app = web.Application(middlewares=[_errors])
-    app.router.add_get("/ready", ready)
-    app.router.add_get("/nics", list_nics)
-    app.router.add_post("/nics", add_nic)
-    app.router.add_patch("/nics/{mac}", update_nic)
-    app.router.add_delete("/nics/{mac}", remove_nic)
-    app.router.add_put("/primary", primary)
     app.router.add_put("/fault", fault)
-    app.router.add_put("/raw", raw)
     app.router.add_get("/stats", stats)
     app.router.add_post("/stats/reset", reset_stats)
-    return app
 
 
 def _clear_stale_socket(path: Path) -> None:

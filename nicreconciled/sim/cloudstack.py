@@ -17,13 +17,12 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping
-from itertools import repeat
 from typing import Any
 
 from aiohttp import web
 
 from nicreconciled.sim.imds import LISTED_404
-from nicreconciled.sim.server import OVERSIZE_BYTES, FaultyServer
+from nicreconciled.sim.server import FaultyServer
 
 MODES = ("none", "5xx", "hang", "reset", "slow", "oversize")
 META = "/latest/meta-data/"
@@ -109,18 +108,9 @@ class VrSim(FaultyServer):
 
     async def _answer(self, request: web.Request) -> web.StreamResponse | None:
         fault = self.active_fault()
-        if fault == "5xx":
-            return web.Response(status=503, text="Service Unavailable")
-        if fault == "hang":
-            await self._hang()
-            self._drop(request)
-            return None
-        if fault == "reset":
-            self._drop(request, rst=True)
-            return None
-        if fault == "oversize":
-            chunk = b"x" * 65536  # chunked, no Content-Length: only reading tells the size
-            return await self._stream(request, repeat(chunk, OVERSIZE_BYTES // len(chunk)), 0)
+        handled, response = await self._connection_fault(request, fault)
+        if handled:
+            return response
         if request.method not in ("GET", "HEAD"):
             return web.Response(status=405, text="Method Not Allowed")
         body = self.lookup(request.path)

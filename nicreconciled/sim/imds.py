@@ -14,14 +14,13 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from nicreconciled.model import Mac, normalize_mac
-from nicreconciled.sim.server import OVERSIZE_BYTES, FaultyServer
+from nicreconciled.sim.server import FaultyServer
 
 MODES = ("none", "5xx", "hang", "reset", "slow", "oversize", "401", "token-fail")
 
@@ -214,18 +213,9 @@ class ImdsSim(FaultyServer):
 
     async def _answer(self, request: web.Request) -> web.StreamResponse | None:
         fault = self.active_fault()
-        if fault == "5xx":
-            return web.Response(status=503, text="Service Unavailable")
-        if fault == "hang":
-            await self._hang()
-            self._drop(request)
-            return None
-        if fault == "reset":
-            self._drop(request, rst=True)
-            return None
-        if fault == "oversize":
-            chunk = b"x" * 65536  # chunked, no Content-Length: only reading tells the size
-            return await self._stream(request, repeat(chunk, OVERSIZE_BYTES // len(chunk)), 0)
+        handled, response = await self._connection_fault(request, fault)
+        if handled:
+            return response
         status, body, headers = self._route(request, fault)
         if fault == "slow":
             # About ten pieces, spread over slow_seconds.

@@ -12,6 +12,7 @@ import socket
 import struct
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
+from itertools import repeat
 from typing import Any, ClassVar
 
 from aiohttp import web
@@ -123,6 +124,25 @@ class FaultyServer:
 
     async def _answer(self, request: web.Request) -> web.StreamResponse | None:
         raise NotImplementedError
+
+    async def _connection_fault(
+        self, request: web.Request, fault: str
+    ) -> tuple[bool, web.StreamResponse | None]:
+        """The faults that never reach the content: (handled, response or None = dropped)."""
+        if fault == "5xx":
+            return True, web.Response(status=503, text="Service Unavailable")
+        if fault == "hang":
+            await self._hang()
+            self._drop(request)
+            return True, None
+        if fault == "reset":
+            self._drop(request, rst=True)
+            return True, None
+        if fault == "oversize":
+            chunk = b"x" * 65536  # chunked, no Content-Length: only reading tells the size
+            pieces = repeat(chunk, OVERSIZE_BYTES // len(chunk))
+            return True, await self._stream(request, pieces, 0)
+        return False, None
 
     async def _hang(self) -> None:
         if self._wake is None:
