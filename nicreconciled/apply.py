@@ -1,95 +1,281 @@
-"""Load a changed file into the network stack, for one NIC only; never a global apply.
+"""Load changed files into the network stack: one applier at a time, only the changed NICs.
 
-Every applier runs its commands through the injected runner (``system.proc.run`` by
-default) and stops at the first failing step with ``ApplyError``: the reconciler logs it and
-retries later, and a half-applied sequence is simply run again from the start.
+Every reconciler hands its change to the one applier of the daemon and awaits the outcome
+for its own NIC. Applies are serialized by one lock, and the changes that arrive while an
+apply runs are merged into the next one (a burst of NICs at boot costs one ``netplan
+generate`` and one ``networkctl reload``, not one per NIC). A failure is an ``ApplyError``
+for the NICs it concerns: the reconciler logs it and retries later, and a half-applied
+sequence is simply run again.
 
-NetworkManager facts the two NetworkManager appliers rely on:
+Why the netplan appliers never run ``netplan generate`` on the live tree (measured on a
+real systemd-networkd, netplan 0.106, in the project's lab):
+
+* ``netplan generate`` deletes every file it generated before and writes them all again.
+  networkd decides what changed by inode and mtime, not content, so the next ``networkctl
+  reload`` reconfigures *every* netplan-configured link: the primary NIC's DHCP lease is
+  dropped and re-requested and its address disappears for 50-250 ms on each hot-plug.
+* Two generates at once, or a reload between the delete and the write, can leave networkd
+  with no file at all for another NIC.
+
+So they generate into a scratch tree (``--root-dir``, with a copy of every netplan
+configuration file, so our definitions are rendered exactly as a full generate would), then
+install only our own NICs' output (``10-netplan-nicr-<key>.*`` for networkd,
+``netplan-nicr-<key>.nmconnection`` for NetworkManager) with the same atomic
+write-if-changed as our own files, and remove what a removed NIC left. Nothing else in
+``/run/systemd/network`` or ``/run/NetworkManager`` is touched; global outputs (udev rules,
+OVS units) are left to netplan's own boot-time generator.
+
+networkd: one ``networkctl reload`` per apply. networkd re-reads its files and reconfigures
+exactly the links whose ``.network`` file changed on disk (a link it left unmanaged included),
+so no per-NIC ``networkctl reconfigure`` is needed; ``reconfigure`` does not re-read files and
+would restart the NIC's DHCP a second time.
+
+NetworkManager facts the NetworkManager appliers rely on:
 
 * "NetworkManager does not monitor changes to connection files by default" (nmcli(1)):
-  a written file is picked up by ``nmcli connection load FILE`` (D-Bus
+  a written file is picked up by ``nmcli connection load FILE...`` (D-Bus
   ``Settings.LoadConnections``), and loading does not activate it.
 * ``load`` of a path that no longer exists makes NetworkManager forget the profile it had
-  loaded from that path. nmcli(1) only says "load/reload one or more connection files";
-  the behaviour is in the daemon: since the settings rework of NetworkManager 1.20 the
-  keyfile plugin's ``load_connections()`` treats ENOENT as "unload the file that was
-  previously loaded" (``nms-keyfile-plugin.c``). So a removal is one ``load`` of the
-  deleted path, never ``nmcli connection reload``, which re-reads every profile on the host.
+  loaded from that path (keyfile plugin, NetworkManager >= 1.20: ENOENT means "unload").
+  So a removal is one ``load`` of the deleted path, never ``nmcli connection reload``,
+  which re-reads every profile on the host.
 * ``nmcli connection up`` is given the profile, not the interface name: our profile is
-  bound to the NIC's MAC, so NetworkManager finds the one device it can run on, and a
-  rename between our sysfs read and nmcli's run (hot-plugged NICs are renamed by udev)
-  cannot make the call fail or pick a stale name. ``--wait 0`` returns as soon as
-  NetworkManager accepted the activation: errors such as "no suitable device" still fail
-  the call (nmcli reports the ActivateConnection error before honouring --wait), but a
-  slow DHCP server cannot hold the daemon for nmcli's default 90 s, and a retry after our
-  own timeout cannot restart an activation that was merely in progress. DHCP retries are
-  NetworkManager's job (our profiles set ``autoconnect-retries=0``).
-* ``nmcli device reapply`` (no re-activation) is not used: it acts on whatever profile is
-  active on the device, possibly another tool's, and it needs the unstable interface name.
+  bound to the NIC's MAC, so a rename between our sysfs read and nmcli's run cannot make
+  the call fail or pick a stale name. ``--wait 0`` returns as soon as NetworkManager
+  accepted the activation ("no suitable device" still fails the call), so a slow DHCP
+  server cannot hold the applier for nmcli's default 90 s.
+* ``nmcli device reapply`` is not used: it acts on whatever profile is active on the
+  device, possibly another tool's, and it needs the unstable interface name.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
 
 import structlog
 
-from nicreconciled.errors import ApplyError
+from nicreconciled.errors import ApplyError, UnsafePathError
 from nicreconciled.model import mac_to_key
 from nicreconciled.render.networkmanager import connection_uuid
-from nicreconciled.system import proc
+from nicreconciled.system import fs, proc
 
 log = structlog.get_logger(__name__)
 
 TIMEOUT = 30.0
 
-#: Where ``netplan generate`` writes the keyfiles of NetworkManager-backend definitions.
-NETPLAN_NM_DIR: Final = Path("/run/NetworkManager/system-connections")
+#: Where networkd reads runtime ``.network`` files (and netplan writes them).
+NETWORKD_DIR: Final = Path("run/systemd/network")
+#: Where NetworkManager reads runtime keyfiles (and netplan writes its NetworkManager ones).
+NM_DIR: Final = Path("run/NetworkManager/system-connections")
+NETPLAN_NM_DIR: Final = Path("/") / NM_DIR
+#: netplan reads ``*.yaml`` from these, in this order of precedence (lowest first).
+NETPLAN_CONFIG_DIRS: Final = (Path("lib/netplan"), Path("etc/netplan"), Path("run/netplan"))
+
+
+@dataclass(frozen=True)
+class Change:
+    """One NIC's change: PATH was just written (or removed); IFNAME None = the NIC is gone."""
+
+    mac: str
+    path: Path
+    ifname: str | None
+
+    @property
+    def written(self) -> bool:
+        return self.path.exists()
 
 
 class Applier(Protocol):
     async def apply(self, *, mac: str, path: Path, ifname: str | None) -> None:
-        """Load PATH, just written (or removed) for MAC; IFNAME None = the NIC is gone."""
+        """Load PATH, just written (or removed) for MAC; raises ApplyError on failure."""
         ...
 
 
-class _CommandApplier:
-    """Runs one command per step; the first failure raises ApplyError and ends the apply."""
+#: Per NIC of a batch: None if applied, else why not.
+Outcome = dict[str, ApplyError | None]
+
+
+@dataclass
+class _Pending:
+    change: Change
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+
+class _BatchApplier:
+    """Serializes applies and merges the changes that queue up behind a running one."""
 
     def __init__(self, runner: proc.Runner = proc.run) -> None:
         self._run = runner
+        self._lock = asyncio.Lock()
+        self._queue: dict[str, _Pending] = {}
+
+    async def apply(self, *, mac: str, path: Path, ifname: str | None) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Nobody may be left awaiting it (a cancelled reconciler): never warn about that.
+        waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+        pending = self._queue.setdefault(mac, _Pending(Change(mac, path, ifname)))
+        pending.change = Change(mac, path, ifname)  # the latest request for a NIC wins
+        pending.waiters.append(waiter)
+        async with self._lock:
+            if not waiter.done():
+                batch, self._queue = self._queue, {}
+                await self._process(batch)
+        await waiter
+
+    async def _process(self, batch: dict[str, _Pending]) -> None:
+        changes = [p.change for p in batch.values()]
+        try:
+            outcome = await self.apply_batch(changes)
+        except ApplyError as exc:
+            outcome = dict.fromkeys(batch, exc)
+        except BaseException:
+            # Cancelled mid-apply (the daemon stops): the others retry, nothing is lost.
+            _settle(batch, dict.fromkeys(batch, ApplyError("apply interrupted")))
+            raise
+        log.debug(
+            "apply_batch", nics=len(changes), failed=sum(e is not None for e in outcome.values())
+        )
+        _settle(batch, outcome)
+
+    async def apply_batch(self, changes: Sequence[Change]) -> Outcome:
+        raise NotImplementedError
 
     async def _step(self, *argv: str) -> None:
         done = await self._run(argv, timeout=TIMEOUT)
         if not done.ok:
             raise ApplyError(done.summary())
 
+    async def _each(self, changes: Iterable[Change], outcome: Outcome, *argv: str) -> None:
+        """Run ARGV + selector for each NIC; a failure is that NIC's alone."""
+        for change in changes:
+            try:
+                await self._step(*argv, *self._selector(change))
+            except ApplyError as exc:
+                outcome[change.mac] = exc
 
-class NetplanNetworkdApplier(_CommandApplier):
-    """netplan on systemd-networkd.
+    def _selector(self, change: Change) -> tuple[str, ...]:
+        raise NotImplementedError
 
-    ``netplan apply`` would restart the backend and re-plug every interface; instead generate
-    the backend files, have networkd reload them and reconfigure just this NIC.
-    """
 
-    async def apply(self, *, mac: str, path: Path, ifname: str | None) -> None:
-        await self._step("netplan", "generate")
+def _settle(batch: dict[str, _Pending], outcome: Outcome) -> None:
+    for mac, pending in batch.items():
+        error = outcome.get(mac)
+        for waiter in pending.waiters:
+            if waiter.done():
+                continue
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+
+
+class _NetplanApplier(_BatchApplier):
+    """``netplan generate`` into a scratch tree; our NICs' output installed, nothing else."""
+
+    #: Where the backend reads the files (relative to root) and the mode netplan gives them.
+    backend_dir: Path
+    backend_mode: int
+
+    def __init__(
+        self, runner: proc.Runner = proc.run, *, root: Path = Path("/"), netplan: str = "netplan"
+    ) -> None:
+        super().__init__(runner)
+        self.root = root
+        self._netplan = netplan
+
+    def owned(self, mac: str) -> tuple[str, str]:
+        """(prefix, suffix) of the backend files netplan generates for our definition."""
+        raise NotImplementedError
+
+    async def _generate(self, changes: Sequence[Change]) -> set[str]:
+        """Generate in scratch, install our NICs' files; the MACs whose files changed."""
+        scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="nicreconciled-netplan."))
+        try:
+            await asyncio.to_thread(self._copy_config, scratch)
+            await self._step(self._netplan, "generate", "--root-dir", str(scratch))
+            return await asyncio.to_thread(self._install, scratch, changes)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, scratch, True)
+
+    def _copy_config(self, scratch: Path) -> None:
+        """Every netplan configuration file, as netplan reads it (symlinks followed)."""
+        for sub in NETPLAN_CONFIG_DIRS:
+            names = _listing(self.root / sub, ".yaml")
+            if names:
+                (scratch / sub).mkdir(mode=0o700, parents=True)
+            for name in names:
+                try:
+                    shutil.copyfile(self.root / sub / name, scratch / sub / name)
+                except FileNotFoundError:
+                    continue  # removed since the listing
+                except OSError as exc:
+                    raise ApplyError(f"cannot read {self.root / sub / name}: {exc}") from exc
+                (scratch / sub / name).chmod(0o600)
+
+    def _install(self, scratch: Path, changes: Sequence[Change]) -> set[str]:
+        live, generated = self.root / self.backend_dir, scratch / self.backend_dir
+        changed: set[str] = set()
+        new = _listing(generated, "")
+        for change in changes:
+            prefix, suffix = self.owned(change.mac)
+            ours = [n for n in new if n.startswith(prefix) and n.endswith(suffix)]
+            try:
+                for name in ours:
+                    text = fs.read_file(generated, name) or ""
+                    if fs.write_if_changed(live, name, text, self.backend_mode):
+                        changed.add(change.mac)
+                for name in fs.list_names(live, prefix, suffix):
+                    if name not in ours and fs.remove_file(live, name):
+                        changed.add(change.mac)
+            except (OSError, UnsafePathError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise ApplyError(f"install into {live}: {reason}") from exc
+        return changed
+
+
+def _listing(directory: Path, suffix: str) -> list[str]:
+    try:
+        return fs.list_names(directory, "", suffix)
+    except OSError as exc:
+        raise ApplyError(f"cannot read {directory}: {exc.strerror}") from exc
+
+
+class NetplanNetworkdApplier(_NetplanApplier):
+    """netplan on systemd-networkd: scratch generate, install ours, one ``networkctl reload``."""
+
+    backend_dir = NETWORKD_DIR
+    backend_mode = 0o644  # as netplan writes them: networkd runs as systemd-network
+
+    def owned(self, mac: str) -> tuple[str, str]:
+        return (f"10-netplan-nicr-{mac_to_key(mac)}.", "")
+
+    async def apply_batch(self, changes: Sequence[Change]) -> Outcome:
+        await self._generate(changes)
+        # Always: a file installed by an apply that was interrupted before its reload is
+        # loaded now. Links whose files did not change are not touched by networkd.
         await self._step("networkctl", "reload")
-        if ifname is not None:
-            await self._step("networkctl", "reconfigure", ifname)
+        return dict.fromkeys((c.mac for c in changes), None)
 
 
-class NetworkManagerApplier(_CommandApplier):
-    """Our own keyfiles (``NetworkManagerRenderer``), loaded one file at a time."""
+class NetworkManagerApplier(_BatchApplier):
+    """Our own keyfiles (``NetworkManagerRenderer``): one ``load`` for all, ``up`` per NIC."""
 
-    async def apply(self, *, mac: str, path: Path, ifname: str | None) -> None:
+    async def apply_batch(self, changes: Sequence[Change]) -> Outcome:
         # Decided before loading: a removal must never be followed by an activation.
-        written = await asyncio.to_thread(path.exists)
-        await self._step("nmcli", "connection", "load", str(path))
-        if written and ifname is not None:
-            await self._step(*_up("uuid", connection_uuid(mac)))
+        up = [c for c in changes if c.ifname is not None and c.written]
+        await self._step("nmcli", "connection", "load", *(str(c.path) for c in changes))
+        outcome: Outcome = dict.fromkeys((c.mac for c in changes), None)
+        await self._each(up, outcome, "nmcli", "--wait", "0", "connection", "up", "uuid")
+        return outcome
+
+    def _selector(self, change: Change) -> tuple[str, ...]:
+        return (connection_uuid(change.mac),)
 
 
 def netplan_nm_connection_id(mac: str) -> str:
@@ -97,31 +283,30 @@ def netplan_nm_connection_id(mac: str) -> str:
     return f"netplan-nicr-{mac_to_key(mac)}"
 
 
-class NetplanNetworkManagerApplier(_CommandApplier):
+class NetplanNetworkManagerApplier(_NetplanApplier):
     """netplan YAML whose definition uses ``renderer: NetworkManager``.
 
-    ``netplan generate`` rewrites (or, for a removed YAML file, deletes)
-    ``netplan-<definition id>.nmconnection`` in ``/run/NetworkManager/system-connections``;
-    checked with netplan 0.106's ``generate --root-dir`` in the integration tests. We then
-    load only that file. netplan 0.106 writes no ``uuid=`` (NetworkManager derives one from
-    the path), so activation names the profile by its id, which netplan takes from our
-    definition id and is therefore ours alone.
+    netplan writes ``netplan-<definition id>.nmconnection``; we install and load only ours.
+    netplan 0.106 writes no ``uuid=`` (NetworkManager derives one from the path), so
+    activation names the profile by its id, which netplan takes from our definition id and
+    is therefore ours alone.
     """
 
-    def __init__(
-        self, runner: proc.Runner = proc.run, connections_dir: Path = NETPLAN_NM_DIR
-    ) -> None:
-        super().__init__(runner)
-        self._dir = connections_dir
+    backend_dir = NM_DIR
+    backend_mode = 0o600  # NetworkManager ignores keyfiles readable by others
 
-    async def apply(self, *, mac: str, path: Path, ifname: str | None) -> None:
-        await self._step("netplan", "generate")
-        connection_id = netplan_nm_connection_id(mac)
-        keyfile = self._dir / f"{connection_id}.nmconnection"
-        await self._step("nmcli", "connection", "load", str(keyfile))
-        if ifname is not None and await asyncio.to_thread(keyfile.exists):
-            await self._step(*_up("id", connection_id))
+    def owned(self, mac: str) -> tuple[str, str]:
+        return (netplan_nm_connection_id(mac), ".nmconnection")
 
+    async def apply_batch(self, changes: Sequence[Change]) -> Outcome:
+        await self._generate(changes)
+        live = self.root / self.backend_dir
+        paths = [live / "".join(self.owned(c.mac)) for c in changes]
+        await self._step("nmcli", "connection", "load", *map(str, paths))
+        outcome: Outcome = dict.fromkeys((c.mac for c in changes), None)
+        up = [c for c, p in zip(changes, paths, strict=True) if c.ifname and p.exists()]
+        await self._each(up, outcome, "nmcli", "--wait", "0", "connection", "up", "id")
+        return outcome
 
-def _up(selector: str, value: str) -> tuple[str, ...]:
-    return ("nmcli", "--wait", "0", "connection", "up", selector, value)
+    def _selector(self, change: Change) -> tuple[str, ...]:
+        return (netplan_nm_connection_id(change.mac),)

@@ -151,6 +151,8 @@ def _status(config: Config, *, as_json: bool) -> int:
     table = [header]
     for r in rows:
         detail = "; ".join(r.waiting_on) or (f"error: {r.last_error}" if r.last_error else "")
+        if config.apply and r.managed == "managed" and r.apply_pending:
+            detail = "written, not applied" + (f"; {detail}" if detail else "")
         table.append(
             (
                 r.mac,

@@ -170,6 +170,10 @@ class Daemon:
             log.info("nic_renamed", mac=link.mac, ifname=link.name, old=event.old_ifname)
             self._ensure(link.mac, link.name)
 
+    def _events_lost(self) -> None:
+        self.scan()
+        self._update_status()
+
     def resync_all(self) -> None:
         """SIGHUP: re-poll every NIC now; RELOADING=1 until each has finished that poll."""
         log.info("resync_requested", nics=len(self.reconcilers))
@@ -261,7 +265,8 @@ class Daemon:
             asyncio.create_task(self._watchdog(interval), name="watchdog") if interval else None
         )
         watcher = UdevWatcher(self.config.udev.source)
-        watcher.start(self.on_event)  # before the scan: no attach falls between the two
+        # Before the scan: no attach falls between the two. Lost events: rescan at once.
+        watcher.start(self.on_event, on_lost=self._events_lost)
         try:
             self.scan()
             self.adopt_orphans()

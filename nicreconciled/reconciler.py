@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import random
 import time
 from collections.abc import Callable
@@ -27,9 +28,11 @@ from nicreconciled.render import Renderer
 from nicreconciled.sources import Source
 from nicreconciled.stability import Phase, Policy, Step, Tracker
 from nicreconciled.status import NicStatus, StatusStore
-from nicreconciled.system import fs
+from nicreconciled.system import fs, sysfs
 
 _UNSET: Any = object()
+#: ``applied`` when the network stack may hold a version of the file we cannot name.
+_UNKNOWN = "unknown"
 
 
 def _now_iso() -> str:
@@ -55,6 +58,7 @@ class Context:
     on_pass: Callable[[str], None] = lambda mac: None
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.monotonic
+    boot_id: str = field(default_factory=sysfs.boot_id)
 
 
 class Reconciler:
@@ -66,18 +70,27 @@ class Reconciler:
         self.tracker = Tracker(ctx.policy, rng=random.Random(ctx.rng.random()))
         self.filename = ctx.renderer.filename(mac)
         self.status = NicStatus(mac=mac, ifname=ifname, file=self.filename)
+        self._recall(ctx.status.load(mac))
         self.removed = False
         self.forced = False  # accepted after the deadline, not because it was stable
         self._kick = asyncio.Event()
         self._new_episode = True
         self._desired: NicState | None = _UNSET
         self._synced = True
-        self._apply_pending = False
         self._retry = ctx.policy.initial_interval
         self._next_full = 0.0
         self._log = structlog.get_logger("nicreconciled.reconciler").bind(
             mac=mac, ifname=ifname, cloud=ctx.source.name
         )
+
+    def _recall(self, previous: NicStatus | None) -> None:
+        """What an earlier run of this boot wrote and loaded: a load it missed is redone."""
+        if previous is None or previous.file != self.filename:
+            return
+        self.status.written = previous.written
+        if previous.applied_boot == self.ctx.boot_id:
+            self.status.applied = previous.applied
+            self.status.applied_boot = previous.applied_boot
 
     # -- control from the daemon -------------------------------------------------------
     def kick(self, *, new_episode: bool = False) -> None:
@@ -227,7 +240,9 @@ class Reconciler:
             if state is None and not self.present:
                 if fs.remove_file(self.ctx.output_dir, self.filename):
                     self._log.info("removed", file=self.filename)
-                    self._apply_pending = True
+                    # The stack may hold it (loaded by us, or by netplan at boot): unload.
+                    self.status.applied = self.status.applied or _UNKNOWN
+                self.status.written = None
                 await self._apply_if_pending()
                 self.status.managed = "removed"
                 self.removed = True
@@ -238,12 +253,16 @@ class Reconciler:
                 self.status.managed = "primary (manage_primary = false)"
             else:
                 text = self.ctx.renderer.render(state)
+                digest = hashlib.sha256(text.encode()).hexdigest()[:16]
                 if fs.write_if_changed(self.ctx.output_dir, self.filename, text):
                     self.status.last_change = _now_iso()
-                    self._apply_pending = True
+                    if self.status.applied == digest:
+                        # The file had changed under us: load it again to be sure.
+                        self.status.applied = _UNKNOWN
                     self._log.info(
                         "rendered", file=self.filename, fingerprint=fp.fingerprint(state)
                     )
+                self.status.written = digest
                 self.status.managed = "managed"
                 self.status.rendered_fingerprint = fp.fingerprint(state)
                 self._check_conflicts()
@@ -270,15 +289,15 @@ class Reconciler:
             self.status.conflicts = found
 
     async def _apply_if_pending(self) -> None:
-        """Load the written change; stays pending (and is retried) until it succeeds."""
-        if not self._apply_pending:
+        """Load what is written; stays pending (saved, retried, redone after a restart)
+        until it succeeds."""
+        if self.ctx.applier is None or not self.status.apply_pending:
             return
-        if self.ctx.applier is not None:
-            await self.ctx.applier.apply(
-                mac=self.mac, path=self.ctx.output_dir / self.filename, ifname=self.ifname
-            )
-            self._log.info("applied", file=self.filename)
-        self._apply_pending = False
+        await self.ctx.applier.apply(
+            mac=self.mac, path=self.ctx.output_dir / self.filename, ifname=self.ifname
+        )
+        self.status.applied, self.status.applied_boot = self.status.written, self.ctx.boot_id
+        self._log.info("applied", file=self.filename)
 
     def _save_status(self, step: Step) -> None:
         self.status.phase = "removed" if self.removed else step.phase.value

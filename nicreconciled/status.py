@@ -7,6 +7,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from nicreconciled.errors import UnsafePathError
 from nicreconciled.model import mac_to_key
 from nicreconciled.system import fs
 
@@ -23,10 +24,21 @@ class NicStatus:
     fingerprint: str | None = None
     rendered_fingerprint: str | None = None
     last_change: str | None = None
+    #: Digests of the file content last written and last loaded into the network stack
+    #: (``apply``), and the boot the load happened in: a file written but not applied (a
+    #: failed apply, a stop in the middle of one) is applied after a restart.
+    written: str | None = None
+    applied: str | None = None
+    applied_boot: str | None = None
     last_error: str | None = None
     last_error_at: str | None = None
     #: Other tools' configurations for this NIC (one line each, see conflicts.py).
     conflicts: list[str] = field(default_factory=list)
+
+    @property
+    def apply_pending(self) -> bool:
+        """Written (or removed) but not loaded into the network stack yet."""
+        return self.written != self.applied
 
 
 _OWNED = re.compile(r"[0-9a-f]{12}\.json")
@@ -43,6 +55,14 @@ class StatusStore:
     def save(self, status: NicStatus) -> bool:
         text = json.dumps(asdict(status), indent=2, sort_keys=True) + "\n"
         return fs.write_if_changed(self.directory, f"{mac_to_key(status.mac)}.json", text, 0o644)
+
+    def load(self, mac: str) -> NicStatus | None:
+        """The status saved for MAC by an earlier run, if any and readable."""
+        try:
+            text = fs.read_file(self.directory, f"{mac_to_key(mac)}.json")
+            return None if text is None else NicStatus(**json.loads(text))
+        except (OSError, ValueError, TypeError, UnsafePathError):
+            return None
 
     def load_all(self) -> list[NicStatus]:
         out = []

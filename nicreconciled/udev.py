@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -41,28 +44,42 @@ def to_event(device: Any) -> NicEvent | None:
     return NicEvent(action, ifname, ifindex, old_name)
 
 
+#: Asked for: dozens of NICs at once (each brings several uevents) must not overflow it.
+BUFFER_SIZE = 8 * 1024 * 1024
+
+
 class UdevWatcher:
     """Start it before scanning present NICs: an attach between the two is then not lost."""
 
-    def __init__(self, source: Literal["udev", "kernel"]) -> None:
+    def __init__(self, source: Literal["udev", "kernel"], buffer_size: int = BUFFER_SIZE) -> None:
         self._context = pyudev.Context()
         self._monitor = pyudev.Monitor.from_netlink(self._context, source=source)
         self._monitor.filter_by("net")
-        # Large bursts (dozens of NICs at once) must not overflow the socket buffer.
-        self._monitor.set_receive_buffer_size(8 * 1024 * 1024)
+        self.buffer_size = _set_buffer(self._monitor, buffer_size)
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def start(self, callback: Callable[[NicEvent], None]) -> None:
+    def start(
+        self, callback: Callable[[NicEvent], None], on_lost: Callable[[], None] = lambda: None
+    ) -> None:
+        """CALLBACK per event; ON_LOST when the kernel dropped events (rescan then)."""
         loop = asyncio.get_running_loop()
         self._monitor.start()
         self._loop = loop
 
         def readable() -> None:
-            # Drain everything queued; poll(timeout=0) never blocks the loop.
+            # Drain everything queued. The socket is non-blocking: a receive on an empty
+            # queue is None. Not Monitor.poll(): its own poll() turns the POLLERR of an
+            # overflowed socket into an IOError without errno, and the error is only
+            # cleared by the receive it then never makes (the loop would spin on it).
             while True:
                 try:
-                    device = self._monitor.poll(timeout=0)
+                    device = self._monitor._receive_device()
                 except OSError as exc:
+                    if exc.errno == errno.ENOBUFS:
+                        # The socket overflowed: some attach or detach is unknown.
+                        log.warning("udev_events_lost", buffer=self.buffer_size)
+                        on_lost()
+                        continue
                     log.warning("udev_read_failed", error=str(exc))
                     return
                 if device is None:
@@ -77,3 +94,28 @@ class UdevWatcher:
         if self._loop is not None:
             self._loop.remove_reader(self._monitor.fileno())
             self._loop = None
+
+
+def _set_buffer(monitor: Any, size: int) -> int:
+    """Ask for SIZE bytes of receive buffer; the size obtained.
+
+    libudev forces the size with SO_RCVBUFFORCE, which needs CAP_NET_ADMIN: the service
+    runs without any capability, so there the plain SO_RCVBUF is used, which the kernel caps
+    at net.core.rmem_max (said once in the log; overflows are caught and rescanned anyway).
+    """
+    try:
+        monitor.set_receive_buffer_size(size)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EACCES):
+            raise
+        with socket.socket(fileno=os.dup(monitor.fileno())) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+            got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        log.info(
+            "udev_buffer_limited",
+            requested=size,
+            obtained=got,
+            reason="no CAP_NET_ADMIN for SO_RCVBUFFORCE; raise net.core.rmem_max for more",
+        )
+        return got
+    return size

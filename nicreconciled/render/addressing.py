@@ -1,4 +1,12 @@
-"""How both renderers write a NIC's addresses: one rule, one place."""
+"""How both renderers write a NIC's addresses: one rule, one place.
+
+The primary private IPv4 (the metadata's first) is written as a static address, first,
+although DHCP hands out the same address. The kernel's primary IPv4 on a link is the first
+one added, and it is the preferred source of the subnet route: with only the secondaries
+static, the network manager adds them before the DHCP lease arrives, and traffic from the
+host leaves with a secondary address as source (seen on systemd-networkd in the lab). The
+static copy makes the primary the first address from the first moment.
+"""
 
 from __future__ import annotations
 

@@ -6,10 +6,12 @@ Why the output looks the way it does:
   hot-plugged NICs get unpredictable names, the MAC is what the metadata and our file name
   key on, and renaming would fight udev and other tools.
 
-* The primary private IPv4 comes from DHCP (``dhcp4: true``); secondary IPv4s are static
-  because EC2's DHCPv4 hands out only the primary. IPv6 addresses are written statically too
-  (DHCPv6 and RAs stay on), so every address the metadata lists is configured whatever the
-  DHCPv6 server offers.
+* Every private IPv4 is a static address, the primary first, and DHCPv4 runs as well
+  (``dhcp4: true``: it brings the main table's routes and renews the lease EC2 expects);
+  secondary IPv4s must be static because EC2's DHCPv4 hands out only the primary. Why the
+  primary too: see ``addressing.py``. IPv6 addresses are written statically as well (DHCPv6
+  and RAs stay on), so every address the metadata lists is configured whatever the DHCPv6
+  server offers.
 
 * Non-primary NICs get source-based policy routing: a reply must leave by the NIC whose
   address it carries, or the VPC's source/destination check drops it. Each NIC owns table
@@ -133,7 +135,7 @@ class NetplanRenderer:
         else:
             eth["dhcp6"] = False
 
-        addresses = [ipv4_cidr(state, a) for a in ipv4[1:]]
+        addresses = [ipv4_cidr(state, a) for a in ipv4]  # the primary first: addressing.py
         addresses += [ipv6_cidr(state, a) for a in ipv6]
         if addresses:
             eth["addresses"] = addresses

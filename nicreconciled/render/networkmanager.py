@@ -149,9 +149,9 @@ def write_keyfile(sections: Keyfile, *, comment: str = "") -> str:
 
 def _ipv4(state: NicState) -> Section:
     ipv4 = unique(state.ipv4_addresses)
-    # The first address is the DHCP one; the others are not in EC2's DHCP lease.
+    # All of them static, the primary first (see addressing.py); DHCP still runs.
     entries: Section = [("method", "auto")]
-    entries += _numbered("address", [ipv4_cidr(state, a) for a in ipv4[1:]])
+    entries += _numbered("address", [ipv4_cidr(state, a) for a in ipv4])
     if state.primary:
         return entries
     entries += _policy_header(state)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -30,12 +31,24 @@ class Runner(Protocol):
     async def __call__(self, argv: Sequence[str], *, timeout: float = 30.0) -> Completed: ...
 
 
+#: What systemd gives the service alone. ``netplan generate`` runs ``udevadm`` and
+#: ``systemctl``, which find NOTIFY_SOCKET and send their own messages to it (seen: udevadm
+#: blocked on the full socket and stalled an apply); NotifyAccess=main drops them anyway.
+_SERVICE_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+def child_env() -> dict[str, str]:
+    """The environment children run with: ours, without the service-only variables."""
+    return {k: v for k, v in os.environ.items() if k not in _SERVICE_ONLY}
+
+
 async def run(argv: Sequence[str], *, timeout: float = 30.0) -> Completed:
     """Run ARGV; a missing program is exit 127 and a timeout exit 124, never an exception."""
     args = tuple(argv)
     try:
         proc = await asyncio.create_subprocess_exec(
             *args,
+            env=child_env(),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

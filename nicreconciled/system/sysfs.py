@@ -62,3 +62,11 @@ def list_links(root: Path = Path("/sys")) -> list[Link]:
 def dmi(field: str, root: Path = Path("/sys")) -> str | None:
     """A DMI string such as sys_vendor or product_name; None when unreadable."""
     return _read(root / "class" / "dmi" / "id" / field)
+
+
+def boot_id(path: Path = Path("/proc/sys/kernel/random/boot_id")) -> str:
+    """This boot's id: what was loaded into the network stack in another boot is gone."""
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""

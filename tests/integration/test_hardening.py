@@ -64,25 +64,25 @@ class TestSecurityScore:
             "/run/netplan",
             "/run/NetworkManager/system-connections",
             "/run/systemd/network",
-            "/run/systemd/system",
-            "/run/udev/rules.d",
         }
+        # The rest of /run is read-only (MountAPIVFS would leave it writable).
+        assert unit_values("ReadOnlyPaths") == ["/run"]
 
 
 # A private mount namespace: /run becomes a fresh tmpfs, then the whole tree is read-only
-# except the unit's ReadWritePaths (under that /run) and the state directory; then every
-# capability is dropped for good before the daemon starts.
+# except the unit's ReadWritePaths (under that /run), a private temporary directory
+# (PrivateTmp=; here $TMPDIR) and the state directory; then every capability is dropped for
+# good before the daemon starts.
 CONFINE = r"""
 set -e
 state="$0"
 mount --make-rprivate /
 mount -t tmpfs tmpfs /run
-mkdir -p /run/netplan /run/NetworkManager/system-connections /run/systemd/network \
-         /run/systemd/system /run/udev/rules.d
+mkdir -p /run/netplan /run/NetworkManager/system-connections /run/systemd/network
 mount -o remount,bind,ro /
 mount -o remount,bind,ro /run
 for dir in /run/netplan /run/NetworkManager/system-connections /run/systemd/network \
-           /run/systemd/system /run/udev/rules.d "$state"; do
+           "$TMPDIR" "$state"; do
     mount --bind "$dir" "$dir"
     mount -o remount,bind,rw "$dir"
 done
@@ -96,6 +96,7 @@ cp /run/netplan/*.yaml "$STATE/"
 ls /run/systemd/network > "$STATE/networkd-files"
 grep -E '^Cap(Eff|Prm|Bnd)|^NoNewPrivs' /proc/self/status > "$STATE/creds"
 touch /etc/nicreconciled-must-not-exist 2>/dev/null && echo "etc writable" > "$STATE/leak" || true
+touch /run/nicreconciled-must-not-exist 2>/dev/null && echo "run writable" >> "$STATE/leak" || true
 """
 
 
@@ -107,6 +108,8 @@ class TestConfinedRun:
         require_tool("setpriv")
         state = tmp_path / "state"
         state.mkdir()
+        private_tmp = tmp_path / "private-tmp"
+        private_tmp.mkdir()
         fakebin = tmp_path / "bin"
         fakebin.mkdir()
         (fakebin / "networkctl").write_text(FAKE_TOOL)  # no networkd in a test namespace
@@ -140,6 +143,7 @@ class TestConfinedRun:
             "NICR_APPLY_LOG": str(state / "apply.log"),
             "CONFIG": str(cfg),
             "STATE": str(state),
+            "TMPDIR": str(private_tmp),
         }
         argv = ["unshare", "--mount", "sh", "-c", CONFINE, str(state)]
         argv += ["sh", "-c", PROBE, "probe", PYTHON, "-m", "nicreconciled"]
@@ -154,9 +158,8 @@ class TestConfinedRun:
         assert "NoNewPrivs:\t1" in creds
         assert not (state / "leak").exists()
         assert (state / f"90-nicreconciled-{MAC.replace(':', '')}.yaml").exists()
-        # The real netplan generate wrote networkd's file where the unit lets it.
-        assert "10-netplan-nicr-0a0000000002.network" in (state / "networkd-files").read_text()
-        assert (state / "apply.log").read_text().splitlines() == [
-            "networkctl reload",
-            "networkctl reconfigure eth1",
-        ]
+        # The real netplan generate ran in a scratch tree; our NIC's file was installed
+        # where the unit lets it, and nothing else.
+        networkd = (state / "networkd-files").read_text().split()
+        assert networkd == ["10-netplan-nicr-0a0000000002.network"]
+        assert (state / "apply.log").read_text().splitlines() == ["networkctl reload"]

@@ -202,12 +202,12 @@ class TestRenderedStates:
         assert r["user"] == {"org.freedesktop.NetworkManager.origin": "nicreconciled"}
 
         v4, v6 = r["ipv4"], r["ipv6"]
-        secondaries = [
+        static = [
             f"{a}/{state.ipv4_subnet.prefixlen if state.ipv4_subnet else 32}"
-            for a in state.ipv4_addresses[1:]
+            for a in state.ipv4_addresses
         ]
         assert v4["method"] == "auto"
-        assert v4["addresses"] == secondaries
+        assert v4["addresses"] == static  # the primary first, then the secondaries
         assert v4["route_table"] == 0  # DHCP routes stay in main
 
         if state.primary:
@@ -238,7 +238,7 @@ class TestRenderedStates:
         # The same facts as above, written by hand rather than derived from the state.
         (r,) = check(libnm, write(tmp_path, [DUAL_STACK]))
         v4, v6 = r["ipv4"], r["ipv6"]
-        assert v4["addresses"] == ["10.0.2.20/24", "10.0.2.21/24"]
+        assert v4["addresses"] == ["10.0.2.10/24", "10.0.2.20/24", "10.0.2.21/24"]
         assert [(x["dest"], x["prefix"], x["next_hop"], x["table"]) for x in v4["routes"]] == [
             ("10.0.2.0", 24, None, 10102),
             ("0.0.0.0", 0, "10.0.2.1", 10102),

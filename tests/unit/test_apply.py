@@ -1,7 +1,13 @@
-"""Appliers: the exact commands, in order, for one NIC; the first failure stops the sequence."""
+"""Appliers: the exact commands, in order; only our NICs' files touched; one apply at a time.
+
+The netplan appliers run the real ``netplan generate --root-dir`` (netplan.io is installed
+by scripts/bootstrap); networkctl and nmcli are recorded, not run.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +23,9 @@ from nicreconciled.apply import (
 )
 from nicreconciled.errors import ApplyError
 from nicreconciled.render.networkmanager import NetworkManagerRenderer, connection_uuid
+from nicreconciled.system import proc
 from nicreconciled.system.proc import Completed
+from tests.conftest import require_tool
 
 MAC = "0a:1b:2c:3d:4e:5f"
 KEY = "0a1b2c3d4e5f"
@@ -25,21 +33,36 @@ UUID = connection_uuid(MAC)
 
 
 class RecordingRunner:
-    """Stands in for ``proc.run``: records every argv; fails the commands it is told to."""
+    """Stands in for ``proc.run``: records every argv; fails the commands it is told to;
+    runs the real ``netplan``; holds commands matching ``hold`` until ``release`` is set."""
 
     def __init__(self, fail: str | None = None, returncode: int = 1) -> None:
         self.calls: list[tuple[str, ...]] = []
         self.timeouts: list[float] = []
         self.fail = fail
         self.returncode = returncode
+        self.hold: str | None = None
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
 
     async def __call__(self, argv: Sequence[str], *, timeout: float = 30.0) -> Completed:
         args = tuple(argv)
         self.calls.append(args)
         self.timeouts.append(timeout)
-        if self.fail is not None and " ".join(args).startswith(self.fail):
+        line = " ".join(args)
+        if self.hold is not None and line.startswith(self.hold):
+            self.hold = None
+            self.held.set()
+            await self.release.wait()
+        if self.fail is not None and line.startswith(self.fail):
             return Completed(args, self.returncode, "", "Error: something went wrong\n")
+        if args[0] == "netplan":
+            return await proc.run(args, timeout=timeout)
         return Completed(args, 0, "", "")
+
+    def commands(self) -> list[tuple[str, ...]]:
+        """The calls with the scratch directory of ``--root-dir`` blanked out."""
+        return [(*c[:3], "SCRATCH") if c[2:3] == ("--root-dir",) else c for c in self.calls]
 
 
 @pytest.fixture
@@ -50,38 +73,194 @@ def keyfile(tmp_path: Path) -> Path:
     return path
 
 
+GENERATE = ("netplan", "generate", "--root-dir", "SCRATCH")
+OTHER = "0a:1b:2c:3d:4e:60"
+
+
+def our_yaml(mac: str, backend: str = "networkd", address: str = "10.0.1.25/24") -> str:
+    return (
+        "network:\n  version: 2\n  ethernets:\n"
+        f"    nicr-{mac.replace(':', '')}:\n"
+        f"      match: {{macaddress: '{mac}'}}\n      renderer: {backend}\n"
+        f"      dhcp4: true\n      addresses: [{address}]\n"
+    )
+
+
+FOREIGN = (
+    "network:\n  version: 2\n  ethernets:\n    eth0:\n"
+    "      match: {macaddress: '0a:00:00:00:00:01'}\n      set-name: eth0\n      dhcp4: true\n"
+)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A host tree: cloud-init's YAML for the primary NIC, its generated .network, our YAML."""
+    require_tool("netplan")
+    root = tmp_path / "root"
+    for sub in ("etc/netplan", "run/netplan", "run/systemd/network"):
+        (root / sub).mkdir(parents=True)
+    (root / "etc/netplan/50-cloud-init.yaml").write_text(FOREIGN)
+    (root / "run/systemd/network/10-netplan-eth0.network").write_text("[Match]\n")
+    for path in (root / "etc/netplan/50-cloud-init.yaml",):
+        path.chmod(0o600)
+    write_ours(root, MAC)
+    return root
+
+
+def write_ours(root: Path, mac: str, **kw: str) -> Path:
+    path = root / "run/netplan" / f"90-nicreconciled-{mac.replace(':', '')}.yaml"
+    path.write_text(our_yaml(mac, **kw))
+    path.chmod(0o600)
+    return path
+
+
+def networkd_files(root: Path) -> dict[str, tuple[int, int]]:
+    """name -> (inode, mtime_ns) of every file in the live networkd directory."""
+    live = root / "run/systemd/network"
+    return {
+        n: (st.st_ino, st.st_mtime_ns) for n in os.listdir(live) for st in [live.joinpath(n).stat()]
+    }
+
+
 class TestProtocol:
     def test_every_applier_satisfies_the_protocol(self, tmp_path: Path) -> None:
         appliers: list[Applier] = [
             NetplanNetworkdApplier(RecordingRunner()),
             NetworkManagerApplier(RecordingRunner()),
-            NetplanNetworkManagerApplier(RecordingRunner(), connections_dir=tmp_path),
+            NetplanNetworkManagerApplier(RecordingRunner(), root=tmp_path),
         ]
         assert len(appliers) == 3
 
 
 class TestNetplanNetworkdApplier:
-    async def test_it_generates_reloads_and_reconfigures_only_this_nic(
-        self, tmp_path: Path
+    async def test_it_generates_in_scratch_and_reloads_once_without_a_reconfigure(
+        self, root: Path
     ) -> None:
         runner = RecordingRunner()
-        await NetplanNetworkdApplier(runner).apply(mac=MAC, path=tmp_path / "x", ifname="ens6")
-        assert runner.calls == [
-            ("netplan", "generate"),
-            ("networkctl", "reload"),
-            ("networkctl", "reconfigure", "ens6"),
-        ]
+        applier = NetplanNetworkdApplier(runner, root=root)
+        await applier.apply(mac=MAC, path=root / "run/netplan/x.yaml", ifname="ens6")
+        assert runner.commands() == [GENERATE, ("networkctl", "reload")]
+        assert not any("reconfigure" in c for c in runner.calls)
 
-    async def test_a_gone_nic_is_not_reconfigured(self, tmp_path: Path) -> None:
+    async def test_only_our_nics_file_is_installed_and_other_files_are_untouched(
+        self, root: Path
+    ) -> None:
+        before = networkd_files(root)
+        await NetplanNetworkdApplier(RecordingRunner(), root=root).apply(
+            mac=MAC, path=root / "x", ifname="ens6"
+        )
+        after = networkd_files(root)
+        ours = f"10-netplan-nicr-{KEY}.network"
+        assert set(after) == set(before) | {ours}  # no udev rules, no units, nothing else
+        assert after["10-netplan-eth0.network"] == before["10-netplan-eth0.network"]
+        text = (root / "run/systemd/network" / ours).read_text()
+        assert "Address=10.0.1.25/24" in text
+        assert (root / "run/systemd/network" / ours).stat().st_mode & 0o777 == 0o644
+        assert not (root / "run/udev").exists()
+        assert not (root / "run/systemd/system").exists()
+
+    async def test_an_unchanged_file_keeps_its_inode_so_networkd_leaves_the_link_alone(
+        self, root: Path
+    ) -> None:
+        applier = NetplanNetworkdApplier(RecordingRunner(), root=root)
+        await applier.apply(mac=MAC, path=root / "x", ifname="ens6")
+        first = networkd_files(root)
+        write_ours(root, OTHER)  # another NIC changes; ours does not
+        await applier.apply(mac=OTHER, path=root / "y", ifname="ens7")
+        after = networkd_files(root)
+        assert after[f"10-netplan-nicr-{KEY}.network"] == first[f"10-netplan-nicr-{KEY}.network"]
+        assert f"10-netplan-nicr-{OTHER.replace(':', '')}.network" in after
+
+    async def test_a_changed_file_is_replaced(self, root: Path) -> None:
+        applier = NetplanNetworkdApplier(RecordingRunner(), root=root)
+        await applier.apply(mac=MAC, path=root / "x", ifname="ens6")
+        write_ours(root, MAC, address="10.0.1.26/24")
+        await applier.apply(mac=MAC, path=root / "x", ifname="ens6")
+        text = (root / "run/systemd/network" / f"10-netplan-nicr-{KEY}.network").read_text()
+        assert "10.0.1.26/24" in text
+
+    async def test_a_removed_nics_files_are_removed_and_networkd_reloaded(self, root: Path) -> None:
         runner = RecordingRunner()
-        await NetplanNetworkdApplier(runner).apply(mac=MAC, path=tmp_path / "x", ifname=None)
-        assert runner.calls == [("netplan", "generate"), ("networkctl", "reload")]
+        applier = NetplanNetworkdApplier(runner, root=root)
+        await applier.apply(mac=MAC, path=root / "x", ifname="ens6")
+        (root / "run/netplan" / f"90-nicreconciled-{KEY}.yaml").unlink()
+        await applier.apply(mac=MAC, path=root / "x", ifname=None)
+        assert set(networkd_files(root)) == {"10-netplan-eth0.network"}
+        assert runner.commands()[-1] == ("networkctl", "reload")
 
-    async def test_a_failing_generate_raises_and_stops(self, tmp_path: Path) -> None:
+    async def test_a_failing_generate_fails_every_nic_and_installs_nothing(
+        self, root: Path
+    ) -> None:
         runner = RecordingRunner(fail="netplan generate")
-        with pytest.raises(ApplyError, match="netplan generate exited 1"):
-            await NetplanNetworkdApplier(runner).apply(mac=MAC, path=tmp_path / "x", ifname="e")
-        assert runner.calls == [("netplan", "generate")]
+        with pytest.raises(ApplyError, match=r"netplan generate --root-dir .* exited 1"):
+            await NetplanNetworkdApplier(runner, root=root).apply(
+                mac=MAC, path=root / "x", ifname="e"
+            )
+        assert runner.commands() == [GENERATE]
+        assert set(networkd_files(root)) == {"10-netplan-eth0.network"}
+
+    async def test_invalid_yaml_is_the_error_netplan_gives(self, root: Path) -> None:
+        (root / "run/netplan" / f"90-nicreconciled-{KEY}.yaml").write_text("network: [\n")
+        with pytest.raises(ApplyError, match="netplan generate"):
+            await NetplanNetworkdApplier(RecordingRunner(), root=root).apply(
+                mac=MAC, path=root / "x", ifname="e"
+            )
+
+    async def test_no_scratch_tree_is_left_behind(
+        self, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        scratch_parent = tmp_path / "tmp"
+        scratch_parent.mkdir()
+        monkeypatch.setenv("TMPDIR", str(scratch_parent))
+        import tempfile
+
+        monkeypatch.setattr(tempfile, "tempdir", None)
+        await NetplanNetworkdApplier(RecordingRunner(), root=root).apply(
+            mac=MAC, path=root / "x", ifname="e"
+        )
+        assert list(scratch_parent.iterdir()) == []
+
+
+class TestOneApplierAtATime:
+    async def test_changes_queued_behind_a_running_apply_are_merged_into_one(
+        self, root: Path
+    ) -> None:
+        third = "0a:1b:2c:3d:4e:61"
+        for mac in (OTHER, third):
+            write_ours(root, mac)
+        runner = RecordingRunner()
+        runner.hold = "networkctl reload"
+        applier = NetplanNetworkdApplier(runner, root=root)
+        first = asyncio.create_task(applier.apply(mac=MAC, path=root / "x", ifname="a"))
+        await runner.held.wait()
+        others = [
+            asyncio.create_task(applier.apply(mac=m, path=root / "x", ifname="b"))
+            for m in (OTHER, third)
+        ]
+        await asyncio.sleep(0)
+        assert runner.commands() == [GENERATE, ("networkctl", "reload")]  # nothing concurrent
+        runner.release.set()
+        await asyncio.gather(first, *others)
+        assert runner.commands() == [GENERATE, ("networkctl", "reload")] * 2
+        assert len(networkd_files(root)) == 4
+
+    async def test_a_stop_in_the_middle_fails_the_queued_nics_instead_of_losing_them(
+        self, root: Path
+    ) -> None:
+        write_ours(root, OTHER)
+        runner = RecordingRunner()
+        runner.hold = "networkctl reload"
+        applier = NetplanNetworkdApplier(runner, root=root)
+        first = asyncio.create_task(applier.apply(mac=MAC, path=root / "x", ifname="a"))
+        await runner.held.wait()
+        second = asyncio.create_task(applier.apply(mac=OTHER, path=root / "x", ifname="b"))
+        await asyncio.sleep(0)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        runner.release.set()
+        await second  # the next apply took it over once the lock was free
+        assert runner.commands()[-1] == ("networkctl", "reload")
 
 
 class TestNetworkManagerApplier:
@@ -138,6 +317,29 @@ class TestNetworkManagerApplier:
             await NetworkManagerApplier(runner).apply(mac=MAC, path=keyfile, ifname="ens6")
         assert len(runner.calls) == 2
 
+    async def test_one_load_for_a_burst_and_a_failing_up_is_only_that_nics(
+        self, tmp_path: Path
+    ) -> None:
+        paths = {}
+        for mac in (MAC, OTHER):
+            paths[mac] = tmp_path / NetworkManagerRenderer().filename(mac)
+            paths[mac].write_text("[connection]\n")
+        runner = RecordingRunner(fail=f"nmcli --wait 0 connection up uuid {connection_uuid(OTHER)}")
+        runner.hold = "nmcli connection load"
+        applier = NetworkManagerApplier(runner)
+        blocker = asyncio.create_task(applier.apply(mac=MAC, path=paths[MAC], ifname="a"))
+        await runner.held.wait()
+        a = asyncio.create_task(applier.apply(mac=MAC, path=paths[MAC], ifname="a"))
+        b = asyncio.create_task(applier.apply(mac=OTHER, path=paths[OTHER], ifname="b"))
+        await asyncio.sleep(0)
+        runner.release.set()
+        await blocker
+        await a
+        with pytest.raises(ApplyError, match="exited 1"):
+            await b
+        loads = [c for c in runner.calls if c[:3] == ("nmcli", "connection", "load")]
+        assert loads[-1] == ("nmcli", "connection", "load", str(paths[MAC]), str(paths[OTHER]))
+
     async def test_a_missing_nmcli_is_an_apply_error(self, keyfile: Path) -> None:
         runner = RecordingRunner(fail="nmcli", returncode=127)
         with pytest.raises(ApplyError, match="exited 127"):
@@ -150,65 +352,59 @@ class TestNetworkManagerApplier:
 
 
 class TestNetplanNetworkManagerApplier:
-    @pytest.fixture
-    def generated(self, tmp_path: Path) -> Path:
-        """The keyfile ``netplan generate`` would have written for our definition."""
-        path = tmp_path / f"netplan-nicr-{KEY}.nmconnection"
-        path.write_text("[connection]\n", encoding="utf-8")
-        return path
-
     def test_the_profile_id_is_netplans_name_for_our_definition(self) -> None:
         assert netplan_nm_connection_id("0A-1B-2C-3D-4E-5F") == f"netplan-nicr-{KEY}"
 
-    async def test_it_generates_then_loads_only_our_keyfile_then_brings_it_up(
-        self, tmp_path: Path, generated: Path
+    @pytest.fixture
+    def nm_root(self, root: Path) -> Path:
+        write_ours(root, MAC, backend="NetworkManager")
+        live = root / "run/NetworkManager/system-connections"
+        live.mkdir(parents=True)
+        (live / "netplan-eth0.nmconnection").write_text("[connection]\n")
+        return root
+
+    async def test_it_generates_in_scratch_then_loads_only_our_keyfile_then_brings_it_up(
+        self, nm_root: Path
     ) -> None:
         runner = RecordingRunner()
-        applier = NetplanNetworkManagerApplier(runner, connections_dir=tmp_path)
-        await applier.apply(mac=MAC, path=tmp_path / "ignored.yaml", ifname="ens6")
-        assert runner.calls == [
-            ("netplan", "generate"),
-            ("nmcli", "connection", "load", str(generated)),
+        await NetplanNetworkManagerApplier(runner, root=nm_root).apply(
+            mac=MAC, path=nm_root / "x.yaml", ifname="ens6"
+        )
+        ours = nm_root / f"run/NetworkManager/system-connections/netplan-nicr-{KEY}.nmconnection"
+        assert runner.commands() == [
+            GENERATE,
+            ("nmcli", "connection", "load", str(ours)),
             ("nmcli", "--wait", "0", "connection", "up", "id", f"netplan-nicr-{KEY}"),
         ]
+        assert ours.stat().st_mode & 0o777 == 0o600
+        assert "10.0.1.25/24" in ours.read_text()
+        assert sorted(os.listdir(ours.parent)) == ["netplan-eth0.nmconnection", ours.name]
 
-    async def test_without_the_nic_nothing_is_brought_up(
-        self, tmp_path: Path, generated: Path
-    ) -> None:
+    async def test_without_the_nic_nothing_is_brought_up(self, nm_root: Path) -> None:
         runner = RecordingRunner()
-        applier = NetplanNetworkManagerApplier(runner, connections_dir=tmp_path)
-        await applier.apply(mac=MAC, path=tmp_path / "x.yaml", ifname=None)
-        assert runner.calls == [
-            ("netplan", "generate"),
-            ("nmcli", "connection", "load", str(generated)),
-        ]
+        await NetplanNetworkManagerApplier(runner, root=nm_root).apply(
+            mac=MAC, path=nm_root / "x.yaml", ifname=None
+        )
+        assert [c[:3] for c in runner.commands()] == [GENERATE[:3], ("nmcli", "connection", "load")]
 
     async def test_after_a_removal_the_deleted_keyfile_is_loaded_and_nothing_activated(
-        self, tmp_path: Path
+        self, nm_root: Path
     ) -> None:
-        # netplan generate deleted netplan-nicr-KEY.nmconnection along with our YAML.
         runner = RecordingRunner()
-        applier = NetplanNetworkManagerApplier(runner, connections_dir=tmp_path)
-        await applier.apply(mac=MAC, path=tmp_path / "x.yaml", ifname="ens6")
-        gone = tmp_path / f"netplan-nicr-{KEY}.nmconnection"
-        assert runner.calls == [("netplan", "generate"), ("nmcli", "connection", "load", str(gone))]
+        applier = NetplanNetworkManagerApplier(runner, root=nm_root)
+        await applier.apply(mac=MAC, path=nm_root / "x.yaml", ifname="ens6")
+        (nm_root / "run/netplan" / f"90-nicreconciled-{KEY}.yaml").unlink()
+        await applier.apply(mac=MAC, path=nm_root / "x.yaml", ifname="ens6")
+        gone = nm_root / f"run/NetworkManager/system-connections/netplan-nicr-{KEY}.nmconnection"
+        assert not gone.exists()
+        assert runner.commands()[-2:] == [GENERATE, ("nmcli", "connection", "load", str(gone))]
 
-    async def test_a_failing_generate_raises_and_stops(
-        self, tmp_path: Path, generated: Path
-    ) -> None:
-        runner = RecordingRunner(fail="netplan generate")
-        applier = NetplanNetworkManagerApplier(runner, connections_dir=tmp_path)
-        with pytest.raises(ApplyError, match="netplan generate exited 1"):
-            await applier.apply(mac=MAC, path=tmp_path / "x.yaml", ifname="ens6")
-        assert runner.calls == [("netplan", "generate")]
-
-    async def test_a_failing_load_raises_and_stops(self, tmp_path: Path, generated: Path) -> None:
+    async def test_a_failing_load_raises_and_nothing_is_activated(self, nm_root: Path) -> None:
         runner = RecordingRunner(fail="nmcli connection load")
-        applier = NetplanNetworkManagerApplier(runner, connections_dir=tmp_path)
+        applier = NetplanNetworkManagerApplier(runner, root=nm_root)
         with pytest.raises(ApplyError):
-            await applier.apply(mac=MAC, path=tmp_path / "x.yaml", ifname="ens6")
+            await applier.apply(mac=MAC, path=nm_root / "x.yaml", ifname="ens6")
         assert [c[:2] for c in runner.calls] == [("netplan", "generate"), ("nmcli", "connection")]
 
-    def test_the_default_directory_is_where_netplan_writes_keyfiles(self) -> None:
-        applier = NetplanNetworkManagerApplier(RecordingRunner())
-        assert applier._dir == Path("/run/NetworkManager/system-connections")
+    def test_the_default_root_is_the_hosts(self) -> None:
+        assert NetplanNetworkManagerApplier(RecordingRunner()).root == Path("/")

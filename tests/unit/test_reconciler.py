@@ -71,9 +71,13 @@ class RecordingApplier:
 
 
 def make(
-    tmp_path: Path, source: ScriptedSource, applier: RecordingApplier | None = None
+    tmp_path: Path,
+    source: ScriptedSource,
+    applier: RecordingApplier | None = None,
+    boot_id: str = "boot-1",
 ) -> Reconciler:
     ctx = Context(
+        boot_id=boot_id,
         source=source,
         renderer=NetplanRenderer(),
         applier=applier,
@@ -121,6 +125,48 @@ class TestReconciler:
         await until(lambda: rec.status.last_error is not None and rec.converged)
         task.cancel()
         assert "boom" in (rec.status.last_error or "")
+
+    async def run_until_settled(self, rec: Reconciler) -> None:
+        task = asyncio.create_task(rec.run())
+        await until(lambda: rec.converged or rec.status.last_error is not None)
+        await asyncio.sleep(0.1)  # a few resyncs more: nothing new may happen
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def test_a_file_written_but_not_applied_is_applied_after_a_restart(
+        self, tmp_path: Path, target: Path
+    ) -> None:
+        broken = RecordingApplier(failures=1000)
+        await self.run_until_settled(make(tmp_path, ScriptedSource(state()), broken))
+        assert target.exists()
+        assert broken.calls
+        saved = StatusStore(tmp_path / "state").load(MAC)
+        assert saved is not None
+        assert saved.apply_pending
+        applier = RecordingApplier()
+        rec = make(tmp_path, ScriptedSource(state()), applier)
+        await self.run_until_settled(rec)
+        assert applier.calls == [(target.name, "eth1")]  # the file itself had not changed
+        saved = StatusStore(tmp_path / "state").load(MAC)
+        assert saved is not None
+        assert not saved.apply_pending
+
+    async def test_an_applied_file_is_not_applied_again_by_a_restart(
+        self, tmp_path: Path, target: Path
+    ) -> None:
+        await self.run_until_settled(make(tmp_path, ScriptedSource(state()), RecordingApplier()))
+        applier = RecordingApplier()
+        await self.run_until_settled(make(tmp_path, ScriptedSource(state()), applier))
+        assert applier.calls == []
+
+    async def test_what_was_applied_in_another_boot_is_applied_again(
+        self, tmp_path: Path, target: Path
+    ) -> None:
+        await self.run_until_settled(make(tmp_path, ScriptedSource(state()), RecordingApplier()))
+        applier = RecordingApplier()
+        rec = make(tmp_path, ScriptedSource(state()), applier, boot_id="boot-2")
+        await self.run_until_settled(rec)
+        assert applier.calls == [(target.name, "eth1")]
 
     async def test_fetch_errors_never_touch_the_written_file(
         self, tmp_path: Path, target: Path

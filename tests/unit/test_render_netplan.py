@@ -177,7 +177,7 @@ class TestDocument:
 
     def test_repeated_addresses_are_written_once(self) -> None:
         definition = render(nic(ipv4_addresses=("10.0.1.10", "10.0.1.20", "10.0.1.20")))
-        assert definition["addresses"] == ["10.0.1.20/24"]
+        assert definition["addresses"] == ["10.0.1.10/24", "10.0.1.20/24"]
         assert [r["from"] for r in definition["routing-policy"]] == [
             "10.0.1.10/32",
             "10.0.1.20/32",
@@ -202,22 +202,24 @@ class TestBackend:
 
 
 class TestIPv4:
-    def test_the_primary_address_comes_from_dhcp(self) -> None:
+    def test_the_primary_address_comes_from_dhcp_and_is_also_static_so_it_is_first(
+        self,
+    ) -> None:
         definition = render(nic())
         assert definition["dhcp4"] is True
-        assert "addresses" not in definition
+        assert definition["addresses"] == ["10.0.1.10/24"]
 
     def test_secondary_addresses_are_static_with_the_subnet_prefix_length(self) -> None:
         definition = render(nic(ipv4_addresses=("10.0.1.10", "10.0.1.20", "10.0.1.21")))
-        assert definition["addresses"] == ["10.0.1.20/24", "10.0.1.21/24"]
+        assert definition["addresses"] == ["10.0.1.10/24", "10.0.1.20/24", "10.0.1.21/24"]
 
     def test_secondary_addresses_are_host_routes_when_the_subnet_is_unknown(self) -> None:
         definition = render(nic(ipv4_addresses=("10.0.1.10", "10.0.1.20"), ipv4_subnet=None))
-        assert definition["addresses"] == ["10.0.1.20/32"]
+        assert definition["addresses"] == ["10.0.1.10/32", "10.0.1.20/32"]
 
     def test_a_secondary_outside_the_subnet_gets_a_host_prefix(self) -> None:
         definition = render(nic(ipv4_addresses=("10.0.1.10", "192.168.7.7")))
-        assert definition["addresses"] == ["192.168.7.7/32"]
+        assert definition["addresses"] == ["10.0.1.10/24", "192.168.7.7/32"]
 
 
 class TestIPv6:
@@ -346,7 +348,11 @@ class TestPrimary:
             True,
             True,
         )
-        assert definition["addresses"] == ["10.0.1.6/24", "2600:1f18:4a3:6901::5/64"]
+        assert definition["addresses"] == [
+            "10.0.1.5/24",
+            "10.0.1.6/24",
+            "2600:1f18:4a3:6901::5/64",
+        ]
 
     def test_delegated_prefixes_on_the_primary_get_no_rules(self) -> None:
         state = nic(primary=True, device_number=0, ipv4_prefixes=("10.0.1.64/28",))

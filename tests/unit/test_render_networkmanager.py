@@ -237,22 +237,24 @@ class TestConnection:
 
 
 class TestIPv4:
-    def test_the_primary_address_comes_from_dhcp(self) -> None:
+    def test_the_primary_address_comes_from_dhcp_and_is_also_static_so_it_is_first(
+        self,
+    ) -> None:
         ipv4 = render(nic())["ipv4"]
         assert ipv4["method"] == "auto"
-        assert numbered(ipv4, "address") == []
+        assert numbered(ipv4, "address") == ["10.0.1.10/24"]
 
     def test_secondary_addresses_are_static_with_the_subnet_prefix_length(self) -> None:
         ipv4 = render(nic(ipv4_addresses=("10.0.1.10", "10.0.1.20", "10.0.1.21")))["ipv4"]
-        assert numbered(ipv4, "address") == ["10.0.1.20/24", "10.0.1.21/24"]
+        assert numbered(ipv4, "address") == ["10.0.1.10/24", "10.0.1.20/24", "10.0.1.21/24"]
 
     def test_secondary_addresses_are_host_routes_when_the_subnet_is_unknown(self) -> None:
         ipv4 = render(nic(ipv4_addresses=("10.0.1.10", "10.0.1.20"), ipv4_subnet=None))["ipv4"]
-        assert numbered(ipv4, "address") == ["10.0.1.20/32"]
+        assert numbered(ipv4, "address") == ["10.0.1.10/32", "10.0.1.20/32"]
 
     def test_repeated_addresses_are_written_once(self) -> None:
         ipv4 = render(nic(ipv4_addresses=("10.0.1.10", "10.0.1.20", "10.0.1.20")))["ipv4"]
-        assert numbered(ipv4, "address") == ["10.0.1.20/24"]
+        assert numbered(ipv4, "address") == ["10.0.1.10/24", "10.0.1.20/24"]
         assert len(numbered(ipv4, "routing-rule")) == 2
 
 
@@ -352,7 +354,11 @@ class TestIPv6:
 class TestPrimary:
     def test_it_gets_dhcp_and_static_secondaries(self) -> None:
         keyfile_ = render(primary())
-        assert keyfile_["ipv4"] == {"method": "auto", "address1": "10.0.1.6/24"}
+        assert keyfile_["ipv4"] == {
+            "method": "auto",
+            "address1": "10.0.1.5/24",
+            "address2": "10.0.1.6/24",
+        }
         assert keyfile_["ipv6"] == {"method": "auto", "address1": "2600:1f18:4a3:6901::5/64"}
 
     def test_it_gets_no_policy_routing_and_keeps_the_default_route(self) -> None:
@@ -367,7 +373,7 @@ class TestPrimary:
 class TestCloudStack:
     def test_a_lease_address_gets_its_rule_and_table(self) -> None:
         ipv4 = render(cloudstack())["ipv4"]
-        assert numbered(ipv4, "address") == []
+        assert numbered(ipv4, "address") == ["10.1.1.23/24"]
         assert routes(ipv4) == [
             ("10.1.1.0/24", "table=10006"),
             ("0.0.0.0/0,10.1.1.1", "table=10006"),
