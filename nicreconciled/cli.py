@@ -10,11 +10,15 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nicreconciled import __version__, log
 from nicreconciled.config import Config, load
 from nicreconciled.errors import ConfigError, FetchError, MetadataError
 from nicreconciled.status import StatusStore
+
+if TYPE_CHECKING:
+    from nicreconciled.reconciler import Context
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,57 +90,60 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _async_main(args: argparse.Namespace, config: Config) -> int:
     from nicreconciled import wiring
+    from nicreconciled.daemon import Daemon
+    from nicreconciled.sources import NoCloudError
 
-    if args.command == "render":
-        return await _render(config, args.mac)
-    ctx, closer = await wiring.build_context(config)
+    parts = wiring.Parts(config)
     try:
-        daemon = wiring.make_daemon(config, ctx, once=args.command == "once")
-        if args.command == "once":
-            margin = config.polling.deadline + config.polling.max_interval * 2
-            return await daemon.run_once(timeout=margin)
-        return await daemon.run()
+        if args.command == "run":
+            return await wiring.make_daemon(config, parts).run()
+        try:
+            source = await parts.detect(give_up_after=config.polling.deadline)
+        except NoCloudError as exc:
+            print(f"nicreconciled: {exc}", file=sys.stderr)
+            return 1
+        if args.command == "render":
+            return await _render(
+                config, wiring.build_context(config, source, apply=False), args.mac
+            )
+        daemon = Daemon(config, wiring.build_context(config, source), once=True)
+        margin = config.polling.deadline + config.polling.max_interval * 2
+        return await daemon.run_once(timeout=margin)
     finally:
-        await closer()
+        await parts.close()
 
 
-async def _render(config: Config, mac: str | None) -> int:
-    from nicreconciled import wiring
+async def _render(config: Config, ctx: Context, mac: str | None) -> int:
+    from nicreconciled.daemon import Daemon
     from nicreconciled.model import normalize_mac
     from nicreconciled.system import sysfs
 
-    ctx, closer = await wiring.build_context(config, apply=False)
-    try:
-        if mac is not None:
-            try:
-                macs = [normalize_mac(mac)]
-            except ValueError as exc:
-                return _fail(f"--mac: {exc}")
+    if mac is not None:
+        try:
+            macs = [normalize_mac(mac)]
+        except ValueError as exc:
+            return _fail(f"--mac: {exc}")
+    else:
+        daemon = Daemon(config, ctx, once=True)
+        macs = [link.mac for link in sysfs.list_links() if daemon.eligible(link)]
+    status = 0
+    for one in macs:
+        try:
+            obs = await ctx.source.fetch(one)
+        except (FetchError, MetadataError) as exc:
+            print(f"# {one}: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        for flag in obs.flags:
+            print(f"# {one}: still propagating: {flag.kind}: {flag.detail}", file=sys.stderr)
+        if obs.state is None:
+            print(f"# {one}: not in the metadata; not managed", file=sys.stderr)
+        elif obs.state.primary and not config.manage_primary:
+            print(f"# {one}: primary NIC; not managed (manage_primary = false)", file=sys.stderr)
         else:
-            daemon = wiring.make_daemon(config, ctx, once=True)
-            macs = [link.mac for link in sysfs.list_links() if daemon.eligible(link)]
-        status = 0
-        for one in macs:
-            try:
-                obs = await ctx.source.fetch(one)
-            except (FetchError, MetadataError) as exc:
-                print(f"# {one}: {exc}", file=sys.stderr)
-                status = 1
-                continue
-            for flag in obs.flags:
-                print(f"# {one}: still propagating: {flag.kind}: {flag.detail}", file=sys.stderr)
-            if obs.state is None:
-                print(f"# {one}: not in the metadata; not managed", file=sys.stderr)
-            elif obs.state.primary and not config.manage_primary:
-                print(
-                    f"# {one}: primary NIC; not managed (manage_primary = false)", file=sys.stderr
-                )
-            else:
-                print(f"# {config.effective_output_dir / ctx.renderer.filename(one)}")
-                print(ctx.renderer.render(obs.state), end="")
-        return status
-    finally:
-        await closer()
+            print(f"# {config.effective_output_dir / ctx.renderer.filename(one)}")
+            print(ctx.renderer.render(obs.state), end="")
+    return status
 
 
 def _status(config: Config, *, as_json: bool) -> int:
@@ -144,6 +151,9 @@ def _status(config: Config, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
         return 0
+    daemon = StatusStore(config.state_dir).load_daemon()
+    if daemon is not None:
+        print(f"daemon: {daemon.phase}: {daemon.detail}")
     if not rows:
         print(f"no NICs recorded under {config.state_dir}")
         return 0

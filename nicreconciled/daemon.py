@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import fnmatch
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import structlog
@@ -16,6 +16,7 @@ from nicreconciled.config import Config
 from nicreconciled.model import key_to_mac
 from nicreconciled.reconciler import Context, Reconciler
 from nicreconciled.render import owned_names
+from nicreconciled.status import DaemonStatus, StatusStore
 from nicreconciled.system import fs, sysfs
 from nicreconciled.udev import NicEvent, UdevWatcher
 
@@ -28,19 +29,30 @@ RESTART_DELAY = 5.0
 RELOAD_BOUND = 10.0
 
 
+#: Finds the cloud (``cloud = "auto"`` may take long) and builds the reconcilers' context.
+#: Gets a callback for one-line progress and an event that cuts a retry wait short.
+Detect = Callable[[Callable[[str], object], asyncio.Event], Awaitable[Context]]
+
+
 class Daemon:
     def __init__(
         self,
         config: Config,
-        ctx: Context,
+        ctx: Context | None = None,
         *,
+        detect: Detect | None = None,
         sys_root: Path = Path("/sys"),
         once: bool = False,
         notify: Callable[[str], bool] = systemd.notify,
         env: Mapping[str, str] | None = None,
     ) -> None:
+        if (ctx is None) == (detect is None):
+            raise ValueError("a Daemon needs either a context or a way to detect one")
         self.config = config
-        self.ctx = ctx
+        self._ctx = ctx
+        self._detect = detect
+        self._retry_detect = asyncio.Event()
+        self._daemon_status = StatusStore(config.state_dir)
         self.sys_root = sys_root
         self.once = once
         self._notify = notify
@@ -49,7 +61,8 @@ class Daemon:
         self._names: dict[str, str] = {}  # ifname -> mac, for remove events (no sysfs then)
         self._stop = asyncio.Event()
         self._env = env  # WATCHDOG_USEC/WATCHDOG_PID; None: os.environ
-        ctx.on_pass = self._pass_done
+        if ctx is not None:
+            ctx.on_pass = self._pass_done
         #: STATUS= lines go out only between READY=1 and STOPPING=1, and only when changed.
         self._announcing = False
         self._status_sent: str | None = None
@@ -58,6 +71,12 @@ class Daemon:
         self._reloaded = asyncio.Event()
         self._reload_task: asyncio.Task[None] | None = None
         self.reload_bound = RELOAD_BOUND
+
+    @property
+    def ctx(self) -> Context:
+        if self._ctx is None:
+            raise RuntimeError("no context before the cloud is detected")
+        return self._ctx
 
     # -- which NICs ----------------------------------------------------------------------
     def eligible(self, link: sysfs.Link) -> bool:
@@ -149,6 +168,8 @@ class Daemon:
 
     def on_event(self, event: NicEvent) -> None:
         log.debug("udev_event", action=event.action, ifname=event.ifname)
+        if self._ctx is None:
+            return  # still detecting the cloud: the scan that follows sees every NIC
         if event.action == "remove":
             mac = self._names.pop(event.ifname, None)
             rec = self.reconcilers.get(mac) if mac else None
@@ -171,12 +192,16 @@ class Daemon:
             self._ensure(link.mac, link.name)
 
     def _events_lost(self) -> None:
+        if self._ctx is None:
+            return  # still detecting the cloud: the scan that follows sees every NIC
         self.scan()
         self._update_status()
 
     def resync_all(self) -> None:
         """SIGHUP: re-poll every NIC now; RELOADING=1 until each has finished that poll."""
         log.info("resync_requested", nics=len(self.reconcilers))
+        if self._ctx is None:
+            self._retry_detect.set()  # still detecting: try again now
         if not self._announcing:
             # Before READY=1 or after STOPPING=1 there is no reload to report to systemd.
             for rec in self.reconcilers.values():
@@ -255,6 +280,7 @@ class Daemon:
             await asyncio.sleep(interval)
 
     async def run(self) -> int:
+        """Signals, watchdog and READY=1 first; then the cloud (which may take long), then NICs."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
@@ -268,12 +294,24 @@ class Daemon:
         # Before the scan: no attach falls between the two. Lost events: rescan at once.
         watcher.start(self.on_event, on_lost=self._events_lost)
         try:
+            if self._ctx is None:
+                line = "detecting the cloud"
+                self._notify(systemd.ready(line))
+                self._status_sent, self._announcing = line, True
+                self._save_daemon_status("detecting", line)
+                if not await self._detect_cloud():
+                    return 0  # stopped while detecting
+            self.ctx.on_pass = self._pass_done
             self.scan()
             self.adopt_orphans()
             line = self._status_line()
-            self._notify(systemd.ready(line))
+            if self._announcing:
+                self._notify(systemd.status(line))
+            else:
+                self._notify(systemd.ready(line))
             self._status_sent, self._announcing = line, True
             cloud = self.ctx.source.name
+            self._save_daemon_status("running", f"cloud {cloud}", cloud)
             log.info(
                 "ready", nics=len(self.reconcilers), source=cloud, cloud=cloud, watchdog=interval
             )
@@ -296,6 +334,32 @@ class Daemon:
                 await asyncio.gather(watchdog, return_exceptions=True)
         log.info("stopped")
         return 0
+
+    async def _detect_cloud(self) -> bool:
+        """Run detection until it finds the cloud (True) or the daemon is stopped (False)."""
+        assert self._detect is not None
+
+        def progress(line: str) -> None:
+            self._notify(systemd.status(line))
+            self._status_sent = line
+            self._save_daemon_status("detecting", line)
+
+        detect = asyncio.ensure_future(self._detect(progress, self._retry_detect))
+        stop = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait((detect, stop), return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not detect.done():
+            detect.cancel()
+            await asyncio.gather(detect, return_exceptions=True)
+            return False
+        self._ctx = detect.result()
+        return True
+
+    def _save_daemon_status(self, phase: str, detail: str, cloud: str | None = None) -> None:
+        try:
+            self._daemon_status.save_daemon(DaemonStatus(phase=phase, detail=detail, cloud=cloud))
+        except OSError as exc:
+            log.warning("status_write_failed", error=exc.strerror)
 
     async def shutdown(self) -> None:
         tasks = list(self.tasks.values())

@@ -41,6 +41,16 @@ class NicStatus:
         return self.written != self.applied
 
 
+@dataclass
+class DaemonStatus:
+    """The daemon as a whole: ``detecting`` (the cloud is not known yet) or ``running``."""
+
+    phase: str
+    detail: str
+    cloud: str | None = None
+
+
+_DAEMON_FILE = "daemon.json"
 _OWNED = re.compile(r"[0-9a-f]{12}\.json")
 
 
@@ -55,6 +65,17 @@ class StatusStore:
     def save(self, status: NicStatus) -> bool:
         text = json.dumps(asdict(status), indent=2, sort_keys=True) + "\n"
         return fs.write_if_changed(self.directory, f"{mac_to_key(status.mac)}.json", text, 0o644)
+
+    def save_daemon(self, status: DaemonStatus) -> bool:
+        text = json.dumps(asdict(status), indent=2, sort_keys=True) + "\n"
+        return fs.write_if_changed(self.directory.parent, _DAEMON_FILE, text, 0o644)
+
+    def load_daemon(self) -> DaemonStatus | None:
+        try:
+            text = fs.read_file(self.directory.parent, _DAEMON_FILE)
+            return None if text is None else DaemonStatus(**json.loads(text))
+        except (OSError, ValueError, TypeError, UnsafePathError):
+            return None
 
     def load(self, mac: str) -> NicStatus | None:
         """The status saved for MAC by an earlier run, if any and readable."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Callable
 
-from nicreconciled import systemd
 from nicreconciled.apply import (
     Applier,
     NetplanNetworkdApplier,
@@ -15,7 +15,7 @@ from nicreconciled.config import Config
 from nicreconciled.daemon import Daemon
 from nicreconciled.reconciler import Context
 from nicreconciled.render import make_renderer
-from nicreconciled.sources import select_source
+from nicreconciled.sources import Source, make_source, select_source
 from nicreconciled.sources.http import HttpClient
 from nicreconciled.stability import Policy
 from nicreconciled.status import StatusStore
@@ -31,20 +31,13 @@ def make_applier(config: Config) -> Applier | None:
     return NetplanNetworkdApplier()
 
 
-async def build_context(
-    config: Config, *, apply: bool | None = None
-) -> tuple[Context, Callable[[], Awaitable[None]]]:
-    """The shared reconciler context and a coroutine function that releases it."""
-    http = HttpClient.from_polling(config.polling.request_rate, config.polling.request_timeout)
-    source = await select_source(
-        config, http, on_wait=lambda line: systemd.notify(systemd.status(line))
-    )
+def make_http(config: Config) -> HttpClient:
+    return HttpClient.from_polling(config.polling.request_rate, config.polling.request_timeout)
 
-    async def close() -> None:
-        await source.close()
-        await http.close()
 
-    ctx = Context(
+def build_context(config: Config, source: Source, *, apply: bool | None = None) -> Context:
+    """The context every reconciler shares."""
+    return Context(
         source=source,
         renderer=make_renderer(config),
         applier=make_applier(config) if apply is not False else None,
@@ -54,8 +47,47 @@ async def build_context(
         manage_primary=config.manage_primary,
         resync_interval=config.resync_interval,
     )
-    return ctx, close
 
 
-def make_daemon(config: Config, ctx: Context, *, once: bool = False) -> Daemon:
-    return Daemon(config, ctx, once=once)
+class Parts:
+    """The HTTP client and the source once found; closed together."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.http = make_http(config)
+        self.source: Source | None = None
+
+    async def detect(
+        self,
+        *,
+        give_up_after: float | None = None,
+        on_wait: Callable[[str], object] = lambda line: None,
+        retry_now: asyncio.Event | None = None,
+    ) -> Source:
+        self.source = await select_source(
+            self.config,
+            self.http,
+            give_up_after=give_up_after,
+            on_wait=on_wait,
+            retry_now=retry_now,
+        )
+        return self.source
+
+    async def close(self) -> None:
+        if self.source is not None:
+            await self.source.close()
+        await self.http.close()
+
+
+def make_daemon(config: Config, parts: Parts, *, once: bool = False) -> Daemon:
+    """``run``: a pinned cloud is known at once; ``auto`` is found after READY=1, so a cloud
+    that does not answer yet never holds up boot."""
+    if config.cloud != "auto":
+        parts.source = make_source(config.cloud, config, parts.http)
+        return Daemon(config, build_context(config, parts.source), once=once)
+
+    async def detect(on_wait: Callable[[str], object], retry_now: asyncio.Event) -> Context:
+        source = await parts.detect(on_wait=on_wait, retry_now=retry_now)
+        return build_context(config, source)
+
+    return Daemon(config, detect=detect, once=once)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -26,6 +27,8 @@ class Source(Protocol):
     """
 
     name: Cloud
+    #: Why the last detect() said no, in a few words ("timeout", "no virtual router: ...").
+    detect_error: str
 
     async def detect(self) -> bool:
         """Cheap check: is this the cloud we run on? Never raises."""
@@ -60,31 +63,54 @@ def make_source(cloud: Cloud, config: Config, http: HttpClient) -> Source:
 AUTO_ORDER: tuple[Cloud, ...] = ("ec2", "cloudstack")
 
 
+class NoCloudError(Exception):
+    """``cloud = "auto"`` found no cloud within the time it was given."""
+
+
 async def select_source(
     config: Config,
     http: HttpClient,
     *,
     max_wait: float = 10.0,
+    give_up_after: float | None = None,
     on_wait: Callable[[str], object] = lambda line: None,
+    retry_now: asyncio.Event | None = None,
 ) -> Source:
     """The configured source, or (auto) the first that detects its cloud.
 
-    Auto detection never gives up: with no cloud answering (a metadata service that is still
-    coming up), it logs and retries with jittered backoff up to MAX_WAIT between rounds (a
-    short cap: detection is cheap, and a service that comes back should be used soon);
-    ON_WAIT gets a one-line status for each wait (systemd's STATUS=).
+    Auto detection retries with jittered backoff up to MAX_WAIT between rounds (a short cap:
+    detection is cheap, and a service that comes back should be used soon); ON_WAIT gets a
+    one-line status for each wait (systemd's STATUS=, the daemon's status file); RETRY_NOW
+    (SIGHUP) cuts a wait short. With GIVE_UP_AFTER (``once``, ``render``) it raises
+    NoCloudError with that line once that many seconds have passed; else it never gives up.
     """
     if config.cloud != "auto":
         return make_source(config.cloud, config, http)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     delay = 0.5
     while True:
+        tried = []
         for cloud in AUTO_ORDER:
             source = make_source(cloud, config, http)
             if await source.detect():
                 log.info("cloud_detected", cloud=cloud)
                 return source
+            tried.append(f"{cloud} ({source.detect_error})")
             await source.close()
-        log.warning("no_cloud_detected", tried=list(AUTO_ORDER), retry_in=round(delay, 1))
-        on_wait(f"no cloud detected yet (tried {', '.join(AUTO_ORDER)}); retrying")
-        await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+        line = f"no cloud detected yet: tried {', '.join(tried)}"
+        waited = loop.time() - started
+        if give_up_after is not None and waited >= give_up_after:
+            raise NoCloudError(f"no cloud detected after {waited:.0f} s: tried {', '.join(tried)}")
+        log.warning("no_cloud_detected", tried=tried, retry_in=round(delay, 1))
+        on_wait(line)
+        pause = delay * random.uniform(0.8, 1.2)
+        if give_up_after is not None:
+            pause = min(pause, max(0.0, give_up_after - waited))
+        if retry_now is None:
+            await asyncio.sleep(pause)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(retry_now.wait(), pause)
+            retry_now.clear()
         delay = min(delay * 2, max_wait)

@@ -237,6 +237,8 @@ class CloudStackSource:
     """VR metadata plus local leases for NIC state. Not safe to share between event loops."""
 
     name: Cloud = "cloudstack"
+    #: Why the last detect() said no (for the "no cloud detected yet" line).
+    detect_error: str = "not detected"
 
     def __init__(
         self,
@@ -368,7 +370,9 @@ class CloudStackSource:
             async with asyncio.timeout(DETECT_TIMEOUT):
                 await self._discover(None)
         except Exception as exc:
-            self._log.debug("cloudstack_not_detected", reason=str(exc) or type(exc).__name__)
+            self.detect_error = "timeout" if isinstance(exc, TimeoutError) else str(exc)
+            self.detect_error = self.detect_error or type(exc).__name__
+            self._log.debug("cloudstack_not_detected", reason=self.detect_error)
             return False
         return True
 

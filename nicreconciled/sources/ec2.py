@@ -254,6 +254,8 @@ class Ec2Source:
     """IMDSv2 client for NIC metadata. Not safe to share between event loops."""
 
     name: Cloud = "ec2"
+    #: Why the last detect() said no (for the "no cloud detected yet" line).
+    detect_error: str = "not detected"
 
     def __init__(
         self,
@@ -357,7 +359,8 @@ class Ec2Source:
             async with asyncio.timeout(DETECT_TIMEOUT):
                 await self._get_token()
         except Exception as exc:
-            self._log.debug("ec2_not_detected", reason=str(exc) or type(exc).__name__)
+            self.detect_error = _reason(exc)
+            self._log.debug("ec2_not_detected", reason=self.detect_error)
             return False
         return True
 
@@ -412,3 +415,10 @@ class Ec2Source:
         """Forget the token and close the HTTP client (it reopens if used again)."""
         self._token = None
         await self._http.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """A short reason for a failed detection (a timeout has no message of its own)."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return str(exc) or type(exc).__name__

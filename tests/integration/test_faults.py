@@ -399,6 +399,7 @@ class TestHostileData:
         # Nothing anywhere but our own files, under our own names.
         macs_here = [spec["mac"] for spec in fixed.values()]
         expected = {"out/", "state/", "state/nics/", "daemon.log", "nicreconciled.toml"}
+        expected.add("state/daemon.json")  # the daemon's own phase (status prints it)
         expected |= {f"out/{yaml_name(m)}" for m in macs_here}
         expected |= {f"state/nics/{m.replace(':', '')}.json" for m in macs_here}
         assert tree(daemon.home) == expected
@@ -630,6 +631,7 @@ class TestFilesystem:
         assert gaps[-1] >= 1.0, gaps
         # Nothing was written anywhere else meanwhile.
         expected = {"out/", "state/", "state/nics/", "daemon.log", "nicreconciled.toml"}
+        expected.add("state/daemon.json")  # the daemon's own phase (status prints it)
         expected |= {f"out/{yaml_name(MAC)}", f"state/nics/{MAC.replace(':', '')}.json"}
         assert tree(daemon.home) == expected
         sampler.check(daemon.file(MAC), set(), until=remounted, absent="any")
