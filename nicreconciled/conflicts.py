@@ -113,12 +113,24 @@ def _networkmanager(root: Path, mac: str, ifname: str | None) -> Iterator[str]:
             if path.name.startswith((OURS_NM, NETPLAN_GENERATED_NM)):
                 continue
             parser = _read_ini(path)
-            if parser is None:
+            if parser is None or _nm_default_wired(parser):
                 continue
             reason = _nm_reason(parser, mac, ifname)
             if reason is not None:
                 label = parser.get("connection", "id", fallback=path.name)
                 yield f"networkmanager: /{rel}/{path.name} (profile {label!r}) {reason}"
+
+
+def _nm_default_wired(parser: configparser.RawConfigParser) -> bool:
+    """NetworkManager's own "Wired connection N" for an unconfigured NIC (no-auto-default
+    unset): generated, autoconnect priority -999. It never wins against ours (150) and comes
+    back when deleted, so reporting it would be noise, not a conflict."""
+    generated = parser.get(".nmmeta", "nm-generated", fallback="").strip().lower() == "true"
+    try:
+        priority = int(parser.get("connection", "autoconnect-priority", fallback="0"))
+    except ValueError:
+        priority = 0
+    return generated or priority <= -999
 
 
 def _nm_reason(parser: configparser.RawConfigParser, mac: str, ifname: str | None) -> str | None:

@@ -250,13 +250,14 @@ class Daemon:
     def _status_line(self) -> str:
         """The STATUS= summary (``systemctl status`` shows it).
 
-        managed: NICs whose file we own; converged: settled and written; failing: not
-        converged and an error recorded; waiting: the rest (converging, or watching a red
-        flag such as late IPv6). converged + waiting + failing = NICs.
+        managed: NICs whose file we own; converged: nothing left to do (written with every
+        red flag cleared, or found not to be ours); failing: not converged and an error
+        recorded; waiting: the rest (converging, or accepted while a red flag such as late
+        IPv6 still stands). converged + waiting + failing = NICs.
         """
         recs = list(self.reconcilers.values())
         managed = sum(r.status.managed == "managed" for r in recs)
-        converged = sum(r.converged for r in recs)
+        converged = sum(r.settled for r in recs)
         failing = sum(1 for r in recs if not r.converged and r.status.last_error)
         waiting = len(recs) - converged - failing
         return (

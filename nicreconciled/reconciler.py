@@ -117,6 +117,13 @@ class Reconciler:
     def converged(self) -> bool:
         return self.tracker.phase is not Phase.CONVERGING and self._synced and not self.forced
 
+    @property
+    def settled(self) -> bool:
+        """Nothing left to do: written with every flag cleared, or not ours to manage."""
+        if not self.converged:
+            return False
+        return self.tracker.phase is Phase.CONVERGED or self.status.managed != "managed"
+
     # -- the loop ----------------------------------------------------------------------
     async def run(self) -> None:
         probe: tuple[str, ...] = ()

@@ -30,6 +30,7 @@ class Policy:
     probe_interval: float = 0.5
     stable_polls: int = 2
     ipv6_grace: float = 10.0
+    unlisted_grace: float = 5.0
     deadline: float = 60.0
     #: Relative spread of every delay, so a fleet booted together does not poll in lockstep.
     jitter: float = 0.1
@@ -42,6 +43,7 @@ class Policy:
             probe_interval=polling.probe_interval,
             stable_polls=polling.stable_polls,
             ipv6_grace=polling.ipv6_grace,
+            unlisted_grace=polling.unlisted_grace,
             deadline=polling.deadline,
         )
 
@@ -109,7 +111,17 @@ class Tracker:
         return self._jittered(delay)
 
     def _grace(self, flag: RedFlag) -> float:
-        return self.policy.ipv6_grace if flag.grace == "ipv6" else self.policy.deadline
+        if flag.grace == "ipv6":
+            return self.policy.ipv6_grace
+        if flag.grace == "unlisted":
+            return self.policy.unlisted_grace
+        return self.policy.deadline
+
+    def _watched_long_enough(self, now: float) -> bool:
+        """Every standing flag has been watched for ``deadline``: from now on it is only
+        looked at with the resync (and on udev events and SIGHUP)."""
+        since = min(self.flag_since.values(), default=now)
+        return now - since >= self.policy.deadline
 
     def _pending(self, flags: tuple[RedFlag, ...], now: float) -> tuple[RedFlag, ...]:
         return tuple(f for f in flags if now - self.flag_since.get(f.kind, now) < self._grace(f))
@@ -149,9 +161,10 @@ class Tracker:
         if stable and not pending:
             self.accepted_fp = fp
             if obs.flags:
-                # Accepted after a grace expired: keep an eye on the flags, ever more slowly.
+                # Accepted after a grace expired: keep an eye on the flags, ever more slowly,
+                # and once they stood for the deadline only at the resync cadence.
                 self.phase = Phase.SETTLED_WITH_FLAGS
-                keys = self._probe_keys(obs.flags)
+                keys = () if self._watched_long_enough(now) else self._probe_keys(obs.flags)
                 return Step(
                     delay=self._backoff(),
                     probe=keys,
@@ -182,6 +195,7 @@ class Tracker:
                 phase=self.phase,
                 waiting_on=waiting or ("stability",),
                 warning=warning,
+                idle=True,  # from now on at the resync cadence, on udev events and SIGHUP
             )
 
         if stable:
@@ -216,6 +230,13 @@ class Tracker:
         keys = tuple(answers)
         if self.phase is Phase.CONVERGING:
             delay = self._jittered(self.policy.probe_interval)
+        elif self._watched_long_enough(now):
+            return Step(
+                delay=0.0,
+                phase=self.phase,
+                waiting_on=tuple(f"{f.kind}: {f.detail}" for f in flags),
+                idle=True,
+            )
         else:
             delay = self._backoff()
         return Step(

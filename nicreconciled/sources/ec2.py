@@ -34,6 +34,8 @@ from nicreconciled.sources.http import Answer, HttpClient, TransportError
 _log = structlog.get_logger(__name__)
 
 MACS_DIR = "meta-data/network/interfaces/macs/"
+#: How long one ``macs/`` listing answers for every NIC (a burst of attaches shares it).
+LISTING_TTL = 0.5
 TOKEN_PATH = "api/token"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
@@ -264,8 +266,10 @@ class Ec2Source:
         log: structlog.typing.FilteringBoundLogger | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        listing_ttl: float = LISTING_TTL,
     ) -> None:
         self._http = http
+        self._listing_ttl = listing_ttl
         self._endpoints = [config.endpoint]
         if config.fallback_endpoint and config.fallback_endpoint != config.endpoint:
             self._endpoints.append(config.fallback_endpoint)
@@ -277,6 +281,8 @@ class Ec2Source:
         self._token_expiry = 0.0
         self._token_lock = asyncio.Lock()
         self._primary: str | None = None
+        self._listing: tuple[float, str] | None = None
+        self._listing_task: asyncio.Future[str] | None = None
         self._log = (log if log is not None else _log).bind(source="ec2")
 
     @property
@@ -375,11 +381,29 @@ class Ec2Source:
                 raise MetadataError(f"meta-data/mac: {exc}") from None
         return self._primary
 
-    async def list_macs(self) -> frozenset[str]:
+    async def mac_listing(self) -> str:
+        """The ``macs/`` listing, one request shared by every NIC for ``listing_ttl`` seconds.
+
+        Whether a MAC is listed is learned here, not from each MAC's own 404: twenty NICs
+        that are not ENIs cost one request per look, not twenty.
+        """
+        if self._listing is not None and self._clock() - self._listing[0] < self._listing_ttl:
+            return self._listing[1]
+        if self._listing_task is None or self._listing_task.done():
+            self._listing_task = asyncio.ensure_future(self._get_listing())
+            # Read even when every waiter was cancelled: never "exception never retrieved".
+            self._listing_task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return await asyncio.shield(self._listing_task)
+
+    async def _get_listing(self) -> str:
         text = await self._get(MACS_DIR)
         if text is None:
             raise FetchError(f"GET /latest/{MACS_DIR}: HTTP 404")
-        macs, rejected = parse_mac_listing(text)
+        self._listing = (self._clock(), text)
+        return text
+
+    async def list_macs(self) -> frozenset[str]:
+        macs, rejected = parse_mac_listing(await self.mac_listing())
         for entry in rejected:
             self._log.warning("imds_bad_mac_entry", entry=repr(entry[:64]))
         return macs
@@ -387,9 +411,13 @@ class Ec2Source:
     async def fetch(self, mac: str) -> Observation:
         mac = normalize_mac(mac)
         directory = mac_dir(mac)
+        if mac not in await self.list_macs():
+            listed = self._listing[1] if self._listing else ""
+            flag = RedFlag("not-listed", "MAC not in the metadata", (MACS_DIR,), "unlisted")
+            return Observation(mac=mac, state=None, flags=(flag,), probe={MACS_DIR: listed})
         listing = await self._get(directory)
         if listing is None:
-            flag = RedFlag("not-listed", "MAC not in the metadata", (directory,))
+            flag = RedFlag("listed-but-404", f"listed but 404: {directory}", (directory,))
             return Observation(mac=mac, state=None, flags=(flag,), probe={directory: None})
         primary = await self.primary_mac()
         names = listing_names(listing)
@@ -408,8 +436,10 @@ class Ec2Source:
         for key in keys:
             if not _PROBE_KEY.fullmatch(key) or ".." in key or "//" in key:
                 raise ValueError(f"not a metadata probe key: {key[:80]!r}")
-        answers = await self._gather(list(keys))
-        return dict(zip(keys, answers, strict=True))
+        listing = await self.mac_listing() if MACS_DIR in keys else None
+        others = [k for k in keys if k != MACS_DIR]
+        answers = dict(zip(others, await self._gather(others), strict=True))
+        return {k: listing if k == MACS_DIR else answers[k] for k in keys}
 
     async def close(self) -> None:
         """Forget the token and close the HTTP client (it reopens if used again)."""

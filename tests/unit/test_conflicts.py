@@ -68,6 +68,21 @@ class TestNetworkManager:
             f"(profile 'cloud-init eth1') is bound to MAC {MAC}"
         )
 
+    @pytest.mark.parametrize(
+        "extra", ["\n[.nmmeta]\nnm-generated=true\n", "\n[connection]\nautoconnect-priority=-999\n"]
+    )
+    def test_networkmanagers_own_wired_connection_is_not_a_conflict(
+        self, tmp_path: Path, extra: str
+    ) -> None:
+        text = (
+            "[connection]\nid=Wired connection 2\ntype=ethernet\n"
+            f"interface-name={IFNAME}\n"
+            + ("autoconnect-priority=-999\n" if "priority" in extra else "")
+            + ("\n[.nmmeta]\nnm-generated=true\n" if "nmmeta" in extra else "")
+        )
+        put(tmp_path, "run/NetworkManager/system-connections/Wired connection 2.nmconnection", text)
+        assert find_conflicts(MAC, IFNAME, root=tmp_path) == []
+
     def test_the_old_group_name_and_byte_list_mac_are_understood(self, tmp_path: Path) -> None:
         text = nm_profile(mac="10;27;44;61;78;95;", group="802-3-ethernet")
         put(tmp_path, "etc/NetworkManager/system-connections/old", text)

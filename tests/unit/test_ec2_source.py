@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from nicreconciled.config import Ec2Config
 from nicreconciled.errors import FetchError, MetadataError
 from nicreconciled.sim.imds import ImdsSim
-from nicreconciled.sources.ec2 import Ec2Source, mac_dir, parse_nic
+from nicreconciled.sources.ec2 import MACS_DIR, Ec2Source, mac_dir, parse_nic
 from nicreconciled.sources.http import HttpClient
 from tests.unit.conftest import Ec2Capture
 
@@ -159,6 +159,7 @@ class TestFetch:
         for path, text in cap.answers.items():
             sim.set_raw(path, "__404__" if text is None else text)
         sim.set_primary(cap.primary_mac)
+        sim.set_raw(MACS_DIR, f"{cap.primary_mac}/\n{cap.mac}/\n")
         observation = await ec2.fetch(cap.mac)
         assert observation == parse_nic(cap.mac, cap.listing, cap.raw(), cap.primary_mac)
         assert observation.state is not None
@@ -172,17 +173,50 @@ class TestFetch:
         await ec2.fetch(MAC)
         paths = sorted(p.removeprefix("/latest/" + mac_dir(MAC)) for _, _, p, _ in sim.log)
         assert paths == sorted(
-            ["", "device-number", "interface-id", "local-ipv4s", "subnet-ipv4-cidr-block"]
+            [
+                "",
+                "device-number",
+                "interface-id",
+                "local-ipv4s",
+                "subnet-ipv4-cidr-block",
+                f"/latest/{MACS_DIR}",
+            ]
         )
 
-    async def test_unknown_mac_is_not_listed(self, ec2: Ec2Source) -> None:
+    async def test_unknown_mac_is_not_listed_by_the_shared_listing(
+        self, sim: ImdsSim, ec2: Ec2Source
+    ) -> None:
+        sim.add_nic(nic())
         observation = await ec2.fetch("0A-00-00-00-00-99")
         assert observation.state is None
         assert observation.mac == "0a:00:00:00:00:99"
         (flag,) = observation.flags
-        assert flag.kind == "not-listed"
-        assert flag.keys == (mac_dir("0a:00:00:00:00:99"),)
-        assert observation.probe == {mac_dir("0a:00:00:00:00:99"): None}
+        assert (flag.kind, flag.grace) == ("not-listed", "unlisted")
+        assert flag.keys == (MACS_DIR,)
+        assert observation.probe == {MACS_DIR: f"{MAC}/\n"} or MAC in observation.probe[MACS_DIR]
+        assert not any(mac_dir("0a:00:00:00:00:99") in p for _, _, p, _ in sim.log)
+
+    async def test_twenty_unlisted_nics_cost_one_listing_request(
+        self, sim: ImdsSim, ec2: Ec2Source
+    ) -> None:
+        sim.add_nic(nic())
+        await ec2.primary_mac()
+        sim.reset_stats()
+        foreign = [f"0a:00:00:00:01:{i:02x}" for i in range(20)]
+        results = await asyncio.gather(*(ec2.fetch(m) for m in foreign))
+        assert all(r.flags[0].kind == "not-listed" for r in results)
+        again = await ec2.probe([MACS_DIR] * 1)
+        assert MAC in (again[MACS_DIR] or "")
+        assert [p for _, _, p, _ in sim.log] == [f"/latest/{MACS_DIR}"]
+
+    async def test_a_listed_mac_whose_directory_is_404_is_flagged_so(
+        self, sim: ImdsSim, ec2: Ec2Source
+    ) -> None:
+        sim.add_nic(nic())
+        sim.set_raw(mac_dir(MAC), "__404__")
+        observation = await ec2.fetch(MAC)
+        assert observation.state is None
+        assert [f.kind for f in observation.flags] == ["listed-but-404"]
 
     async def test_late_ipv6_becomes_visible_after_the_delay(
         self, sim: ImdsSim, ec2: Ec2Source

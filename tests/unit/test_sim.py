@@ -244,7 +244,9 @@ async def sim_proc(
 @pytest.fixture
 async def ec2(sim_proc: SimProcess) -> AsyncIterator[Ec2Source]:
     source = Ec2Source(
-        Ec2Config(endpoint=sim_proc.imds, fallback_endpoint=""), HttpClient(timeout=0.5)
+        Ec2Config(endpoint=sim_proc.imds, fallback_endpoint=""),
+        HttpClient(timeout=0.5),
+        listing_ttl=0,  # every call asks: these tests change the listing between calls
     )
     yield source
     await source.close()

@@ -261,3 +261,62 @@ class TestFlagGraceAcrossChanges:
         assert "ipv6-pending" not in t.flag_since
         t.on_observation(50.0, obs(state(), ipv6_pending()))
         assert t.flag_since["ipv6-pending"] == 50.0
+
+
+LISTING = "meta-data/network/interfaces/macs/"
+
+
+def unlisted() -> RedFlag:
+    return RedFlag("not-listed", "MAC not in the metadata", (LISTING,), "unlisted")
+
+
+class TestWhatNeverComes:
+    def test_an_unlisted_mac_is_called_not_ours_after_the_short_grace(self) -> None:
+        t = tracker()
+        listing = {LISTING: "0a:00:00:00:00:09/\n"}
+        t.on_observation(0.0, obs(None, unlisted(), probe=listing))
+        early = t.on_observation(0.25, obs(None, unlisted(), probe=listing))
+        assert not early.accept
+        assert early.probe == (LISTING,)
+        step = t.on_observation(POLICY.unlisted_grace + 0.1, obs(None, unlisted(), probe=listing))
+        assert step.accept
+        assert step.state is None
+        assert step.phase is Phase.SETTLED_WITH_FLAGS
+        assert POLICY.unlisted_grace < POLICY.deadline
+
+    def test_an_unlisted_mac_is_looked_at_ever_more_rarely_then_only_at_resync(self) -> None:
+        t = tracker()
+        listing = {LISTING: ""}
+        t.on_observation(0.0, obs(None, unlisted(), probe=listing))
+        t.on_observation(POLICY.unlisted_grace + 0.1, obs(None, unlisted(), probe=listing))
+        now, delays = POLICY.unlisted_grace + 0.1, []
+        while True:
+            step = t.on_probe(now, listing)
+            if step.idle:
+                break
+            delays.append(step.delay)
+            now += step.delay
+        assert delays == sorted(delays)
+        assert max(delays) <= POLICY.max_interval
+        assert POLICY.deadline <= now < POLICY.deadline + POLICY.max_interval
+        assert step.probe == ()  # the next look is the resync's full poll
+
+    def test_a_flag_that_never_clears_is_watched_at_resync_after_the_deadline(self) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state(), ipv6_pending()))
+        t.on_observation(POLICY.ipv6_grace + 0.1, obs(state(), ipv6_pending()))
+        assert not t.on_probe(POLICY.deadline - 1, {IPV6_KEY: None}).idle
+        assert t.on_probe(POLICY.deadline + 0.1, {IPV6_KEY: None}).idle
+        # A resync's full poll that still sees the flag stays at the resync cadence.
+        step = t.on_observation(POLICY.deadline + 60, obs(state(), ipv6_pending()))
+        assert step.idle
+        assert step.probe == ()
+
+    def test_a_state_forced_by_the_deadline_is_then_watched_at_resync(self) -> None:
+        t = tracker()
+        key = f"meta-data/network/interfaces/macs/{MAC}/ipv4-prefix"
+        flag = RedFlag("listed-but-404", "ipv4-prefix listed but 404", (key,))
+        t.on_observation(0.0, obs(state(), flag))
+        late = t.on_observation(POLICY.deadline + 0.1, obs(state(), flag))
+        assert late.accept
+        assert late.idle
