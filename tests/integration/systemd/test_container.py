@@ -1,0 +1,383 @@
+"""The shipped unit, installed from the .deb, under a real systemd (PID 1 of a container).
+
+What only a booted systemd shows: Type=notify start-up (``systemctl start`` waits for
+READY=1), STATUS= in ``systemctl status``, reload over SIGHUP (RELOADING=1 ... READY=1), the
+watchdog petted by the event loop and a stalled loop killed and restarted, a clean stop,
+the journal's structured fields, the real sandbox (ProtectSystem=strict with its write
+exceptions, IPAddressDeny= as BPF on the unit's cgroup), systemd's own exposure score, and
+NICs applied through the real systemd-networkd and NetworkManager inside that sandbox.
+
+The tests share one container (module scope) and run in file order; each one first puts the
+daemon in the state it needs (``Booted.ensure``), so any one can also run alone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nicreconciled.sim.client import SimClient
+from tests.conftest import wait_for
+from tests.integration.systemd.conftest import Booted, Nic
+from tests.sdcontainer import UNIT
+
+pytestmark = pytest.mark.integration
+
+NETWORKD_NIC = Nic("0a:00:00:00:01:01", 1)
+NM_NIC = Nic("0a:00:00:00:02:02", 2)
+STATUS = re.compile(r"\d+ NICs \(\d+ managed\): \d+ converged, \d+ waiting, \d+ failing")
+STALL = Path(__file__).with_name("stall.py")
+#: TEST-NET-3 (RFC 5737): never routed anywhere; inside the container it is routed to lo, so
+#: that the kernel gets as far as sending (no route at all would fail before any filter).
+TEST_NET = "203.0.113.1"
+
+
+def pid1_lines(booted: Booted, since_usec: int) -> list[str]:
+    """PID 1's journal lines about the unit since a CLOCK_MONOTONIC time (µs)."""
+    out = []
+    for entry in booted.journal("-u", UNIT, "_PID=1"):
+        if int(entry["__MONOTONIC_TIMESTAMP"]) >= since_usec:
+            out.append(str(entry.get("MESSAGE", "")))
+    return out
+
+
+def monotonic_usec() -> int:
+    """CLOCK_MONOTONIC is one clock for the host and every container (no time namespace)."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+@pytest.fixture(scope="module")
+def networkd_nic(booted: Booted) -> Nic:
+    """NETWORKD_NIC, hot-plugged with the daemon on systemd-networkd, its metadata accepted
+    (applying it is the networkd test's business: the others need only a managed NIC)."""
+    booted.ensure("netplan")
+    booted.plug(NETWORKD_NIC)
+    wait_for(
+        lambda: booted.journal(
+            "-u", UNIT, f"NIC_MAC={NETWORKD_NIC.mac}", "NICRECONCILED_EVENT=accepted"
+        ),
+        20,
+        f"the daemon accepting {NETWORKD_NIC.mac}'s metadata",
+        step=0.1,
+    )
+    return NETWORKD_NIC
+
+
+class TestLifecycle:
+    def test_start_returns_after_ready_and_status_shows_the_summary(self, booted: Booted) -> None:
+        booted.configure("netplan")
+        booted.box.systemctl("stop", UNIT)
+        started = time.monotonic()
+        booted.box.systemctl("start", UNIT)
+        took = time.monotonic() - started
+        state = booted.service()
+        # Type=notify: the start job ends only with READY=1, which carries the first STATUS=,
+        # so both are there the moment `systemctl start` returns.
+        assert (state["ActiveState"], state["SubState"]) == ("active", "running"), state
+        assert state["StatusText"], state
+        status = booted.box.systemctl("status", UNIT, "--no-pager", check=False)
+        assert f'Status: "{state["StatusText"]}"' in status, status
+        assert booted.box.show(UNIT, "Type", "NotifyAccess") == {
+            "Type": "notify",
+            "NotifyAccess": "main",
+        }
+        print(f"systemctl start: {took:.2f} s; {state['StatusText']}", file=sys.stderr)
+
+
+class TestNetworkd:
+    def test_a_hotplugged_nic_is_applied_by_systemd_networkd(
+        self, booted: Booted, networkd_nic: Nic
+    ) -> None:
+        state = booted.wait_applied(networkd_nic)
+        took = time.monotonic() - booted.plugged_at[networkd_nic.mac]
+        assert f"default via {networkd_nic.gateway} dev eth1" in state["routes"], state
+        # Through networkd: it owns the link, from the .network file netplan generated.
+        link = booted.box.run(["networkctl", "status", "eth1"]).stdout
+        assert f"/run/systemd/network/10-netplan-nicr-{networkd_nic.key}.network" in link, link
+        networkd = booted.box.path("/run/systemd/network")
+        assert sorted(p.name for p in networkd.iterdir()) == [
+            f"10-netplan-nicr-{networkd_nic.key}.network"
+        ]
+        assert booted.box.path(f"/run/netplan/90-nicreconciled-{networkd_nic.key}.yaml").exists()
+
+        def converged() -> bool:
+            # One NIC (the peer lives in the router namespace, never seen here), converged.
+            text = booted.prop("StatusText")
+            return bool(STATUS.fullmatch(text)) and text.startswith("1 NICs (1 managed): 1 conv")
+
+        wait_for(converged, 10, "STATUS= with the one NIC converged")
+        print(f"networkd: kernel state complete {took:.2f} s after the plug", file=sys.stderr)
+
+    def test_the_journal_has_one_nics_story_under_its_mac(
+        self, booted: Booted, networkd_nic: Nic
+    ) -> None:
+        entries = booted.journal("-u", UNIT, f"NIC_MAC={networkd_nic.mac}")
+        events = [e.get("NICRECONCILED_EVENT") for e in entries]
+        assert {"nic_added", "accepted"} <= set(events), events
+        for entry in entries:
+            assert entry["NIC_MAC"] == networkd_nic.mac
+            assert entry["SYSLOG_IDENTIFIER"] == "nicreconciled"
+            assert entry["_SYSTEMD_UNIT"] == UNIT
+            assert entry["_TRANSPORT"] == "journal"  # the native protocol, not stderr
+            assert entry["PRIORITY"].isdigit()
+            assert entry["MESSAGE"].startswith(entry["NICRECONCILED_EVENT"])
+        accepted = next(e for e in entries if e["NICRECONCILED_EVENT"] == "accepted")
+        assert accepted["NIC_IFNAME"] == "eth1"
+        assert accepted["CLOUD"] == "ec2"
+        assert re.fullmatch(r"[0-9a-f]{16}", accepted["FINGERPRINT"]), accepted
+
+    def test_reload_refetches_every_nic(self, booted: Booted, networkd_nic: Nic) -> None:
+        before = booted.service()
+        booted.sim(lambda s: s.reset_stats())
+        since = monotonic_usec()
+        with booted.pid1_debug():
+            done = booted.box.run(["systemctl", "reload", UNIT], check=False)
+            assert done.returncode == 0, done.stderr
+
+            def notified() -> list[str] | None:
+                lines = [m for m in pid1_lines(booted, since) if "Got notification" in m]
+                reloading = [i for i, m in enumerate(lines) if "RELOADING=1" in m]
+                ready = [i for i, m in enumerate(lines) if "READY=1" in m]
+                return lines if reloading and ready and ready[-1] > reloading[0] else None
+
+            wait_for(notified, 15, "RELOADING=1 then READY=1 from the daemon")
+
+        async def requests(sim: SimClient) -> list[str]:
+            log = (await sim.stats())["log"]
+            return [str(r["path"]) for r in log]
+
+        paths = wait_for(lambda: booted.sim(requests), 10, "requests after the reload")
+        assert any(networkd_nic.mac in p for p in paths), paths
+        after = booted.service()
+        assert after["MainPID"] == before["MainPID"]  # reloaded, not restarted
+        assert (after["ActiveState"], after["SubState"]) == ("active", "running")
+
+
+class TestSandbox:
+    def test_the_service_writes_only_where_the_unit_allows(self, booted: Booted) -> None:
+        booted.ensure("netplan")
+        pid = booted.host_main_pid()
+        status = Path(f"/proc/{pid}/status").read_text()
+        assert re.search(r"^CapEff:\s+0+$", status, re.M), status
+        assert re.search(r"^CapBnd:\s+0+$", status, re.M), status
+        assert re.search(r"^NoNewPrivs:\s+1$", status, re.M), status
+        assert re.search(r"^Seccomp:\s+2$", status, re.M), status
+
+        def writable(path: str) -> str:
+            """In the service's own mount namespace: create and remove PATH/probe-nicr."""
+            script = 'f="$1/probe-nicr"; touch "$f" 2>&1 && rm "$f" && echo writable'
+            done = subprocess.run(
+                ["nsenter", "-t", str(pid), "-m", "sh", "-c", script, "probe", path],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            return done.stdout.strip()
+
+        # /run: ProtectSystem=strict leaves it writable when ProtectKernelTunables=,
+        # ProtectControlGroups= or ProtectProc= are set (they imply MountAPIVFS=).
+        for path in ("/etc", "/usr/local", "/var/lib", "/run", "/run/systemd"):
+            assert "Read-only file system" in writable(path), path
+        for path in ("/run/netplan", "/var/lib/nicreconciled", "/tmp"):
+            assert writable(path) == "writable", path
+
+    def test_ip_address_deny_blocks_a_public_address_from_the_service_cgroup(
+        self, booted: Booted
+    ) -> None:
+        booted.ensure("netplan")
+        cgroup = booted.service_cgroup()
+        route = ["ip", "-n", booted.netns, "route"]
+        subprocess.run([*route, "add", "203.0.113.0/24", "dev", "lo"], check=True)
+        try:
+            via = subprocess.run(
+                [*route, "get", TEST_NET], check=True, capture_output=True, text=True
+            ).stdout
+            assert " dev lo " in via, via  # nowhere else to go: it stays in the container
+            outside = probe(booted, None)
+            inside = probe(booted, cgroup)
+        finally:
+            subprocess.run([*route, "del", "203.0.113.0/24", "dev", "lo"], check=False)
+        # Outside the unit the datagram goes out (to lo, where it dies); inside, the unit's
+        # BPF program drops it and the sender sees EPERM. Loopback stays allowed.
+        assert outside["udp " + TEST_NET] == "sent", outside
+        assert inside["udp " + TEST_NET] == "EPERM", inside
+        # TCP gets no EPERM: the kernel ignores the failed transmit of a SYN and retries, so
+        # connect() just times out (the daemon's request timeout would end it).
+        assert inside["tcp " + TEST_NET] != "connected", inside
+        assert inside["udp 127.0.0.1"] == "sent", inside
+        assert inside["tcp 127.0.0.1:8080"] == "connected", inside  # the simulator
+
+    def test_systemd_rates_the_running_unit_at_most_2(self, booted: Booted) -> None:
+        booted.ensure("netplan")
+        done = booted.box.run(["systemd-analyze", "security", UNIT, "--no-pager"], check=False)
+        found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout)
+        assert found, done.stdout + done.stderr
+        flagged = [line for line in done.stdout.splitlines() if line.startswith("✗")]
+        print(f"systemd-analyze security: {found.group(1)}; flagged:", file=sys.stderr)
+        print("\n".join(flagged), file=sys.stderr)
+        assert float(found.group(1)) <= 2.0, done.stdout
+
+
+PROBE = r"""
+import errno, json, os, socket, sys
+if sys.argv[1] != "-":
+    with open(os.path.join(sys.argv[1], "cgroup.procs"), "w") as procs:
+        procs.write(str(os.getpid()))
+out = {}
+for host, port in (("TEST_NET", 9), ("127.0.0.1", 9)):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(b"probe", (host, port))
+            out[f"udp {host}"] = "sent"
+        except OSError as exc:
+            out[f"udp {host}"] = errno.errorcode.get(exc.errno, str(exc))
+for host, port in (("TEST_NET", 80), ("127.0.0.1", 8080)):
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        try:
+            sock.connect((host, port))
+            out[f"tcp {host}" + (f":{port}" if port == 8080 else "")] = "connected"
+        except OSError as exc:
+            name = errno.errorcode.get(exc.errno, "") if exc.errno else type(exc).__name__
+            out[f"tcp {host}" + (f":{port}" if port == 8080 else "")] = name
+print(json.dumps(out))
+""".replace("TEST_NET", TEST_NET)
+
+
+def probe(booted: Booted, cgroup: Path | None) -> dict[str, str]:
+    """Send from the container's network namespace; from within the unit's cgroup if given
+    (its IPAddressDeny/Allow BPF programs then apply to the probe as to the daemon)."""
+    done = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{booted.netns}", sys.executable, "-c", PROBE,
+         str(cgroup) if cgroup else "-"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    result: dict[str, str] = json.loads(done.stdout)
+    return result
+
+
+class TestWatchdog:
+    def test_the_shipped_watchdog_is_petted(self, booted: Booted) -> None:
+        """WatchdogSec=30 as shipped (no drop-in): WATCHDOG=1 every 15 s. Waits for one
+        ping after the one at start-up (the tests before this one used up part of that)."""
+        before = booted.ensure("netplan")
+        assert before["WatchdogUSec"] == "30s"
+        first = int(before["WatchdogTimestampMonotonic"])
+
+        def petted() -> dict[str, str] | None:
+            now = booted.service()
+            return now if int(now["WatchdogTimestampMonotonic"]) > first else None
+
+        after: dict[str, str] = wait_for(petted, 20, "a WATCHDOG=1 after the first", step=0.25)
+        interval = (int(after["WatchdogTimestampMonotonic"]) - first) / 1e6
+        assert after["MainPID"] == before["MainPID"]
+        assert after["NRestarts"] == before["NRestarts"]
+        assert interval < 30
+        print(f"watchdog: petted again {interval:.2f} s after the previous ping", file=sys.stderr)
+
+
+class TestStop:
+    def test_stop_is_clean_and_quick(self, booted: Booted) -> None:
+        booted.ensure("netplan")
+        since = monotonic_usec()
+        started = time.monotonic()
+        done = booted.box.run(["systemctl", "stop", UNIT], check=False)
+        took = time.monotonic() - started
+        assert done.returncode == 0, done.stderr
+        state = booted.service()
+        # The daemon exited by itself on SIGTERM (CLD_EXITED = 1, status 0), well within
+        # TimeoutStopSec=10: nothing was killed.
+        assert (state["Result"], state["ExecMainCode"], state["ExecMainStatus"]) == (
+            "success",
+            "1",
+            "0",
+        ), state
+        assert took < 5, took
+        events = [
+            e.get("NICRECONCILED_EVENT")
+            for e in booted.journal("-u", UNIT)
+            if int(e["__MONOTONIC_TIMESTAMP"]) >= since
+        ]
+        assert "stopped" in events, events
+        print(f"systemctl stop: {took:.2f} s", file=sys.stderr)
+
+
+class TestNetworkManager:
+    def test_a_hotplugged_nic_is_applied_by_networkmanager(self, booted: Booted) -> None:
+        booted.ensure("networkmanager")
+        plugged = booted.plug(NM_NIC)
+        state = booted.wait_applied(NM_NIC)
+        took = time.monotonic() - plugged
+        assert f"default via {NM_NIC.gateway} dev eth2" in state["routes"]
+        keyfile = f"/run/NetworkManager/system-connections/nicreconciled-{NM_NIC.key}.nmconnection"
+        profile = booted.box.path(keyfile).read_text()
+        name = re.search(r"^id=(.+)$", profile, re.M)
+        assert name, profile
+        active = booted.box.run(["nmcli", "-g", "GENERAL.CONNECTION", "device", "show", "eth2"])
+        assert active.stdout.strip() == name.group(1)
+        print(f"NetworkManager: kernel state complete {took:.2f} s after the plug", file=sys.stderr)
+
+
+DROP_IN = "/run/systemd/system/nicreconciled.service.d/50-test-watchdog.conf"
+
+
+class TestStalledLoop:
+    def test_a_stalled_event_loop_is_killed_by_the_watchdog_and_restarted(
+        self, booted: Booted
+    ) -> None:
+        """The one test with a drop-in: WatchdogSec=3 instead of 30, so the kill comes
+        within seconds. The loop is stalled with ptrace (stall.py): its thread alone stops,
+        the rest of the process runs on."""
+        booted.ensure("netplan")
+        booted.box.write(DROP_IN, "[Service]\nWatchdogSec=3\n")
+        tracer: subprocess.Popen[str] | None = None
+        try:
+            booted.box.systemctl("daemon-reload")
+            booted.box.systemctl("restart", UNIT)
+            before = booted.service()
+            assert before["WatchdogUSec"] == "3s", before
+            first = int(before["WatchdogTimestampMonotonic"])
+            wait_for(
+                lambda: int(booted.prop("WatchdogTimestampMonotonic")) > first,
+                5,
+                "a ping every 1.5 s",
+            )
+            pid = booted.host_main_pid()
+            since = monotonic_usec()
+            tracer = subprocess.Popen(
+                [sys.executable, str(STALL), str(pid)], stdout=subprocess.PIPE, text=True
+            )
+            assert tracer.stdout is not None
+            assert tracer.stdout.readline().strip() == "stalled"
+            stalled = time.monotonic()
+            others = len(list(Path(f"/proc/{pid}/task").iterdir())) - 1
+
+            def restarted() -> dict[str, str] | None:
+                now = booted.service()
+                fresh = now["MainPID"] not in ("0", before["MainPID"])
+                return now if fresh and now["ActiveState"] == "active" else None
+
+            after: dict[str, str] = wait_for(restarted, 20, "the restart after the watchdog")
+            took = time.monotonic() - stalled
+            lines = pid1_lines(booted, since)
+            assert any("Watchdog timeout (limit 3s)!" in m for m in lines), lines
+            assert any("Failed with result 'watchdog'" in m for m in lines), lines
+            assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1
+            print(
+                f"watchdog: stalled loop ({others} other threads running) killed and restarted"
+                f" {took:.2f} s after the stall",
+                file=sys.stderr,
+            )
+        finally:
+            if tracer is not None:
+                tracer.terminate()
+                tracer.wait(timeout=10)
+            booted.box.run(["rm", "-f", DROP_IN])
+            booted.box.systemctl("daemon-reload")
+            booted.box.systemctl("restart", UNIT, check=False)
