@@ -95,13 +95,15 @@ class RedFlag:
     ``keys`` names the source paths whose change would end the wait, so the reconciler can
     watch them with cheap probes instead of full fetches. ``grace`` selects which timer lets
     the reconciler accept the state anyway: the short IPv6 grace, the short grace of a MAC the
-    metadata does not list (not an ENI, or one still propagating), or the general deadline.
+    metadata does not list (not an ENI, or one still propagating), none at all for a CloudStack
+    NIC without a DHCP lease (it is written DHCP-only at once, so that its DHCP client runs,
+    and completed when the lease comes), or the general deadline.
     """
 
     kind: RedFlagKind
     detail: str
     keys: tuple[str, ...] = ()
-    grace: Literal["ipv6", "unlisted", "deadline"] = "deadline"
+    grace: Literal["ipv6", "unlisted", "lease", "deadline"] = "deadline"
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,8 @@ class Tracker:
             return self.policy.ipv6_grace
         if flag.grace == "unlisted":
             return self.policy.unlisted_grace
+        if flag.grace == "lease":
+            return 0.0  # accepted as soon as stable: the DHCP-only file lets DHCP run
         return self.policy.deadline
 
     def _watched_long_enough(self, now: float) -> bool:

@@ -200,9 +200,12 @@ def build_state(
     if address is None and own_vr:
         address = meta.local_ipv4
     if address is None:
-        # No address yet: after the deadline the reconciler renders DHCP only, and the
-        # lease that follows shows up in the probe.
-        flags.append(RedFlag("incomplete", "no DHCP lease yet: address unknown", (key,)))
+        # No address yet: rendered DHCP-only at once (on networkd, or NetworkManager with
+        # no-auto-default, only a matching configuration makes a DHCP client run, so waiting
+        # for the lease would wait for ever); the lease that follows shows up in the probe and
+        # completes the NIC (table, rules, routes).
+        detail = "no DHCP lease yet: address unknown"
+        flags.append(RedFlag("incomplete", detail, (key,), "lease"))
         probe[key] = lease.describe() if lease is not None else None
     elif own_vr and lease is not None and meta.local_ipv4 not in (None, address):
         # A lease file that outlived its NIC (dhclient's, under /var/lib) names an old
@@ -303,12 +306,10 @@ class CloudStackSource:
 
     async def _read_vr(self, vr: str) -> dict[str, str | None]:
         """Raw answers of one VR; FetchError when it gives none or has no instance-id."""
+        # Only what the state uses: instance-id (this is a VR, and which VM it serves) and
+        # local-ipv4 (the VM's address on the VR's network). Two requests per poll.
+        keys = list(REQUIRED)
         try:
-            listing = await self._get(f"{vr}{META}")  # the trailing slash is required
-            names = set(WANTED)
-            if listing is not None:
-                names = {line.strip().rstrip("/") for line in listing.splitlines()}
-            keys = [k for k in WANTED if k in REQUIRED or k in names]
             answers = await self._gather([metadata_url(vr, k) for k in keys])
         except FetchError as exc:
             raise FetchError(f"VR {vr}: {exc}") from None

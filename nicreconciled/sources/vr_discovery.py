@@ -258,6 +258,8 @@ class VrDiscovery:
         self._clock = clock
         self._nmcli_off_until = 0.0
         self._nmcli_off_reason = ""
+        #: Interfaces whose lease NetworkManager gave live (see leases_for).
+        self._nm_live: set[str] = set()
         self._dns_pending: asyncio.Future[Sequence[str]] | None = None
 
     # -- local facts -----------------------------------------------------------------------
@@ -345,14 +347,29 @@ class VrDiscovery:
         return leases, note or "none"
 
     async def leases_for(self, ifname: str) -> Lease | None:
-        """IFNAME's own lease, from the first source (chain order) that has one."""
+        """IFNAME's own lease, from the first source (chain order) that has one.
+
+        A source that fails is an error, never a smaller answer: once NetworkManager gave an
+        interface's lease live (address, prefix, router), an nmcli failure (NetworkManager
+        restarting) raises FetchError instead of falling back to its lease file, which lacks
+        the subnet and the router and would re-render the NIC without its table routes.
+        """
         if ifname not in {link.name for link in self.links()}:
             return None
         for read in (self._networkd, self._dhclient):
             lease = read([ifname]).get(ifname)
             if _usable(lease):
                 return lease
-        lease = (await self._nm([ifname], ifname))[0].get(ifname)
+        live, failure = await self._nmcli(ifname)
+        lease = live.get(ifname)
+        if _usable(lease):
+            self._nm_live.add(ifname)
+            return lease
+        if failure and ifname in self._nm_live:
+            raise FetchError(f"{ifname}: nmcli failed ({failure}); its lease file has less")
+        if not failure:
+            self._nm_live.discard(ifname)  # nmcli ran and has no lease: that is data
+        lease = self._nm_files([ifname]).get(ifname)
         return lease if _usable(lease) else None
 
     # -- the chain -------------------------------------------------------------------------

@@ -148,3 +148,37 @@ class TestLeases:
         }
         # The primary NIC (default route) is not managed: no file for it.
         assert not vr_stack.file_for("02:c5:00:00:00:01").exists()
+
+    async def test_dhcp_first_then_completed_when_the_lease_comes(
+        self, vr_stack: VrStack, libnm: str
+    ) -> None:
+        """A NIC without a lease is written DHCP-only at once (so its DHCP client runs on a
+        host where only a matching configuration starts one), then completed by its lease."""
+        ns = vr_stack.ns
+        ns.plug("csn0", "02:c5:00:00:00:01", peer="nrpcsn0")
+        ns.ip("addr", "add", "10.1.0.10/24", "dev", "csn0")
+        ns.ip("link", "set", "csn0", "up")
+        ns.ip("link", "set", "nrpcsn0", "up")
+        ns.ip("route", "add", "default", "via", "10.1.0.1", "dev", "csn0")
+        leases = vr_stack.tmp / "run" / "systemd" / "netif" / "leases"
+        leases.mkdir(parents=True)
+        vr_stack.run_dir = vr_stack.tmp / "run"
+        await vr_up(vr_stack)
+        vr_stack.start(polling={"deadline": 60})  # the deadline plays no part any more
+        await vr_stack.wait_event("ready", timeout=20)
+        plugged = asyncio.get_running_loop().time()
+        ns.plug("csn1", MAC)
+        await vr_stack.wait_file(MAC, "mac-address=02:C5:00:00:00:02", timeout=20)
+        written = asyncio.get_running_loop().time() - plugged
+        (parsed,) = check(libnm, [vr_stack.file_for(MAC)])
+        assert parsed["ipv4"]["method"] == "auto"
+        assert parsed["ipv4"]["rules"] == []
+        print(f"DHCP-only keyfile {written:.2f} s after the hot-plug (goal: within 2 s)")
+        assert written < 10  # far below the 60 s deadline it used to wait for
+        (leases / str(ns.ifindex("csn1"))).write_text(
+            "ADDRESS=10.1.1.23\nNETMASK=255.255.255.0\nROUTER=10.1.1.1\nSERVER_ADDRESS=127.0.0.1\n"
+        )
+        await vr_stack.wait_file(MAC, "routing-rule1=", timeout=20)
+        (parsed,) = check(libnm, [vr_stack.file_for(MAC)])
+        assert parsed["ipv4"]["addresses"] == ["10.1.1.23/24"]
+        assert len(parsed["ipv4"]["rules"]) == 1

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -140,6 +141,7 @@ def discovery(
     endpoint: str = "",
     runner: FakeRunner | None = None,
     resolve: Resolver | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> VrDiscovery:
     return VrDiscovery(
         endpoint,
@@ -147,6 +149,7 @@ def discovery(
         runner=runner or nmcli_missing(),
         resolver=resolve or resolver(error=NXDOMAIN),
         dns_timeout=0.3,
+        clock=clock,
     )
 
 
@@ -434,6 +437,28 @@ class TestLeasesFor:
             await find(d)
         assert await d.leases_for("eth0") is None
         assert len(runner.calls) == 1
+
+    async def test_a_failing_nmcli_after_a_live_lease_is_an_error_not_a_smaller_lease(
+        self, tree: Tree
+    ) -> None:
+        # NetworkManager restarting: its lease file has the address but no prefix or router;
+        # falling back to it would re-render the NIC without its table routes.
+        tree.copy(
+            f"var/lib/NetworkManager/internal-{NM_UUID}-eth0.lease",
+            "leases/nm-internal-nettools.lease",
+        )
+        runner = FakeRunner({"eth0": (FIXTURES / "nmcli/eth0.txt").read_text()})
+        clock = [0.0]
+        d = discovery(tree, runner=runner, clock=lambda: clock[0])
+        live = await d.leases_for("eth0")
+        assert live is not None
+        assert live.router is not None
+        runner.returncode, runner.stderr = 8, "Error: NetworkManager is not running."
+        with pytest.raises(FetchError, match=r"eth0: nmcli failed \(NetworkManager not running\)"):
+            await d.leases_for("eth0")
+        runner.returncode = 0  # back: the live lease again
+        clock[0] += 1000
+        assert await d.leases_for("eth0") == live
 
     async def test_a_missing_nmcli_is_not_spawned_again_at_once(self, tree: Tree) -> None:
         runner = nmcli_missing()
