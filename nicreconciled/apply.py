@@ -263,15 +263,62 @@ class NetplanNetworkdApplier(_NetplanApplier):
         return dict.fromkeys((c.mac for c in changes), None)
 
 
-class NetworkManagerApplier(_BatchApplier):
-    """Our own keyfiles (``NetworkManagerRenderer``): one ``load`` for all, ``up`` per NIC."""
+class _NmActivation(_BatchApplier):
+    """``nmcli connection up`` only where NetworkManager will not activate on its own.
+
+    Measured in the lab: ``load`` of a new profile (``autoconnect=true``) makes
+    NetworkManager auto-activate it at once; an ``up`` right after replaces that activation
+    ("new-activation"), which deletes the NIC's addresses and restarts its DHCP. So a profile
+    that was not active before the load is left to autoconnect (given AUTOCONNECT_WAIT to
+    start); one that was active is re-activated, since NetworkManager keeps running the old
+    settings of an active profile until then.
+    """
+
+    #: nmcli's field for the selector (``UUID`` or ``NAME``) and the selector word.
+    field: str
+    selector: str
+
+    async def _active(self) -> set[str]:
+        argv = ("nmcli", "-g", self.field, "connection", "show", "--active")
+        done = await self._run(argv, timeout=TIMEOUT)
+        if not done.ok:
+            raise ApplyError(done.summary())
+        return {line.strip() for line in done.stdout.splitlines() if line.strip()}
+
+    async def _activate(self, changes: Sequence[Change], before: set[str]) -> Outcome:
+        outcome: Outcome = dict.fromkeys((c.mac for c in changes), None)
+        if not changes:
+            return outcome
+        fresh = [c for c in changes if self._selector(c)[0] not in before]
+        waited = 0.0
+        while fresh and waited < AUTOCONNECT_WAIT:
+            await asyncio.sleep(AUTOCONNECT_POLL)
+            waited += AUTOCONNECT_POLL
+            active = await self._active()
+            fresh = [c for c in fresh if self._selector(c)[0] not in active]
+        stale = [c for c in changes if self._selector(c)[0] in before]
+        up = [c for c in changes if c in stale or c in fresh]
+        await self._each(up, outcome, "nmcli", "--wait", "0", "connection", "up", self.selector)
+        return outcome
+
+
+#: How long a newly loaded profile is given to be auto-activated before ``up`` is asked.
+AUTOCONNECT_WAIT = 1.0
+AUTOCONNECT_POLL = 0.05
+
+
+class NetworkManagerApplier(_NmActivation):
+    """Our own keyfiles (``NetworkManagerRenderer``): one ``load`` for all, then activation."""
+
+    field, selector = "UUID", "uuid"
 
     async def apply_batch(self, changes: Sequence[Change]) -> Outcome:
         # Decided before loading: a removal must never be followed by an activation.
         up = [c for c in changes if c.ifname is not None and c.written]
+        before = await self._active() if up else set()
         await self._step("nmcli", "connection", "load", *(str(c.path) for c in changes))
         outcome: Outcome = dict.fromkeys((c.mac for c in changes), None)
-        await self._each(up, outcome, "nmcli", "--wait", "0", "connection", "up", "uuid")
+        outcome.update(await self._activate(up, before))
         return outcome
 
     def _selector(self, change: Change) -> tuple[str, ...]:
@@ -283,7 +330,7 @@ def netplan_nm_connection_id(mac: str) -> str:
     return f"netplan-nicr-{mac_to_key(mac)}"
 
 
-class NetplanNetworkManagerApplier(_NetplanApplier):
+class NetplanNetworkManagerApplier(_NetplanApplier, _NmActivation):
     """netplan YAML whose definition uses ``renderer: NetworkManager``.
 
     netplan writes ``netplan-<definition id>.nmconnection``; we install and load only ours.
@@ -294,6 +341,7 @@ class NetplanNetworkManagerApplier(_NetplanApplier):
 
     backend_dir = NM_DIR
     backend_mode = 0o600  # NetworkManager ignores keyfiles readable by others
+    field, selector = "NAME", "id"
 
     def owned(self, mac: str) -> tuple[str, str]:
         return (netplan_nm_connection_id(mac), ".nmconnection")
@@ -302,10 +350,11 @@ class NetplanNetworkManagerApplier(_NetplanApplier):
         await self._generate(changes)
         live = self.root / self.backend_dir
         paths = [live / "".join(self.owned(c.mac)) for c in changes]
+        up = [c for c, p in zip(changes, paths, strict=True) if c.ifname and p.exists()]
+        before = await self._active() if up else set()
         await self._step("nmcli", "connection", "load", *map(str, paths))
         outcome: Outcome = dict.fromkeys((c.mac for c in changes), None)
-        up = [c for c, p in zip(changes, paths, strict=True) if c.ifname and p.exists()]
-        await self._each(up, outcome, "nmcli", "--wait", "0", "connection", "up", "id")
+        outcome.update(await self._activate(up, before))
         return outcome
 
     def _selector(self, change: Change) -> tuple[str, ...]:

@@ -381,29 +381,36 @@ class Ec2Source:
                 raise MetadataError(f"meta-data/mac: {exc}") from None
         return self._primary
 
-    async def mac_listing(self) -> str:
-        """The ``macs/`` listing, one request shared by every NIC for ``listing_ttl`` seconds.
+    async def mac_listing(self, *, newer_than: float | None = None) -> str:
+        """The ``macs/`` listing, one request shared by every NIC for ``listing_ttl`` seconds
+        (with NEWER_THAN: one sent after that time). One request in flight at most.
 
         Whether a MAC is listed is learned here, not from each MAC's own 404: twenty NICs
         that are not ENIs cost one request per look, not twenty.
         """
-        if self._listing is not None and self._clock() - self._listing[0] < self._listing_ttl:
-            return self._listing[1]
-        if self._listing_task is None or self._listing_task.done():
-            self._listing_task = asyncio.ensure_future(self._get_listing())
-            # Read even when every waiter was cancelled: never "exception never retrieved".
-            self._listing_task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        return await asyncio.shield(self._listing_task)
+        while True:
+            cached = self._listing
+            fresh = cached is not None and self._clock() - cached[0] < self._listing_ttl
+            if cached is not None and fresh and (newer_than is None or cached[0] >= newer_than):
+                return cached[1]
+            task = self._listing_task
+            if task is None or task.done():
+                task = self._listing_task = asyncio.ensure_future(self._get_listing())
+                # Read even when every waiter was cancelled: never "exception never retrieved".
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+                return await asyncio.shield(task)
+            await asyncio.shield(task)  # sent earlier: look again, it may be too old
 
     async def _get_listing(self) -> str:
+        sent = self._clock()
         text = await self._get(MACS_DIR)
         if text is None:
             raise FetchError(f"GET /latest/{MACS_DIR}: HTTP 404")
-        self._listing = (self._clock(), text)
+        self._listing = (sent, text)
         return text
 
-    async def list_macs(self) -> frozenset[str]:
-        macs, rejected = parse_mac_listing(await self.mac_listing())
+    async def list_macs(self, *, newer_than: float | None = None) -> frozenset[str]:
+        macs, rejected = parse_mac_listing(await self.mac_listing(newer_than=newer_than))
         for entry in rejected:
             self._log.warning("imds_bad_mac_entry", entry=repr(entry[:64]))
         return macs
@@ -411,7 +418,10 @@ class Ec2Source:
     async def fetch(self, mac: str) -> Observation:
         mac = normalize_mac(mac)
         directory = mac_dir(mac)
-        if mac not in await self.list_macs():
+        asked = self._clock()
+        # A cached listing proves a MAC is listed; that it is not, only a listing fetched
+        # after this poll began does (a NIC attached a moment ago is not in an older one).
+        if mac not in await self.list_macs() and mac not in await self.list_macs(newer_than=asked):
             listed = self._listing[1] if self._listing else ""
             flag = RedFlag("not-listed", "MAC not in the metadata", (MACS_DIR,), "unlisted")
             return Observation(mac=mac, state=None, flags=(flag,), probe={MACS_DIR: listed})

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from nicreconciled import apply
 from nicreconciled.apply import (
     TIMEOUT,
     Applier,
@@ -44,9 +45,19 @@ class RecordingRunner:
         self.hold: str | None = None
         self.held = asyncio.Event()
         self.release = asyncio.Event()
+        #: NetworkManager's active profiles (``connection show --active``, kept out of
+        #: ``calls``), and those a ``load`` auto-activates.
+        self.active: set[str] = set()
+        self.autoconnect: set[str] = set()
+        self.queries = 0
 
     async def __call__(self, argv: Sequence[str], *, timeout: float = 30.0) -> Completed:
         args = tuple(argv)
+        if args[-3:] == ("connection", "show", "--active"):
+            self.queries += 1
+            return Completed(args, 0, "".join(f"{a}\n" for a in sorted(self.active)), "")
+        if args[:3] == ("nmcli", "connection", "load"):
+            self.active |= self.autoconnect
         self.calls.append(args)
         self.timeouts.append(timeout)
         line = " ".join(args)
@@ -263,7 +274,31 @@ class TestOneApplierAtATime:
         assert runner.commands()[-1] == ("networkctl", "reload")
 
 
+@pytest.fixture(autouse=True)
+def short_autoconnect_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NetworkManager is given AUTOCONNECT_WAIT to activate a new profile: short here."""
+    monkeypatch.setattr(apply, "AUTOCONNECT_WAIT", 0.1)
+
+
 class TestNetworkManagerApplier:
+    async def test_a_new_profile_that_networkmanager_activates_is_not_brought_up_again(
+        self, keyfile: Path
+    ) -> None:
+        # Measured in the lab: `up` after the autoconnect replaced it, restarting DHCP.
+        runner = RecordingRunner()
+        runner.autoconnect = {UUID}
+        await NetworkManagerApplier(runner).apply(mac=MAC, path=keyfile, ifname="ens6")
+        assert runner.calls == [("nmcli", "connection", "load", str(keyfile))]
+
+    async def test_an_active_profile_is_reactivated_with_its_new_settings_at_once(
+        self, keyfile: Path
+    ) -> None:
+        runner = RecordingRunner()
+        runner.active = {UUID}
+        await NetworkManagerApplier(runner).apply(mac=MAC, path=keyfile, ifname="ens6")
+        assert runner.calls[-1] == ("nmcli", "--wait", "0", "connection", "up", "uuid", UUID)
+        assert runner.queries == 1  # no waiting for an autoconnect that cannot come
+
     async def test_a_written_file_is_loaded_then_its_profile_brought_up_by_uuid(
         self, keyfile: Path
     ) -> None:
@@ -348,7 +383,7 @@ class TestNetworkManagerApplier:
     async def test_every_command_gets_the_apply_timeout(self, keyfile: Path) -> None:
         runner = RecordingRunner()
         await NetworkManagerApplier(runner).apply(mac=MAC, path=keyfile, ifname="ens6")
-        assert runner.timeouts == [TIMEOUT, TIMEOUT]
+        assert set(runner.timeouts) == {TIMEOUT}
 
 
 class TestNetplanNetworkManagerApplier:

@@ -1,0 +1,86 @@
+"""The project's daemon (and the IMDS simulator) as the lab runs them inside the instance."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nicreconciled.lab import texts
+from nicreconciled.lab.procs import Proc, wait_until
+
+#: [polling] values for the lab: quick, like tests/integration/conftest.py.
+DEFAULT_POLLING: dict[str, float] = {"deadline": 8, "ipv6_grace": 6, "max_interval": 1}
+
+
+@dataclass
+class Daemon:
+    """One run of ``nicreconciled run`` inside the instance; JSON log in ``log``."""
+
+    proc: Proc
+    log: Path
+    config: Path
+    bin_dir: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.alive()
+
+    def events(self, name: str | None = None, **match: Any) -> list[dict[str, Any]]:
+        """Log events (decoded JSON lines), only NAME's and those matching MATCH if given."""
+        if not self.log.exists():
+            return []
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if name is not None and event.get("event") != name:
+                continue
+            if all(event.get(k) == v for k, v in match.items()):
+                out.append(event)
+        return out
+
+    def tail(self, lines: int = 30) -> str:
+        if not self.log.exists():
+            return "(no daemon log)"
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def hup(self) -> None:
+        """SIGHUP: resync every NIC now."""
+        self.proc.signal(signal.SIGHUP)
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        if not wait_until(lambda: self.events("ready") or not self.alive(), timeout, 0.05):
+            raise TimeoutError(f"daemon not ready after {timeout:g} s:\n{self.tail()}")
+        if not self.events("ready"):
+            raise RuntimeError(f"daemon exited {self.proc.popen.returncode}:\n{self.tail()}")
+
+    def stop(self, grace: float = 10.0) -> int:
+        """SIGTERM (SIGKILL after GRACE s); the exit status."""
+        return self.proc.stop(grace)
+
+
+def write_bin_dir(path: Path, failing: Iterable[str]) -> Path:
+    """A directory for the front of the daemon's PATH: the netplan wrapper, plus a failing
+    stand-in for each tool in FAILING (e.g. "networkctl", "nmcli")."""
+    path.mkdir(parents=True, exist_ok=True)
+    tools = {"netplan": texts.netplan_wrapper()}
+    for name in failing:
+        if "/" in name or not name:
+            raise ValueError(f"not a tool name: {name!r}")
+        tools[name] = texts.failing_tool(name)
+    for name, text in tools.items():
+        target = path / name
+        target.write_text(text)
+        target.chmod(0o755)
+    return path

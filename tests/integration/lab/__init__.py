@@ -1,0 +1,1 @@
+"""Kernel-level tests: the real systemd-networkd / NetworkManager in the network lab."""
