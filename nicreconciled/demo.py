@@ -1,39 +1,48 @@
-"""`nicreconciled demo`: a simulated IMDSv2 and a hot-plugged ENI whose IPv6 arrives late.
+"""`nicreconciled demo`: the daemon on a real network stack, shown in the kernel and on the wire.
 
-Everything happens inside a scratch network namespace made for the demo (the simulator listens
-on that namespace's loopback, the NIC is a veth pair), and everything is removed at the end.
+Everything runs in the project's network lab (``nicreconciled.lab``): an instance network
+namespace with its own mount namespace, D-Bus and the real systemd-networkd (EC2: netplan
+renderer) or NetworkManager (CloudStack: keyfile renderer); a router namespace with dnsmasq
+(DHCPv4, DHCPv6, router advertisements), strict rp_filter and a remote peer. A NIC is
+hot-plugged by moving a veth, born with the ENI's MAC, into the instance. Everything is
+removed at the end, also on failure.
+
+* EC2: a simulated IMDSv2; an ENI whose IPv6 appears in the metadata D seconds after the
+  attach; the daemon's timeline, then the NIC's addresses, rules and table as the kernel has
+  them, and the remote peer's pings answered through that NIC; an upstream change (a new
+  secondary IPv4) loaded after SIGHUP.
+* CloudStack: a simulated virtual router per guest network, found as CloudStack does (the
+  default gateway; the DHCP server of the NIC's own lease); the hot-plugged NIC gets a
+  DHCP-only profile at once, NetworkManager's DHCP client gets a real lease from dnsmasq, and
+  the daemon completes the NIC with its table and rules.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nicreconciled.sim.client import SimClient
+from nicreconciled.lab import PEER4, Eni, Lab, LabError, missing_state, missing_tools
+from nicreconciled.lab.base import Manager
 
-MAC = "0a:5e:7d:00:00:02"
 PRIMARY = "0a:5e:7d:00:00:01"
-IFNAME = "eth1"
-PORT = 8080
+CS_MAC = "02:c5:00:00:00:02"
 SHOWN = {
     "ready": "daemon ready",
     "nic_added": "udev: NIC added",
-    "nic_tracked": "tracking NIC",
     "fingerprint_changed": "metadata changed",
-    "poll": "poll",
-    "probe": "probe",
     "accepted": "stable: accepted",
     "rendered": "file written",
+    "applied": "loaded into the network stack",
     "resync_requested": "SIGHUP: resync",
     "fetch_failed": "fetch failed",
     "deadline_passed": "deadline passed",
@@ -41,58 +50,26 @@ SHOWN = {
 }
 
 
-def _config(tmp: Path, cloud: str) -> str:
-    common = f"""
-output_dir = "{tmp}/out"
-state_dir = "{tmp}/state"
-apply = false
-resync_interval = 600
-[interfaces]
-virtual = true
-ignore = ["nrp*"]
-[udev]
-source = "kernel"
-"""
-    if cloud == "ec2":
-        return f"""cloud = "ec2"
-renderer = "netplan"
-{common}
-[ec2]
-endpoint = "http://127.0.0.1:{PORT}"
-fallback_endpoint = ""
-"""
-    return f"""cloud = "cloudstack"
-renderer = "networkmanager"
-{common}"""
-
-
 class Demo:
     def __init__(self, ipv6_delay: float) -> None:
         self.ipv6_delay = ipv6_delay
-        self.ns = f"nicr-demo-{os.getpid()}"
-        self.tmp = Path(tempfile.mkdtemp(prefix="nicreconciled-demo-"))
         self.t0 = time.monotonic()
-        self.procs: list[asyncio.subprocess.Process] = []
         self.rendered: list[str] = []
-        self.etc_netns = Path("/etc/netns") / self.ns
-        self.follower: asyncio.Task[None]
+        self._log_at = 0
 
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.t0:6.2f} s] {text}", flush=True)
 
-    def ip(self, *args: str) -> None:
-        subprocess.run(["ip", "-n", self.ns, *args], check=True, capture_output=True)
-
-    async def spawn(self, *argv: str, **kw: Any) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", self.ns, *argv, start_new_session=True, **kw
-        )
-        self.procs.append(proc)
-        return proc
-
-    async def follow(self, stream: asyncio.StreamReader) -> None:
-        """Print the daemon's JSON log as a timeline."""
-        while line := await stream.readline():
+    def follow(self, log: Path) -> None:
+        """Print the daemon's new JSON log lines as a timeline."""
+        if not log.exists():
+            return
+        with log.open("rb") as stream:
+            stream.seek(self._log_at)
+            data = stream.read()
+        end = data.rfind(b"\n") + 1
+        self._log_at += end
+        for line in data[:end].splitlines():
             try:
                 event: dict[str, Any] = json.loads(line)
             except ValueError:
@@ -102,223 +79,171 @@ class Demo:
                 continue
             if name == "rendered":
                 self.rendered.append(event.get("fingerprint", ""))
-            details = []
-            for key in ("ifname", "fingerprint", "phase", "file", "keys", "moved", "vr", "method"):
-                if event.get(key):
-                    details.append(f"{key}={event[key]}")
+            details = [
+                f"{key}={event[key]}"
+                for key in ("ifname", "fingerprint", "phase", "file", "vr", "method")
+                if event.get(key)
+            ]
             if event.get("waiting_on"):
                 details.append("waiting on: " + "; ".join(event["waiting_on"]))
-            self.say(f"{SHOWN[name]:<22} " + " ".join(details))
+            self.say(f"{SHOWN[name]:<30} " + " ".join(details))
 
-    async def start_daemon(self, cfg: Path, *wrap: str) -> asyncio.subprocess.Process:
-        daemon = await self.spawn(
-            *wrap, sys.executable, "-m", "nicreconciled", "--config", str(cfg),
-            "--log-format", "json", "run",
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        assert daemon.stderr is not None
-        self.follower = asyncio.create_task(self.follow(daemon.stderr))
-        return daemon
+    def wait(self, lab: Lab, log: Path, done: Callable[[], bool], timeout: float) -> bool:
+        """Follow the log until DONE (checked every 20 ms) or TIMEOUT."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.follow(log)
+            if done():
+                self.follow(log)
+                return True
+            time.sleep(0.02)
+        self.follow(log)
+        self.say("gave up waiting:\n" + lab.describe())
+        return False
 
-    async def stop_daemon(self, daemon: asyncio.subprocess.Process) -> int:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.wait_for(daemon.wait(), 5)
-        except TimeoutError:
-            code = -1
-        self.follower.cancel()
-        self.say(f"SIGTERM: daemon exited with status {code}")
-        return code
-
-    async def run(self, cloud: str) -> int:
-        cfg = self.tmp / "nicreconciled.toml"
-        cfg.write_text(_config(self.tmp, cloud))
-        subprocess.run(["ip", "netns", "add", self.ns], check=True, capture_output=True)
-        self.ip("link", "set", "lo", "up")
-        self.say(f"network namespace {self.ns} created")
-        if cloud == "ec2":
-            ok, shown = await self.run_ec2(cfg)
-        else:
-            ok, shown = await self.run_cloudstack(cfg)
+    def show_kernel(self, lab: Lab, ifname: str, table: int) -> None:
         print()
-        if shown.exists():
-            print(f"--- {shown} (mode {oct(shown.stat().st_mode & 0o777)}) ---")
-            print(shown.read_text())
-            print(self._validate(shown))
-        print(f"files written for the NIC: {len(self.rendered)} (fingerprints {self.rendered})")
-        verdict = "converged" if ok else "FAILED"
-        print(f"result: {verdict}")
-        return 0 if ok else 1
+        print(f"--- the kernel in the instance namespace: {ifname}, its rules, table {table}")
+        for argv in (
+            ["ip", "-br", "addr", "show", "dev", ifname],
+            ["ip", "rule", "show", "table", str(table)],
+            ["ip", "-6", "rule", "show", "table", str(table)],
+            ["ip", "route", "show", "table", str(table)],
+            ["ip", "-6", "route", "show", "table", str(table)],
+        ):
+            out = lab.run(argv, check=False).stdout.strip()
+            print(f"$ {' '.join(argv)}\n{out or '(nothing)'}")
+        print()
 
-    async def run_ec2(self, cfg: Path) -> tuple[bool, Path]:
-        out = self.tmp / "out"
-        ctl = self.tmp / "sim.sock"
-        await self.spawn(
-            sys.executable, "-m", "nicreconciled.sim",
-            "--listen", f"127.0.0.1:{PORT}", "--control", str(ctl),
-            stdout=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        sim = SimClient(str(ctl))
-        await sim.wait_ready(10)
-        await sim.add_nic(
+    def ping(self, lab: Lab, address: str, port: str) -> bool:
+        result = lab.ping_from_peer(address, 3)
+        through = result.replies_by_port.get(port, 0)
+        self.say(f"{result}")
+        return result.received == result.sent and through == result.sent
+
+    # -- EC2 on systemd-networkd -----------------------------------------------------------
+    def run_ec2(self, lab: Lab) -> bool:
+        lab.plug_primary(PRIMARY, "10.0.0.10")
+        self.say("primary NIC eth0 up, configured by a foreign /etc/netplan/50-cloud-init.yaml")
+        sim = lab.start_sim()
+        sim.add_nic(
             {"mac": PRIMARY, "device_number": 0, "local_ipv4s": ["10.0.0.10"],
              "subnet_ipv4_cidr": "10.0.0.0/24"}
         )  # fmt: skip
-        await sim.set_primary(PRIMARY)
-        self.say(f"IMDSv2 simulator listening on 127.0.0.1:{PORT} inside the namespace")
-        daemon = await self.start_daemon(cfg)
-        await asyncio.sleep(1.0)
-        self.say(f"attach: ENI {MAC} listed in IMDS; its IPv6 appears {self.ipv6_delay:g} s later")
-        await sim.add_nic(
-            {
-                "mac": MAC,
-                "device_number": 1,
-                "local_ipv4s": ["10.0.1.25"],
-                "subnet_ipv4_cidr": "10.0.1.0/24",
-                "subnet_ipv6_cidrs": ["2001:db8:1::/64"],
-                "schedule": {"ipv6s": [[self.ipv6_delay, "2001:db8:1::25"]]},
-            }
+        sim.set_primary(PRIMARY)
+        self.say("IMDSv2 simulator on the instance's 127.0.0.1:8080")
+        daemon = lab.start_daemon(polling={"ipv6_grace": 10, "deadline": 60})
+        self.follow(daemon.log)
+        eni = Eni.plan(1)
+        late = eni.ipv6s[0]
+        eni.extra = {"ipv6s": [], "schedule": {"ipv6s": [[self.ipv6_delay, late]]}}
+        sim.add_nic(eni.spec())
+        eni.nic = lab.plug(eni.mac, eni.ipv4s[0], 24, eni.subnet6)
+        self.say(
+            f"attach: ENI {eni.mac} hot-plugged as {eni.ifname} (IPv4 {', '.join(eni.ipv4s)});"
+            f" its IPv6 {late} appears in IMDS {self.ipv6_delay:g} s later"
         )
-        self.ip(
-            "link", "add", IFNAME, "address", MAC, "type", "veth", "peer", "name", "nrp1"
-        )  # fmt: skip
-        path = out / f"90-nicreconciled-{MAC.replace(':', '')}.yaml"
-        ok = await self._wait_file(path, "2001:db8:1::25", self.ipv6_delay + 15)
-        if ok:
-            self.say("upstream change: a secondary private IPv4 is assigned; sending SIGHUP")
-            await sim.update_nic(MAC, {"local_ipv4s": ["10.0.1.25", "10.0.1.26"]})
-            daemon.send_signal(signal.SIGHUP)
-            ok = await self._wait_file(path, "10.0.1.26", 10)
-        await asyncio.sleep(0.3)
-        stats = await sim.stats()
-        await sim.close()
-        code = await self.stop_daemon(daemon)
-        print(f"IMDS requests served in all: {stats.get('requests')}")
-        return ok and code == 0, path
-
-    async def run_cloudstack(self, cfg: Path) -> tuple[bool, Path]:
-        out = self.tmp / "out"
-        # `ip netns exec` bind-mounts /etc/netns/<ns>/hosts over /etc/hosts: data-server
-        # resolves to the VR simulator on the namespace's loopback.
-        self.etc_netns.mkdir(parents=True)
-        (self.etc_netns / "hosts").write_text("127.0.0.1 localhost\n127.0.0.1 data-server\n")
-        # The primary NIC carries the default route (that is how CloudStack's is found).
-        self.ip("link", "add", "eth0", "address", PRIMARY, "type", "veth", "peer", "name", "nrp0")
-        self.ip("addr", "add", "10.1.0.10/24", "dev", "eth0")
-        for dev in ("eth0", "nrp0"):
-            self.ip("link", "set", dev, "up")
-        self.ip("route", "add", "default", "via", "10.1.0.1", "dev", "eth0")
-        ctl = self.tmp / "vr.sock"
-        await self.spawn(
-            sys.executable, "-m", "nicreconciled.sim", "--cloud", "cloudstack",
-            "--listen", "127.0.0.1:80", "--control", str(ctl),
-            stdout=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        vr = SimClient(str(ctl))
-        await vr.wait_ready(10)
-        await vr.set_vm({"instance-id": "i-2-17-VM", "local-ipv4": "10.1.1.23"})
-        self.say("virtual router simulator on 127.0.0.1:80; data-server resolves to it")
-        # The daemon gets its own /run (a private mount namespace), where this demo plays
-        # systemd-networkd and writes the hot-plugged NIC's DHCP lease.
-        leases = self.tmp / "run/systemd/netif/leases"
-        leases.mkdir(parents=True)
-        mount = 'mount --bind "$0" /run && exec "$@"'
-        daemon = await self.start_daemon(
-            cfg, "unshare", "--mount", "sh", "-c", mount, str(self.tmp / "run")
+        plugged = time.monotonic()
+        if not self.wait(lab, daemon.log, lambda: not missing_state(lab, eni), 30):
+            return False
+        self.say(
+            f"complete in the kernel {time.monotonic() - plugged:.2f} s after the hot-plug:"
+            " every address, a rule from each to its table, the table's routes"
         )
-        await asyncio.sleep(1.5)
-        self.say(f"attach: NIC {MAC} hot-plugged as {IFNAME}; its DHCP lease comes 3 s later")
-        self.ip(
-            "link", "add", IFNAME, "address", MAC, "type", "veth", "peer", "name", "nrp1"
-        )  # fmt: skip
-        await asyncio.sleep(3.0)
-        ifindex = (await asyncio.to_thread(self._ifindex, IFNAME)).strip()
-        (leases / ifindex).write_text(
-            "ADDRESS=10.1.1.23\nNETMASK=255.255.255.0\nROUTER=10.1.1.1\nSERVER_ADDRESS=127.0.0.1\n"
+        primary_ok = lab.kernel_primary_ipv4(eni.ifname) == eni.ipv4s[0]
+        self.say(f"kernel's primary IPv4 on {eni.ifname}: {lab.kernel_primary_ipv4(eni.ifname)}")
+        self.show_kernel(lab, eni.ifname, eni.table)
+        self.say(f"the remote peer {PEER4} pings each address of the ENI (strict rp_filter):")
+        pings_ok = all(self.ping(lab, a, eni.nic.port) for a in eni.ipv4s)
+        self.say(f"upstream change: secondary {eni.ipv4s[0][:-2]}30 assigned in IMDS; SIGHUP")
+        more = [*eni.ipv4s, f"{eni.ipv4s[0][:-2]}30"]
+        sim.update_nic(eni.mac, {"local_ipv4s": more})
+        daemon.hup()
+        change_ok = self.wait(lab, daemon.log, lambda: not missing_state(lab, eni, ipv4s=more), 20)
+        change_ok = change_ok and self.ping(lab, more[-1], eni.nic.port)
+        code = lab.stop_daemon()
+        self.say(f"SIGTERM: daemon exited with status {code}")
+        self.show_file(lab.path(lab.output_file(eni.mac)))
+        return primary_ok and pings_ok and change_ok and code == 0
+
+    # -- CloudStack on NetworkManager --------------------------------------------------------
+    def run_cloudstack(self, lab: Lab) -> bool:
+        lab.plug_primary(PRIMARY, "10.0.0.10")
+        self.say("primary NIC eth0 up (a foreign keyfile): the default route via 10.0.0.1")
+        vm = {"instance-id": "i-2-17-VM", "vm-id": "2a7c0f1e-1d2b-4e3f-9a8b-0c1d2e3f4a5b"}
+        lab.start_vr("10.0.0.1", {**vm, "local-ipv4": "10.0.0.10"})
+        nic = lab.prepare(lab.new_nic(CS_MAC, "10.1.1.23", 24))
+        lab.start_vr("10.1.1.1", {**vm, "local-ipv4": "10.1.1.23"})
+        self.say("a virtual router per guest network: 10.0.0.1 (default), 10.1.1.1 (the new NIC's)")
+        daemon = lab.start_daemon(cloud="cloudstack", polling={"deadline": 60})
+        self.follow(daemon.log)
+        lab.attach(nic)
+        self.say(f"attach: NIC {CS_MAC} hot-plugged as {nic.ifname}; no DHCP client runs for it")
+        plugged = time.monotonic()
+
+        def rule_table() -> int | None:
+            for rule in lab.rules(4):
+                if rule.src == nic.ipv4 and rule.table.isdigit():
+                    return int(rule.table)
+            return None
+
+        def complete() -> bool:
+            table = rule_table()
+            if table is None or nic.ipv4 not in {a.local for a in lab.addresses(nic.ifname, 4)}:
+                return False
+            return "default" in lab.route_destinations(4, table)
+
+        if not self.wait(lab, daemon.log, complete, 30):
+            return False
+        self.say(
+            f"complete in the kernel {time.monotonic() - plugged:.2f} s after the hot-plug: the"
+            f" lease's {nic.address4} from dnsmasq, a rule to its table, the table's routes"
         )
-        self.say("DHCP lease written: 10.1.1.23/24, router 10.1.1.1, server (VR) 127.0.0.1")
-        path = out / f"nicreconciled-{MAC.replace(':', '')}.nmconnection"
-        ok = await self._wait_file(path, "routing-rule1=", 15)
-        await asyncio.sleep(0.3)
-        await vr.close()
-        code = await self.stop_daemon(daemon)
-        return ok and code == 0, path
+        table = rule_table()
+        assert table is not None
+        self.show_kernel(lab, nic.ifname, table)
+        self.say(f"the remote peer {PEER4} pings the NIC's address (strict rp_filter):")
+        ping_ok = self.ping(lab, nic.ipv4, nic.port)
+        code = lab.stop_daemon()
+        self.say(f"SIGTERM: daemon exited with status {code}")
+        self.show_file(lab.path(lab.output_file(CS_MAC)))
+        return ping_ok and code == 0
 
-    def _ifindex(self, ifname: str) -> str:
-        done = subprocess.run(
-            ["ip", "netns", "exec", self.ns, "cat", f"/sys/class/net/{ifname}/ifindex"],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
-        return done.stdout
+    def show_file(self, path: Path) -> None:
+        print()
+        if path.exists():
+            print(f"--- {path.name} (mode {oct(path.stat().st_mode & 0o777)}) ---")
+            print(path.read_text())
+        print(f"files written for the NIC: {len(self.rendered)} (fingerprints {self.rendered})")
 
-    async def _wait_file(self, path: Path, needle: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                if needle in path.read_text():
-                    return True
-            await asyncio.sleep(0.05)
-        self.say(f"gave up waiting for {needle} in {path.name}")
-        return False
 
-    def _validate(self, path: Path) -> str:
-        """Feed the file to its real consumer: netplan generate, or libnm's keyfile reader."""
-        if path.suffix == ".nmconnection":
-            return self._validate_keyfile(path)
-        netplan = shutil.which("netplan")
-        if netplan is None:
-            return "netplan not installed: file not validated"
-        root = self.tmp / "root"
-        (root / "etc/netplan").mkdir(parents=True)
-        dest = root / "etc/netplan" / path.name
-        shutil.copy(path, dest)
-        dest.chmod(0o600)
-        done = subprocess.run(
-            [netplan, "generate", "--root-dir", str(root)], capture_output=True, text=True
-        )
-        made = sorted(p.name for p in (root / "run/systemd/network").glob("*.network"))
-        if done.returncode != 0:
-            return f"netplan generate FAILED: {done.stderr.strip()}"
-        return f"netplan generate --root-dir: ok, wrote {', '.join(made)}"
-
-    def _validate_keyfile(self, path: Path) -> str:
-        tool = Path(__file__).resolve().parents[1] / "tests/tools/nm_keyfile_check.py"
-        if not tool.exists() or not Path("/usr/bin/python3").exists():
-            return "libnm check tool not available here: keyfile not validated"
-        done = subprocess.run(
-            ["/usr/bin/python3", str(tool), str(path)], capture_output=True, text=True
-        )
-        try:
-            (result,) = json.loads(done.stdout)
-        except ValueError:
-            return f"libnm check FAILED: {done.stderr.strip()[:300]}"
-        if result.get("error") or result.get("warnings"):
-            return f"libnm keyfile_read/verify FAILED: {result.get('error') or result['warnings']}"
-        rules = result["ipv4"]["rules"]
-        return f"libnm keyfile_read + verify(): ok; routing rules {rules}"
-
-    async def cleanup(self) -> None:
-        for proc in self.procs:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
-        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        shutil.rmtree(self.etc_netns, ignore_errors=True)
-        self.say("namespace, processes and temporary files removed")
+MANAGER: dict[str, Manager] = {"ec2": "networkd", "cloudstack": "nm"}
 
 
 def run_demo(cloud: str = "ec2", ipv6_delay: float = 4.0) -> int:
     if os.geteuid() != 0:
-        print("nicreconciled demo: needs root (it creates a network namespace)", file=sys.stderr)
+        print("nicreconciled demo: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    manager = MANAGER[cloud]
+    missing = missing_tools(manager)
+    if missing:
+        print(f"nicreconciled demo: missing tools: {', '.join(missing)}", file=sys.stderr)
         return 2
     demo = Demo(ipv6_delay)
-
-    async def main() -> int:
-        try:
-            return await demo.run(cloud)
-        finally:
-            await demo.cleanup()
-
-    return asyncio.run(main())
+    workdir = Path(tempfile.mkdtemp(prefix="nicr-demo-"))
+    ok = False
+    try:
+        with Lab(manager, workdir, tag="demo") as lab:
+            demo.say(
+                f"lab up: {manager} on a private D-Bus in namespace {lab.instance}, router"
+                f" {lab.router} (dnsmasq: DHCPv4, DHCPv6, RA)"
+            )
+            ok = demo.run_ec2(lab) if cloud == "ec2" else demo.run_cloudstack(lab)
+    except (LabError, AssertionError, subprocess.SubprocessError, OSError) as exc:
+        demo.say(f"FAILED: {exc}")
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(workdir)
+        demo.say("namespaces, processes and temporary files removed")
+    print(f"result: {'converged' if ok else 'FAILED'}")
+    return 0 if ok else 1

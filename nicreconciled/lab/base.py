@@ -113,6 +113,8 @@ class LabBase:
         self.nics: dict[str, Nic] = {}
         self.dnsmasq: dict[str, Proc] = {}
         self.sim: SimControl | None = None
+        self.vrs: list[SimControl] = []
+        self._sim_port = IMDS_PORT
         self.daemon: Daemon | None = None
         self.daemons: list[Daemon] = []
         self.monitors: list[AddressMonitor] = []

@@ -179,6 +179,22 @@ class Lab(LabBase):
         self._sim_port = port
         return self.sim
 
+    def start_vr(self, address: str, vm: Mapping[str, str]) -> SimControl:
+        """A CloudStack virtual router simulator in the router namespace on ADDRESS:80 (a
+        router port's address: each guest network has its own VR), answering VM's metadata.
+        The daemon finds it as CloudStack does: the DHCP server of the NIC's lease, or the
+        default gateway."""
+        n = len(self.vrs) + 1
+        control = self.workdir / f"vr-{n}.sock"
+        argv = [sys.executable, "-m", "nicreconciled.sim", "--cloud", "cloudstack"]
+        argv += ["--listen", f"{address}:80", "--control", str(control)]
+        self.procs.spawn(f"vr-{n}", [*self.enter_router(), *argv], log=self.workdir / f"vr-{n}.log")
+        vr = SimControl(str(control))
+        vr.wait_ready(30)
+        vr.set_vm(vm)
+        self.vrs.append(vr)
+        return vr
+
     @property
     def output_dir(self) -> str:
         """Where the daemon writes, as the instance sees it."""
@@ -197,10 +213,12 @@ class Lab(LabBase):
         failing: Iterable[str] = (),
         resync_interval: float = 600,
         wait_ready: bool = True,
+        cloud: str = "ec2",
     ) -> Daemon:
         """``nicreconciled run`` in the instance, JSON log in workdir; FAILING: tools whose
-        stand-ins fail (e.g. ``("networkctl",)``). Call ``start_sim`` first."""
-        if self.sim is None:
+        stand-ins fail (e.g. ``("networkctl",)``). Call ``start_sim`` (EC2) or ``start_vr``
+        (``cloud = "cloudstack"``) first."""
+        if self.sim is None and cloud == "ec2":
             raise LabError("start_sim() first")
         if self.daemon is not None and self.daemon.alive():
             raise LabError("a daemon is running already")
@@ -216,6 +234,7 @@ class Lab(LabBase):
                 ignore=[f"{PORT_PREFIX}*"],
                 polling={**DEFAULT_POLLING, **(polling or {})},
                 resync_interval=resync_interval,
+                cloud=cloud,
             )
         )
         bin_dir = write_bin_dir(self.workdir / f"bin-daemon-{n}", failing)

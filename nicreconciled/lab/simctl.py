@@ -82,3 +82,8 @@ class SimControl:
 
     def set_primary(self, mac: str) -> None:
         self._call("PUT", "/primary", {"mac": mac})
+
+    def set_vm(self, changes: Mapping[str, str | None]) -> dict[str, Any]:
+        """A CloudStack VR simulator's answers for the VM (``--cloud cloudstack``)."""
+        result: dict[str, Any] = self._call("PUT", "/vm", dict(changes))
+        return result

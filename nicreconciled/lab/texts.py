@@ -169,9 +169,10 @@ def daemon_config(
     ignore: Iterable[str],
     polling: Mapping[str, float],
     resync_interval: float,
+    cloud: str = "ec2",
 ) -> str:
     lines = [
-        'cloud = "ec2"',
+        f'cloud = "{cloud}"',
         f'renderer = "{renderer}"',
         f'output_dir = "{output_dir}"',
         f'state_dir = "{state_dir}"',
@@ -182,9 +183,11 @@ def daemon_config(
         "ignore = [" + ", ".join(f'"{pattern}"' for pattern in ignore) + "]",
         "[udev]",
         'source = "kernel"',
-        "[ec2]",
-        f'endpoint = "{endpoint}"',
-        'fallback_endpoint = ""',
+        *(
+            ["[ec2]", f'endpoint = "{endpoint}"', 'fallback_endpoint = ""']
+            if cloud == "ec2"
+            else []
+        ),
         "[polling]",
         *(f"{key} = {value:g}" for key, value in polling.items()),
     ]
