@@ -73,6 +73,21 @@ async def vr_up(stack: VrStack) -> None:
     await stack.sim.set_vm(VM)
 
 
+def primary_and_leases(stack: VrStack) -> Path:
+    """A primary NIC carrying the default route, and a networkd lease directory in the
+    daemon's own /run (the test plays systemd-networkd's DHCP client)."""
+    ns = stack.ns
+    ns.plug("csn0", "02:c5:00:00:00:01", peer="nrpcsn0")
+    ns.ip("addr", "add", "10.1.0.10/24", "dev", "csn0")
+    ns.ip("link", "set", "csn0", "up")
+    ns.ip("link", "set", "nrpcsn0", "up")
+    ns.ip("route", "add", "default", "via", "10.1.0.1", "dev", "csn0")
+    leases = stack.tmp / "run" / "systemd" / "netif" / "leases"
+    leases.mkdir(parents=True)
+    stack.run_dir = stack.tmp / "run"
+    return leases
+
+
 class TestCloudStack:
     async def test_a_hotplugged_nic_gets_a_keyfile_libnm_accepts(
         self, vr_stack: VrStack, libnm: str
@@ -119,14 +134,7 @@ class TestLeases:
     ) -> None:
         """The primary NIC carries the default route; the hot-plugged one has a lease."""
         ns = vr_stack.ns
-        ns.plug("csn0", "02:c5:00:00:00:01", peer="nrpcsn0")
-        ns.ip("addr", "add", "10.1.0.10/24", "dev", "csn0")
-        ns.ip("link", "set", "csn0", "up")
-        ns.ip("link", "set", "nrpcsn0", "up")
-        ns.ip("route", "add", "default", "via", "10.1.0.1", "dev", "csn0")
-        leases = vr_stack.tmp / "run" / "systemd" / "netif" / "leases"
-        leases.mkdir(parents=True)
-        vr_stack.run_dir = vr_stack.tmp / "run"
+        leases = primary_and_leases(vr_stack)
         await vr_up(vr_stack)
         vr_stack.start()
         await vr_stack.wait_event("ready", timeout=20)
@@ -155,14 +163,7 @@ class TestLeases:
         """A NIC without a lease is written DHCP-only at once (so its DHCP client runs on a
         host where only a matching configuration starts one), then completed by its lease."""
         ns = vr_stack.ns
-        ns.plug("csn0", "02:c5:00:00:00:01", peer="nrpcsn0")
-        ns.ip("addr", "add", "10.1.0.10/24", "dev", "csn0")
-        ns.ip("link", "set", "csn0", "up")
-        ns.ip("link", "set", "nrpcsn0", "up")
-        ns.ip("route", "add", "default", "via", "10.1.0.1", "dev", "csn0")
-        leases = vr_stack.tmp / "run" / "systemd" / "netif" / "leases"
-        leases.mkdir(parents=True)
-        vr_stack.run_dir = vr_stack.tmp / "run"
+        leases = primary_and_leases(vr_stack)
         await vr_up(vr_stack)
         vr_stack.start(polling={"deadline": 60})  # the deadline plays no part any more
         await vr_stack.wait_event("ready", timeout=20)
