@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nicreconciled import __version__, log
-from nicreconciled.config import Config, load
+from nicreconciled.config import Config, excluded_device_number, load
 from nicreconciled.errors import ConfigError, FetchError, MetadataError
-from nicreconciled.status import StatusStore
+from nicreconciled.status import Managed, StatusStore, summary
 
 if TYPE_CHECKING:
     from nicreconciled.reconciler import Context
@@ -118,16 +118,29 @@ async def _render(config: Config, ctx: Context, mac: str | None) -> int:
     from nicreconciled.model import normalize_mac
     from nicreconciled.system import sysfs
 
+    #: MAC -> why it is not ours, as far as known before any fetch.
+    not_ours: dict[str, str] = {}
     if mac is not None:
         try:
             macs = [normalize_mac(mac)]
         except ValueError as exc:
             return _fail(f"--mac: {exc}")
+        if config.interfaces.excludes_mac(macs[0]):
+            not_ours[macs[0]] = "excluded: exclude_macs"
     else:
         daemon = Daemon(config, ctx, once=True)
-        macs = [link.mac for link in sysfs.list_links() if daemon.eligible(link)]
+        macs = []
+        for link in sysfs.list_links():
+            if daemon.eligible(link):
+                macs.append(link.mac)
+                verdict = daemon.not_ours(link)
+                if isinstance(verdict, tuple):
+                    not_ours[link.mac] = f"{verdict[0]}: {verdict[1]}"
     status = 0
     for one in macs:
+        if one in not_ours:
+            print(f"# {one}: not managed ({not_ours[one]})", file=sys.stderr)
+            continue
         try:
             obs = await ctx.source.fetch(one)
         except (FetchError, MetadataError) as exc:
@@ -136,10 +149,17 @@ async def _render(config: Config, ctx: Context, mac: str | None) -> int:
             continue
         for flag in obs.flags:
             print(f"# {one}: still propagating: {flag.kind}: {flag.detail}", file=sys.stderr)
+        ranges = config.interfaces.exclude_device_numbers
         if obs.state is None:
             print(f"# {one}: not in the metadata; not managed", file=sys.stderr)
         elif obs.state.primary and not config.manage_primary:
             print(f"# {one}: primary NIC; not managed (manage_primary = false)", file=sys.stderr)
+        elif obs.state.cloud == "ec2" and (
+            rule := excluded_device_number(ranges, obs.state.device_number)
+        ):
+            print(
+                f"# {one}: not managed (excluded: exclude_device_numbers {rule})", file=sys.stderr
+            )
         else:
             print(f"# {config.effective_output_dir / ctx.renderer.filename(one)}")
             print(ctx.renderer.render(obs.state), end="")
@@ -147,28 +167,32 @@ async def _render(config: Config, ctx: Context, mac: str | None) -> int:
 
 
 def _status(config: Config, *, as_json: bool) -> int:
-    rows = sorted(StatusStore(config.state_dir).load_all(), key=lambda s: s.mac)
+    """Per-NIC rows from the status files (unreadable ones skipped), and the same summary
+    line as the daemon's STATUS=."""
+    store = StatusStore(config.state_dir)
+    rows = sorted(store.load_all(), key=lambda s: s.mac)
     if as_json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
         return 0
-    daemon = StatusStore(config.state_dir).load_daemon()
+    daemon = store.load_daemon()
     if daemon is not None:
         print(f"daemon: {daemon.phase}: {daemon.detail}")
     if not rows:
         print(f"no NICs recorded under {config.state_dir}")
         return 0
+    print(f"NICs: {summary(rows)}")
     header = ("MAC", "IFACE", "PHASE", "MANAGED", "FINGERPRINT", "LAST CHANGE", "WAITING / ERROR")
     table = [header]
     for r in rows:
         detail = "; ".join(r.waiting_on) or (f"error: {r.last_error}" if r.last_error else "")
-        if config.apply and r.managed == "managed" and r.apply_pending:
+        if config.apply and r.managed is Managed.MANAGED and r.apply_pending:
             detail = "written, not applied" + (f"; {detail}" if detail else "")
         table.append(
             (
                 r.mac,
                 r.ifname or "-",
                 r.phase,
-                r.managed,
+                r.managed_text,
                 r.fingerprint or "-",
                 r.last_change or "-",
                 detail,

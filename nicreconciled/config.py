@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from nicreconciled.errors import ConfigError
+from nicreconciled.model import Mac
 
 DEFAULT_PATH = Path("/etc/nicreconciled/nicreconciled.toml")
 DEFAULT_OUTPUT = {
@@ -59,9 +60,69 @@ def _check_endpoint(value: str) -> str:
     return value.rstrip("/")
 
 
+#: EC2 device numbers go up to this (NicState.device_number).
+MAX_DEVICE_NUMBER = 99
+
+#: An inclusive range of device numbers: (2, 7) for "2-7", (3, 3) for 3 or "3".
+DeviceRange = tuple[int, int]
+
+
+def _device_number(text: str, entry: object) -> int:
+    if not (text.isascii() and text.isdigit()):  # no sign, no spaces, no "0x"
+        raise ValueError(f'{entry!r} is not a device number or a range such as "2-7"')
+    number = int(text)
+    if number > MAX_DEVICE_NUMBER:
+        raise ValueError(f"{entry!r}: device numbers go from 0 to {MAX_DEVICE_NUMBER}")
+    return number
+
+
+def _device_ranges(value: object) -> tuple[DeviceRange, ...]:
+    """[3, "5", "8-11"] -> ((3, 3), (5, 5), (8, 11)); ValueError naming the bad entry."""
+    if not isinstance(value, list | tuple):
+        raise ValueError('must be a list of device numbers or ranges, e.g. [3, "5-7"]')
+    out = []
+    for entry in value:
+        if isinstance(entry, int) and not isinstance(entry, bool):
+            if not 0 <= entry <= MAX_DEVICE_NUMBER:
+                raise ValueError(f"{entry!r}: device numbers go from 0 to {MAX_DEVICE_NUMBER}")
+            out.append((entry, entry))
+        elif isinstance(entry, str):
+            low, dash, high = entry.partition("-")
+            first = _device_number(low, entry)
+            last = _device_number(high, entry) if dash else first
+            if last < first:
+                raise ValueError(f"{entry!r}: the range is reversed")
+            out.append((first, last))
+        else:
+            raise ValueError(f'{entry!r} is not a device number or a range such as "2-7"')
+    return tuple(out)
+
+
+def format_range(device_range: DeviceRange) -> str:
+    first, last = device_range
+    return str(first) if first == last else f"{first}-{last}"
+
+
+def excluded_device_number(ranges: tuple[DeviceRange, ...], number: int) -> str | None:
+    """The configured range that NUMBER falls in ("2-7"), or None."""
+    for device_range in ranges:
+        if device_range[0] <= number <= device_range[1]:
+            return format_range(device_range)
+    return None
+
+
 class InterfacesConfig(_Section):
     ignore: tuple[str, ...] = Field(default=(), strict=False)
     virtual: bool = False
+    #: MACs never managed (any case, ":" or "-"), for NICs another tool owns that udev does
+    #: not mark (ID_NET_MANAGED_BY / NM_UNMANAGED): never polled, reported as excluded.
+    exclude_macs: tuple[Mac, ...] = Field(default=(), strict=False)
+    #: EC2 device numbers (on any network card) never managed: 3, "3", "2-7". Known only
+    #: from the metadata, so such a NIC is fetched, then reported as excluded, never written.
+    exclude_device_numbers: Annotated[tuple[DeviceRange, ...], BeforeValidator(_device_ranges)] = ()
+
+    def excludes_mac(self, mac: str) -> bool:
+        return mac in self.exclude_macs
 
 
 class UdevConfig(_Section):

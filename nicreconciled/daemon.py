@@ -8,15 +8,26 @@ import fnmatch
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Final
 
 import structlog
 
-from nicreconciled import systemd
+from nicreconciled import systemd, udev
 from nicreconciled.config import Config
+from nicreconciled.errors import UnsafePathError
 from nicreconciled.model import key_to_mac
 from nicreconciled.reconciler import Context, Reconciler
 from nicreconciled.render import owned_names
-from nicreconciled.status import DaemonStatus, StatusStore
+from nicreconciled.status import (
+    PRUNE_AFTER,
+    DaemonPhase,
+    DaemonStatus,
+    Managed,
+    NicPhase,
+    NicStatus,
+    StatusStore,
+    summary,
+)
 from nicreconciled.system import fs, sysfs
 from nicreconciled.udev import NicEvent, UdevWatcher
 
@@ -33,6 +44,18 @@ RELOAD_BOUND = 10.0
 #: Gets a callback for one-line progress and an event that cuts a retry wait short.
 Detect = Callable[[Callable[[str], object], asyncio.Event], Awaitable[Context]]
 
+#: Why a NIC is not ours: (Managed.EXCLUDED or Managed.FOREIGN, the reason for people).
+NotOurs = tuple[Managed, str]
+#: udev runs but has not processed the NIC yet: its event (after the rules) will bring it.
+NOT_READY: Final = "not processed by udev yet"
+
+
+def our_managers(config: Config) -> frozenset[str]:
+    """The ID_NET_MANAGED_BY value of the daemon our files are loaded by: a NIC udev gives
+    to it is still ours to configure (networkd and NetworkManager honour the property)."""
+    nm = config.renderer == "networkmanager" or config.netplan.backend == "NetworkManager"
+    return frozenset({udev.NETWORKMANAGER if nm else udev.NETWORKD})
+
 
 class Daemon:
     def __init__(
@@ -42,6 +65,7 @@ class Daemon:
         *,
         detect: Detect | None = None,
         sys_root: Path = Path("/sys"),
+        run_root: Path = Path("/run"),
         once: bool = False,
         notify: Callable[[str], bool] = systemd.notify,
         env: Mapping[str, str] | None = None,
@@ -54,15 +78,21 @@ class Daemon:
         self._retry_detect = asyncio.Event()
         self._daemon_status = StatusStore(config.state_dir)
         self.sys_root = sys_root
+        #: Where the udev database is read (run_root/udev/data), with udev.source = "udev".
+        self.run_root = run_root
         self.once = once
         self._notify = notify
         self.reconcilers: dict[str, Reconciler] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        #: NICs attached here that are not ours (excluded, or udev gives them to another
+        #: manager): never polled; their status says why.
+        self.ignored: dict[str, NicStatus] = {}
+        self._ours = our_managers(config)
         self._names: dict[str, str] = {}  # ifname -> mac, for remove events (no sysfs then)
         self._stop = asyncio.Event()
         self._env = env  # WATCHDOG_USEC/WATCHDOG_PID; None: os.environ
         if ctx is not None:
-            ctx.on_pass = self._pass_done
+            self._take(ctx)
         #: STATUS= lines go out only between READY=1 and STOPPING=1, and only when changed.
         self._announcing = False
         self._status_sent: str | None = None
@@ -78,6 +108,11 @@ class Daemon:
             raise RuntimeError("no context before the cloud is detected")
         return self._ctx
 
+    def _take(self, ctx: Context) -> None:
+        """What the reconcilers need from the daemon and its configuration."""
+        ctx.on_pass = self._pass_done
+        ctx.exclude_device_numbers = self.config.interfaces.exclude_device_numbers
+
     # -- which NICs ----------------------------------------------------------------------
     def eligible(self, link: sysfs.Link) -> bool:
         if not link.ethernet:
@@ -85,6 +120,98 @@ class Daemon:
         if link.virtual and not self.config.interfaces.virtual:
             return False
         return not any(fnmatch.fnmatchcase(link.name, p) for p in self.config.interfaces.ignore)
+
+    def not_ours(
+        self, link: sysfs.Link, properties: Mapping[str, str] | None = None
+    ) -> NotOurs | str | None:
+        """Why the eligible LINK is not ours (NotOurs), NOT_READY, or None: ours.
+
+        PROPERTIES: the udev event's; None: read the udev database. With udev.source =
+        "kernel" udev is not consulted at all: raw kernel events come before udev's rules
+        have run, and there may be no udevd; interfaces.exclude_macs still applies.
+        """
+        if self.config.interfaces.excludes_mac(link.mac):
+            return Managed.EXCLUDED, "exclude_macs"
+        if self.config.udev.source != "udev":
+            return None
+        if properties is None:
+            properties = sysfs.udev_properties(link.ifindex, self.run_root)
+            if properties is None:
+                return NOT_READY if sysfs.udev_running(self.run_root) else None
+        owner = udev.foreign_owner(properties, self._ours)
+        return None if owner is None else (Managed.FOREIGN, owner)
+
+    def _owned(self, link: sysfs.Link, properties: Mapping[str, str] | None = None) -> bool:
+        """Whether LINK is ours to reconcile now; if not, it is recorded as not ours."""
+        verdict = self.not_ours(link, properties)
+        if verdict == NOT_READY:
+            # Keep what we know; a NIC new to us waits for udev's event.
+            if link.mac not in self.reconcilers and link.mac not in self.ignored:
+                log.debug("nic_not_ready", mac=link.mac, ifname=link.name, reason=NOT_READY)
+            return link.mac in self.reconcilers
+        if isinstance(verdict, tuple):
+            self._ignore(link, *verdict)
+            return False
+        if self.ignored.pop(link.mac, None) is not None:
+            log.info("nic_ours_again", mac=link.mac, ifname=link.name)
+        return True
+
+    def _ignore(self, link: sysfs.Link, managed: Managed, reason: str) -> None:
+        """LINK is not ours: no reconciler (a running one stops), a status that says why."""
+        mac = link.mac
+        handed_over = mac in self.reconcilers
+        if handed_over:
+            # Our file, if written, stays: it is ours, but the NIC is no longer ours to load
+            # or unload; the log says so, the operator decides.
+            del self.reconcilers[mac]
+            task = self.tasks.pop(mac, None)
+            if task is not None:
+                task.cancel()
+            self._reload_progress(mac)
+        previous = self.ignored.get(mac)
+        status = NicStatus(
+            mac=mac,
+            ifname=link.name,
+            file=self.ctx.renderer.filename(mac),
+            phase=NicPhase.CONVERGED,
+            managed=managed,
+            managed_detail=reason,
+        )
+        self.ignored[mac] = status
+        if previous is None or previous.managed_text != status.managed_text:
+            path = self.ctx.output_dir / self.ctx.renderer.filename(mac)
+            kept = path.is_file()
+            (log.warning if kept else log.info)(
+                "nic_not_ours",
+                mac=mac,
+                ifname=link.name,
+                managed=str(managed),
+                reason=reason,
+                stopped=handed_over,
+                **({"file_kept": str(path)} if kept else {}),
+            )
+        elif previous.ifname == link.name:
+            return
+        self._save_status(status)
+        self._update_status()
+
+    def _forget(self, mac: str) -> None:
+        """A NIC that was not ours is gone: so is its status."""
+        if self.ignored.pop(mac, None) is not None:
+            self._delete_status(mac)
+            self._update_status()
+
+    def _save_status(self, status: NicStatus) -> None:
+        try:
+            self.ctx.status.save(status)
+        except (OSError, UnsafePathError) as exc:
+            log.warning("status_write_failed", mac=status.mac, error=str(exc))
+
+    def _delete_status(self, mac: str) -> None:
+        try:
+            self.ctx.status.delete(mac)
+        except OSError as exc:
+            log.warning("status_write_failed", mac=mac, error=str(exc))
 
     def _ensure(self, mac: str, ifname: str | None) -> Reconciler:
         rec = self.reconcilers.get(mac)
@@ -127,6 +254,8 @@ class Daemon:
                 present[link.mac] = link
         self._names = {link.name: mac for mac, link in present.items()}
         for mac, link in present.items():
+            if not self._owned(link):
+                continue
             known = self.reconcilers.get(mac)
             if known is None or not known.present:
                 self._ensure(mac, link.name).kick(new_episode=True)
@@ -137,6 +266,8 @@ class Daemon:
                 log.info("nic_missing", mac=mac, ifname=rec.ifname)
                 rec.set_link(None)
                 rec.kick(new_episode=True)
+        for mac in [m for m in self.ignored if m not in present]:
+            self._forget(mac)
 
     def adopt_orphans(self) -> None:
         """Our files for MACs not attached now (detached while we were stopped).
@@ -157,13 +288,34 @@ class Daemon:
         except OSError as exc:
             log.error("output_dir_unreadable", path=str(self.ctx.output_dir), error=str(exc))
             return
+        attached = set(self._names.values())  # eligible; not ours, or not processed by udev yet
         for name in names:
             key = name[len(renderer.prefix) : -len(renderer.suffix)]
             try:
                 mac = key_to_mac(key)
             except ValueError:
                 continue
-            if mac not in self.reconcilers:
+            if mac not in self.reconcilers and mac not in self.ignored and mac not in attached:
+                self._ensure(mac, None)
+        self.prune_status()
+
+    def prune_status(self) -> None:
+        """Status files of NICs we do not track (after the scan and the orphans).
+
+        Of a NIC attached but no longer eligible: deleted. Of one neither attached nor with
+        our file (detached while we were stopped): deleted when older than PRUNE_AFTER, else
+        looked at once more, like an orphan file (deleted once the metadata says it is gone).
+        """
+        eligible = set(self._names.values())
+        attached = {link.mac for link in sysfs.list_links(self.sys_root)}
+        for mac, age in list(self.ctx.status.ages()):
+            if mac in self.reconcilers or mac in self.ignored or mac in eligible:
+                continue
+            if mac in attached or age > PRUNE_AFTER:
+                why = "not eligible" if mac in attached else "gone"
+                log.info("status_pruned", mac=mac, reason=why, age_hours=round(age / 3600, 1))
+                self._delete_status(mac)
+            else:
                 self._ensure(mac, None)
 
     def on_event(self, event: NicEvent) -> None:
@@ -177,6 +329,9 @@ class Daemon:
                 log.info("nic_removed", mac=mac, ifname=event.ifname)
                 rec.set_link(None)
                 rec.kick(new_episode=True)
+            elif mac in self.ignored:
+                log.info("nic_removed", mac=mac, ifname=event.ifname)
+                self._forget(mac)
             return
         if event.action == "move" and event.old_ifname:
             self._names.pop(event.old_ifname, None)
@@ -184,12 +339,18 @@ class Daemon:
         if link is None or not self.eligible(link):
             return
         self._names[link.name] = link.mac
+        # A udev event carries the properties its rules set (the kernel's: none we read).
+        if not self._owned(link, dict(event.properties)):
+            return
         if event.action == "add":
             log.info("nic_added", mac=link.mac, ifname=link.name)
             self._ensure(link.mac, link.name).kick(new_episode=True)
         elif event.action == "move":
             log.info("nic_renamed", mac=link.mac, ifname=link.name, old=event.old_ifname)
             self._ensure(link.mac, link.name)
+        elif link.mac not in self.reconcilers:
+            # "change": udev's rules may just have stopped giving the NIC to someone else.
+            self._ensure(link.mac, link.name).kick(new_episode=True)
 
     def _events_lost(self) -> None:
         if self._ctx is None:
@@ -248,22 +409,16 @@ class Daemon:
 
     # -- main --------------------------------------------------------------------------------
     def _status_line(self) -> str:
-        """The STATUS= summary (``systemctl status`` shows it).
+        """The STATUS= summary (``systemctl status`` shows it): status.summary() of the
+        statuses saved, the same line ``nicreconciled status`` prints from the files.
 
         managed: NICs whose file we own; converged: nothing left to do (written with every
         red flag cleared, or found not to be ours); failing: not converged and an error
         recorded; waiting: the rest (converging, or accepted while a red flag such as late
         IPv6 still stands). converged + waiting + failing = NICs.
         """
-        recs = list(self.reconcilers.values())
-        managed = sum(r.status.managed == "managed" for r in recs)
-        converged = sum(r.settled for r in recs)
-        failing = sum(1 for r in recs if not r.converged and r.status.last_error)
-        waiting = len(recs) - converged - failing
-        return (
-            f"{len(recs)} NICs ({managed} managed): {converged} converged, "
-            f"{waiting} waiting, {failing} failing"
-        )
+        rows = [r.status for r in self.reconcilers.values()]
+        return summary(rows + list(self.ignored.values()))
 
     def _update_status(self) -> None:
         """Send STATUS= if the summary changed (cheap: one pass over the reconcilers)."""
@@ -299,10 +454,10 @@ class Daemon:
                 line = "detecting the cloud"
                 self._notify(systemd.ready(line))
                 self._status_sent, self._announcing = line, True
-                self._save_daemon_status("detecting", line)
+                self._save_daemon_status(DaemonPhase.DETECTING, line)
                 if not await self._detect_cloud():
                     return 0  # stopped while detecting
-            self.ctx.on_pass = self._pass_done
+            self._take(self.ctx)
             self.scan()
             self.adopt_orphans()
             line = self._status_line()
@@ -312,7 +467,7 @@ class Daemon:
                 self._notify(systemd.ready(line))
             self._status_sent, self._announcing = line, True
             cloud = self.ctx.source.name
-            self._save_daemon_status("running", f"cloud {cloud}", cloud)
+            self._save_daemon_status(DaemonPhase.RUNNING, f"cloud {cloud}", cloud)
             log.info(
                 "ready", nics=len(self.reconcilers), source=cloud, cloud=cloud, watchdog=interval
             )
@@ -343,7 +498,7 @@ class Daemon:
         def progress(line: str) -> None:
             self._notify(systemd.status(line))
             self._status_sent = line
-            self._save_daemon_status("detecting", line)
+            self._save_daemon_status(DaemonPhase.DETECTING, line)
 
         detect = asyncio.ensure_future(self._detect(progress, self._retry_detect))
         stop = asyncio.ensure_future(self._stop.wait())
@@ -356,11 +511,13 @@ class Daemon:
         self._ctx = detect.result()
         return True
 
-    def _save_daemon_status(self, phase: str, detail: str, cloud: str | None = None) -> None:
+    def _save_daemon_status(
+        self, phase: DaemonPhase, detail: str, cloud: str | None = None
+    ) -> None:
         try:
             self._daemon_status.save_daemon(DaemonStatus(phase=phase, detail=detail, cloud=cloud))
-        except OSError as exc:
-            log.warning("status_write_failed", error=exc.strerror)
+        except (OSError, UnsafePathError) as exc:
+            log.warning("status_write_failed", error=str(exc))
 
     async def shutdown(self) -> None:
         tasks = list(self.tasks.values())

@@ -22,12 +22,13 @@ import structlog
 from nicreconciled import conflicts
 from nicreconciled import fingerprint as fp
 from nicreconciled.apply import Applier
+from nicreconciled.config import DeviceRange, excluded_device_number
 from nicreconciled.errors import ApplyError, FetchError, MetadataError, UnsafePathError
 from nicreconciled.model import NicState, Observation, RedFlag
 from nicreconciled.render import Renderer
 from nicreconciled.sources import Source
 from nicreconciled.stability import Phase, Policy, Step, Tracker
-from nicreconciled.status import NicStatus, StatusStore
+from nicreconciled.status import Managed, NicPhase, NicStatus, StatusStore
 from nicreconciled.system import fs, sysfs
 
 _UNSET: Any = object()
@@ -50,6 +51,8 @@ class Context:
     output_dir: Path
     status: StatusStore
     manage_primary: bool = False
+    #: interfaces.exclude_device_numbers: EC2 NICs reported as excluded, never written.
+    exclude_device_numbers: tuple[DeviceRange, ...] = ()
     resync_interval: float = 60.0
     #: Where other tools' files are looked for (conflicts); tests point it at a tree.
     root: Path = Path("/")
@@ -71,6 +74,7 @@ class Reconciler:
         self.filename = ctx.renderer.filename(mac)
         self.status = NicStatus(mac=mac, ifname=ifname, file=self.filename)
         self._recall(ctx.status.load(mac))
+        self._status_error: str | None = None  # the last status write failure, logged once
         self.removed = False
         self.forced = False  # accepted after the deadline, not because it was stable
         self._kick = asyncio.Event()
@@ -122,7 +126,7 @@ class Reconciler:
         """Nothing left to do: written with every flag cleared, or not ours to manage."""
         if not self.converged:
             return False
-        return self.tracker.phase is Phase.CONVERGED or self.status.managed != "managed"
+        return self.tracker.phase is Phase.CONVERGED or self.status.managed is not Managed.MANAGED
 
     # -- the loop ----------------------------------------------------------------------
     async def run(self) -> None:
@@ -251,13 +255,21 @@ class Reconciler:
                     self.status.applied = self.status.applied or _UNKNOWN
                 self.status.written = None
                 await self._apply_if_pending()
-                self.status.managed = "removed"
+                self.status.managed, self.status.managed_detail = Managed.REMOVED, None
                 self.removed = True
             elif state is None:
                 # The metadata does not know this MAC: not ours to manage (file kept as is).
-                self.status.managed = "unknown to metadata"
+                self.status.managed = Managed.UNLISTED
+                self.status.managed_detail = "the metadata does not list this MAC"
             elif state.primary and not self.ctx.manage_primary:
-                self.status.managed = "primary (manage_primary = false)"
+                self.status.managed = Managed.PRIMARY
+                self.status.managed_detail = "manage_primary = false"
+            elif state.cloud == "ec2" and (
+                rule := excluded_device_number(self.ctx.exclude_device_numbers, state.device_number)
+            ):
+                # Same as the primary: never written (a file from before is kept as is).
+                self.status.managed = Managed.EXCLUDED
+                self.status.managed_detail = f"exclude_device_numbers {rule}"
             else:
                 text = self.ctx.renderer.render(state)
                 digest = hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -270,7 +282,7 @@ class Reconciler:
                         "rendered", file=self.filename, fingerprint=fp.fingerprint(state)
                     )
                 self.status.written = digest
-                self.status.managed = "managed"
+                self.status.managed, self.status.managed_detail = Managed.MANAGED, None
                 self.status.rendered_fingerprint = fp.fingerprint(state)
                 self._check_conflicts()
                 if self.present:
@@ -306,12 +318,32 @@ class Reconciler:
         self.status.applied, self.status.applied_boot = self.status.written, self.ctx.boot_id
         self._log.info("applied", file=self.filename)
 
+    def _phase(self, step: Step) -> NicPhase:
+        """The phase shown by ``status``; its STATUS= bucket follows from it alone."""
+        if self.removed:
+            return NicPhase.REMOVED
+        if not self.converged and self.status.last_error:
+            return NicPhase.FAILING
+        if self.forced:
+            return NicPhase.DEADLINE
+        if self.settled:
+            return NicPhase.CONVERGED  # also: accepted and found not ours, flags or not
+        if step.phase is Phase.CONVERGING:
+            return NicPhase.CONVERGING
+        return NicPhase.WAITING
+
     def _save_status(self, step: Step) -> None:
-        self.status.phase = "removed" if self.removed else step.phase.value
-        if self.forced and not self.removed:
-            self.status.phase = "deadline"
+        self.status.phase = self._phase(step)
         self.status.waiting_on = list(step.waiting_on)
         try:
-            self.ctx.status.save(self.status)
-        except OSError as exc:
-            self._log.warning("status_write_failed", error=exc.strerror)
+            if self.removed:
+                self.ctx.status.delete(self.mac)  # gone: no ghost left for `status`
+            else:
+                self.ctx.status.save(self.status)
+        except (OSError, UnsafePathError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            if reason != self._status_error:
+                self._log.warning("status_write_failed", error=reason)
+            self._status_error = reason
+        else:
+            self._status_error = None

@@ -6,7 +6,7 @@ import asyncio
 import errno
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,6 +17,15 @@ log = structlog.get_logger(__name__)
 
 Action = Literal["add", "remove", "move", "change"]
 
+#: udev properties that give a NIC to another manager. ID_NET_MANAGED_BY (systemd 255) names
+#: the one daemon that may manage the link (networkd: io.systemd.Network, NetworkManager:
+#: org.freedesktop.NetworkManager); NM_UNMANAGED=1 is what azure-vm-utils sets on accelerated
+#: networking VFs and CNIs on the interfaces they attach.
+OWNERSHIP_KEYS = ("ID_NET_MANAGED_BY", "NM_UNMANAGED")
+#: The ID_NET_MANAGED_BY value of each backend our files are loaded by.
+NETWORKD = "io.systemd.Network"
+NETWORKMANAGER = "org.freedesktop.NetworkManager"
+
 
 @dataclass(frozen=True)
 class NicEvent:
@@ -25,6 +34,28 @@ class NicEvent:
     ifindex: int | None
     #: For "move" (rename): the previous name, when the event carries it.
     old_ifname: str | None = None
+    #: The event's OWNERSHIP_KEYS properties (set by udev rules: only with source "udev").
+    properties: tuple[tuple[str, str], ...] = ()
+
+
+def _printable(value: str, limit: int = 80) -> str:
+    text = "".join(c if c.isprintable() else "?" for c in value[:limit])
+    return text + ("..." if len(value) > limit else "")
+
+
+def foreign_owner(properties: Mapping[str, str], ours: Collection[str]) -> str | None:
+    """Why udev gives the NIC to another manager ("ID_NET_MANAGED_BY=..."), or None.
+
+    OURS: the ID_NET_MANAGED_BY values of the daemon our files are for; a NIC given to it
+    is still ours to configure. NM_UNMANAGED is read the way NetworkManager reads it.
+    """
+    managed_by = properties.get("ID_NET_MANAGED_BY", "")
+    if managed_by and managed_by not in ours:
+        return f"ID_NET_MANAGED_BY={_printable(managed_by)}"
+    unmanaged = properties.get("NM_UNMANAGED", "")
+    if unmanaged == "1" or unmanaged.lower() == "true":
+        return f"NM_UNMANAGED={_printable(unmanaged)}"
+    return None
 
 
 def to_event(device: Any) -> NicEvent | None:
@@ -41,7 +72,9 @@ def to_event(device: Any) -> NicEvent | None:
         ifindex = None
     old = device.get("DEVPATH_OLD")
     old_name = old.rsplit("/", 1)[-1] if old else None
-    return NicEvent(action, ifname, ifindex, old_name)
+    found = ((key, device.get(key)) for key in OWNERSHIP_KEYS)
+    properties = tuple((key, value) for key, value in found if isinstance(value, str))
+    return NicEvent(action, ifname, ifindex, old_name, properties)
 
 
 #: Asked for: dozens of NICs at once (each brings several uevents) must not overflow it.

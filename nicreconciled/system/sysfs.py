@@ -1,4 +1,4 @@
-"""Network links present now, and DMI strings, read from an injectable /sys root."""
+"""Network links present now, DMI strings and the udev database, under injectable roots."""
 
 from __future__ import annotations
 
@@ -62,6 +62,46 @@ def list_links(root: Path = Path("/sys")) -> list[Link]:
 def dmi(field: str, root: Path = Path("/sys")) -> str | None:
     """A DMI string such as sys_vendor or product_name; None when unreadable."""
     return _read(root / "class" / "dmi" / "id" / field)
+
+
+#: Bigger than any real udev database entry; a larger one is not read.
+_UDEV_DB_LIMIT = 256 * 1024
+
+
+def udev_properties(ifindex: int, run: Path = Path("/run")) -> dict[str, str] | None:
+    """The udev properties of the network device IFINDEX (``E:KEY=value`` lines of
+    ``/run/udev/data/n<ifindex>``); None when udev has no entry for it (not processed yet,
+    or no udevd). udevd writes the entry before it sends the event, and always writes one
+    for a network device it has processed. An entry that cannot be read counts as one
+    without properties: nothing then says the NIC is someone else's.
+    """
+    path = run / "udev" / "data" / f"n{ifindex}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return {}
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(_UDEV_DB_LIMIT + 1)
+    except OSError:
+        return {}
+    finally:
+        os.close(fd)
+    if len(data) > _UDEV_DB_LIMIT:
+        return {}
+    properties = {}
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        key, eq, value = line.removeprefix("E:").partition("=")
+        if line.startswith("E:") and eq and key:
+            properties[key] = value
+    return properties
+
+
+def udev_running(run: Path = Path("/run")) -> bool:
+    """udevd runs (its control socket exists: how libudev itself tells)."""
+    return os.path.lexists(run / "udev" / "control")
 
 
 def boot_id(path: Path = Path("/proc/sys/kernel/random/boot_id")) -> str:

@@ -22,6 +22,8 @@ class TestDefaults:
         assert c.resync_interval == 60.0
         assert c.interfaces.ignore == ()
         assert c.interfaces.virtual is False
+        assert c.interfaces.exclude_macs == ()
+        assert c.interfaces.exclude_device_numbers == ()
         assert c.udev.source == "udev"
         assert c.ec2.endpoint == "http://169.254.169.254"
         assert c.cloudstack.endpoint == ""
@@ -42,6 +44,38 @@ class TestDefaults:
         c = config.parse({"resync_interval": 5, "polling": {"deadline": 30}})
         assert c.resync_interval == 5.0
         assert c.polling.deadline == 30.0
+
+
+class TestExclusions:
+    def test_excluded_macs_are_normalized_and_matched_in_any_case(self) -> None:
+        c = config.parse(
+            {"interfaces": {"exclude_macs": ["0A:1B:2C:3D:4E:5F", "0a-00-00-00-00-09"]}}
+        )
+        assert c.interfaces.exclude_macs == ("0a:1b:2c:3d:4e:5f", "0a:00:00:00:00:09")
+        assert c.interfaces.excludes_mac("0a:1b:2c:3d:4e:5f")
+        assert c.interfaces.excludes_mac("0a:00:00:00:00:09")
+        assert not c.interfaces.excludes_mac("0a:1b:2c:3d:4e:50")
+
+    def test_device_numbers_are_numbers_or_inclusive_ranges(self) -> None:
+        c = config.parse({"interfaces": {"exclude_device_numbers": [3, "5", "8-11", "0-0"]}})
+        ranges = c.interfaces.exclude_device_numbers
+        assert ranges == ((3, 3), (5, 5), (8, 11), (0, 0))
+        found = {n: config.excluded_device_number(ranges, n) for n in range(13)}
+        assert found == {
+            0: "0", 1: None, 2: None, 3: "3", 4: None, 5: "5", 6: None, 7: None,
+            8: "8-11", 9: "8-11", 10: "8-11", 11: "8-11", 12: None,
+        }  # fmt: skip
+
+    def test_a_bad_entry_is_named_in_the_one_line_error(self) -> None:
+        with pytest.raises(ConfigError) as caught:
+            config.parse({"interfaces": {"exclude_device_numbers": [2, "9-4"]}})
+        assert str(caught.value) == (
+            "interfaces.exclude_device_numbers: Value error, '9-4': the range is reversed"
+        )
+        with pytest.raises(ConfigError) as caught:
+            config.parse({"interfaces": {"exclude_macs": ["0a:00:00:00:00:01", "eth1"]}})
+        assert str(caught.value).startswith("interfaces.exclude_macs.1: ")
+        assert "'eth1'" in str(caught.value)
 
 
 class TestErrors:

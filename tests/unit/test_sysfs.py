@@ -42,3 +42,45 @@ class TestLinks:
         (tmp_path / "class/dmi/id/sys_vendor").write_text("Amazon EC2\n")
         assert sysfs.dmi("sys_vendor", tmp_path) == "Amazon EC2"
         assert sysfs.dmi("product_name", tmp_path) is None
+
+
+def udev_entry(run: Path, ifindex: int, text: str) -> Path:
+    path = run / "udev" / "data" / f"n{ifindex}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+class TestUdevDatabase:
+    def test_the_e_lines_of_the_entry_are_its_properties(self, tmp_path: Path) -> None:
+        udev_entry(
+            tmp_path,
+            7,
+            "S:disk/by-id/x\nI:123456\nE:ID_NET_MANAGED_BY=org.freedesktop.NetworkManager\n"
+            "E:NM_UNMANAGED=1\nE:ID_NET_NAME=a=b\nE:=nokey\nE:NOVALUE\nG:systemd\nQ:systemd\nV:1\n",
+        )
+        assert sysfs.udev_properties(7, tmp_path) == {
+            "ID_NET_MANAGED_BY": "org.freedesktop.NetworkManager",
+            "NM_UNMANAGED": "1",
+            "ID_NET_NAME": "a=b",
+        }
+
+    def test_no_entry_is_none_an_empty_one_has_no_properties(self, tmp_path: Path) -> None:
+        assert sysfs.udev_properties(7, tmp_path) is None
+        udev_entry(tmp_path, 7, "I:123\n")
+        assert sysfs.udev_properties(7, tmp_path) == {}
+
+    def test_an_entry_that_cannot_be_read_says_nothing(self, tmp_path: Path) -> None:
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.write_text("E:NM_UNMANAGED=1\n")
+        (tmp_path / "udev" / "data").mkdir(parents=True)
+        (tmp_path / "udev" / "data" / "n7").symlink_to(elsewhere)  # never followed
+        (tmp_path / "udev" / "data" / "n8").mkdir()
+        udev_entry(tmp_path, 9, "E:NM_UNMANAGED=1\n" + "E:X=" + "y" * 300_000 + "\n")
+        assert [sysfs.udev_properties(i, tmp_path) for i in (7, 8, 9)] == [{}, {}, {}]
+
+    def test_udev_runs_when_its_control_socket_is_there(self, tmp_path: Path) -> None:
+        assert not sysfs.udev_running(tmp_path)
+        (tmp_path / "udev").mkdir()
+        (tmp_path / "udev" / "control").touch()
+        assert sysfs.udev_running(tmp_path)
