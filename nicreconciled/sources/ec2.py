@@ -427,8 +427,13 @@ class Ec2Source:
             return Observation(mac=mac, state=None, flags=(flag,), probe={MACS_DIR: listed})
         listing = await self._get(directory)
         if listing is None:
-            flag = RedFlag("listed-but-404", f"listed but 404: {directory}", (directory,))
-            return Observation(mac=mac, state=None, flags=(flag,), probe={directory: None})
+            # Watch the listing too: a MAC that drops out of it (a detach that was still
+            # propagating when the listing was read) must not wait for the deadline.
+            watched = (MACS_DIR, directory)
+            flag = RedFlag("listed-but-404", f"listed but 404: {directory}", watched)
+            listed = self._listing[1] if self._listing else ""
+            probe: dict[str, str | None] = {MACS_DIR: listed, directory: None}
+            return Observation(mac=mac, state=None, flags=(flag,), probe=probe)
         primary = await self.primary_mac()
         names = listing_names(listing)
         keys = [k for k in WANTED if k in names]

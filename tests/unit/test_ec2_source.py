@@ -210,13 +210,19 @@ class TestFetch:
         assert [p for _, _, p, _ in sim.log] == [f"/latest/{MACS_DIR}"]
 
     async def test_a_listed_mac_whose_directory_is_404_is_flagged_so(
-        self, sim: ImdsSim, ec2: Ec2Source
+        self, sim: ImdsSim, http: HttpClient
     ) -> None:
+        ec2 = source(http, sim.url, listing_ttl=0)  # every look asks: the listing changes
         sim.add_nic(nic())
         sim.set_raw(mac_dir(MAC), "__404__")
         observation = await ec2.fetch(MAC)
         assert observation.state is None
         assert [f.kind for f in observation.flags] == ["listed-but-404"]
+        # The listing is watched too: a MAC dropping out of it ends the wait at once.
+        assert observation.flags[0].keys == (MACS_DIR, mac_dir(MAC))
+        sim.remove_nic(MAC)
+        seen = await ec2.probe(list(observation.flags[0].keys))
+        assert seen[MACS_DIR] != observation.probe[MACS_DIR]
 
     async def test_late_ipv6_becomes_visible_after_the_delay(
         self, sim: ImdsSim, ec2: Ec2Source
