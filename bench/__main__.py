@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
-from bench import burst, convergence, fleet, footprint, load, peers
+from bench import burst, convergence, fleet, footprint, kernel, load, peers
 from bench.harness import BenchError
 from bench.report import table, verdict, write_json
 
@@ -29,6 +29,11 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "load": lambda _args: load.run(),
     "peers": lambda args: peers.run(delays=tuple(args.peer_delays)),
     "fleet": lambda args: fleet.run(vms=args.vms, outage=args.outage),
+    "kernel": lambda args: kernel.run(
+        trials=args.kernel_trials[0],
+        late_trials=args.kernel_trials[1],
+        bursts=args.kernel_trials[2],
+    ),
 }
 
 
@@ -39,6 +44,16 @@ def _delays(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"not comma-separated seconds: {text!r}") from None
     if not values or any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError("delays must be positive")
+    return values
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not three comma-separated counts: {text!r}") from None
+    if len(values) != 3 or any(v < 0 for v in values) or not any(values):
+        raise argparse.ArgumentTypeError("three counts >= 0, not all 0: C,L,B")
     return values
 
 
@@ -73,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--outage", type=float, default=fleet.OUTAGE,
         help="fleet: VR outage in seconds (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--kernel-trials", type=_counts,
+        default=[kernel.TRIALS, kernel.LATE_TRIALS, kernel.BURST_ROUNDS],
+        help="kernel: per manager, ENIs with complete metadata, ENIs with late IPv6, bursts "
+        f"(default {kernel.TRIALS},{kernel.LATE_TRIALS},{kernel.BURST_ROUNDS})",
     )  # fmt: skip
     return p
 

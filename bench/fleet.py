@@ -199,6 +199,7 @@ class RecordingSource:
     worked."""
 
     name: Cloud = "cloudstack"
+    detect_error: str = "not detected"
 
     def __init__(self, inner: CloudStackSource) -> None:
         self.inner = inner
