@@ -263,6 +263,22 @@ class NetplanNetworkdApplier(_NetplanApplier):
         return dict.fromkeys((c.mac for c in changes), None)
 
 
+class NetworkdApplier(_BatchApplier):
+    """Our own ``.network`` files (``NetworkdRenderer``): one ``networkctl reload`` per batch.
+
+    The files are written straight into a directory networkd reads (``/run/systemd/network``
+    by default), so there is nothing to generate or install: the reload makes networkd
+    re-read its files and reconfigure exactly the links whose file changed; a link whose
+    file was removed (its NIC detached) is dropped by the same reload. Always run, even when
+    every change of the batch was a no-op: a file written by an apply that was interrupted
+    before its reload is loaded now.
+    """
+
+    async def apply_batch(self, changes: Sequence[Change]) -> Outcome:
+        await self._step("networkctl", "reload")
+        return dict.fromkeys((c.mac for c in changes), None)
+
+
 class _NmActivation(_BatchApplier):
     """``nmcli connection up`` only where NetworkManager will not activate on its own.
 

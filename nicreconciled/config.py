@@ -27,6 +27,7 @@ DEFAULT_PATH = Path("/etc/nicreconciled/nicreconciled.toml")
 DEFAULT_OUTPUT = {
     "netplan": Path("/run/netplan"),
     "networkmanager": Path("/run/NetworkManager/system-connections"),
+    "networkd": Path("/run/systemd/network"),
 }
 
 
@@ -171,7 +172,7 @@ class PollingConfig(_Section):
 
 class Config(_Section):
     cloud: Literal["ec2", "cloudstack", "auto"] = "auto"
-    renderer: Literal["netplan", "networkmanager"] = "netplan"
+    renderer: Literal["netplan", "networkmanager", "networkd"] = "netplan"
     output_dir: Path | None = None
     state_dir: Path = Path("/var/lib/nicreconciled")
     apply: bool = True

@@ -69,6 +69,18 @@ class NicState(BaseModel):
         return mac_to_key(self.mac)
 
     @property
+    def ipv6_only(self) -> bool:
+        """No IPv4 at all, IPv6 addresses: an ENI of an EC2 IPv6-only subnet. Renderers run
+        no DHCPv4 client for it (there is no DHCPv4 server in such a subnet).
+
+        Derived rather than stored: a NIC whose IPv4 is merely unknown yet (a CloudStack NIC
+        without a lease) has no IPv6 addresses either and keeps its DHCPv4 client; sources
+        only build an IPv4-less state with IPv6 addresses for a NIC that has no IPv4 (see
+        ``sources/ec2.py``). Not a field, so every fingerprint stays what it was.
+        """
+        return not self.ipv4_addresses and self.ipv4_subnet is None and bool(self.ipv6_addresses)
+
+    @property
     def route_table(self) -> int:
         """Policy-routing table, numbered as amazon-ec2-net-utils does."""
         return 10000 + 100 * self.network_card + self.device_number

@@ -273,7 +273,8 @@ class Reconciler:
             else:
                 text = self.ctx.renderer.render(state)
                 digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-                if fs.write_if_changed(self.ctx.output_dir, self.filename, text):
+                mode = self.ctx.renderer.mode
+                if fs.write_if_changed(self.ctx.output_dir, self.filename, text, mode):
                     self.status.last_change = _now_iso()
                     if self.status.applied == digest:
                         # The file had changed under us: load it again to be sure.

@@ -9,6 +9,7 @@ from nicreconciled.apply import (
     Applier,
     NetplanNetworkdApplier,
     NetplanNetworkManagerApplier,
+    NetworkdApplier,
     NetworkManagerApplier,
 )
 from nicreconciled.config import Config
@@ -26,6 +27,8 @@ def make_applier(config: Config) -> Applier | None:
         return None
     if config.renderer == "networkmanager":
         return NetworkManagerApplier()
+    if config.renderer == "networkd":
+        return NetworkdApplier()
     if config.netplan.backend == "NetworkManager":
         return NetplanNetworkManagerApplier()
     return NetplanNetworkdApplier()

@@ -62,6 +62,12 @@ OUTPUT_DIR: dict[Manager, str] = {
     "networkd": "/run/netplan",
     "nm": "/run/NetworkManager/system-connections",
 }
+#: Where each renderer writes (its default output_dir), as the instance sees it.
+RENDERER_DIR: dict[str, str] = {
+    "netplan": "/run/netplan",
+    "networkmanager": "/run/NetworkManager/system-connections",
+    "networkd": "/run/systemd/network",
+}
 RENDERER: dict[Manager, str] = {"networkd": "netplan", "nm": "networkmanager"}
 COMMON_TOOLS = ("ip", "nsenter", "unshare", "mount", "sysctl", "sleep", "sed")
 LAB_TOOLS = (*COMMON_TOOLS, "dbus-daemon", "busctl", "dnsmasq", "tcpdump", "ping")
@@ -114,6 +120,9 @@ class LabBase:
         self.dnsmasq: dict[str, Proc] = {}
         self.sim: SimControl | None = None
         self.vrs: list[SimControl] = []
+        #: The daemon's renderer: the manager's usual one; "networkd" (native .network files)
+        #: is the other choice on systemd-networkd. Set before ``start_daemon``.
+        self.renderer = RENDERER[manager]
         self._sim_port = IMDS_PORT
         self.daemon: Daemon | None = None
         self.daemons: list[Daemon] = []

@@ -15,8 +15,7 @@ from typing import TypeVar
 from nicreconciled.lab import kernel, texts
 from nicreconciled.lab.base import (
     IMDS_PORT,
-    OUTPUT_DIR,
-    RENDERER,
+    RENDERER_DIR,
     LabBase,
     LabError,
     LabTimeout,
@@ -198,13 +197,15 @@ class Lab(LabBase):
     @property
     def output_dir(self) -> str:
         """Where the daemon writes, as the instance sees it."""
-        return OUTPUT_DIR[self.manager]
+        return RENDERER_DIR[self.renderer]
 
     def output_file(self, mac: str) -> str:
         key = mac.lower().replace(":", "")
-        if self.manager == "nm":
-            return f"{self.output_dir}/nicreconciled-{key}.nmconnection"
-        return f"{self.output_dir}/90-nicreconciled-{key}.yaml"
+        name = {
+            "networkmanager": f"nicreconciled-{key}.nmconnection",
+            "networkd": f"05-nicreconciled-{key}.network",
+        }.get(self.renderer, f"90-nicreconciled-{key}.yaml")
+        return f"{self.output_dir}/{name}"
 
     def start_daemon(
         self,
@@ -227,7 +228,7 @@ class Lab(LabBase):
         config = self.workdir / f"daemon-{n}.toml"
         config.write_text(
             texts.daemon_config(
-                renderer=RENDERER[self.manager],
+                renderer=self.renderer,
                 output_dir=Path(self.output_dir),
                 state_dir=self.workdir / "state",
                 endpoint=f"http://127.0.0.1:{self._sim_port}",

@@ -16,6 +16,8 @@ class Renderer(Protocol):
     #: Every file this renderer produces starts with this and ends with ``suffix``.
     prefix: ClassVar[str]
     suffix: ClassVar[str]
+    #: The file mode: 0600, except where the network stack reads as another user (networkd).
+    mode: ClassVar[int]
 
     def filename(self, mac: str) -> str:
         """The one file name owned for MAC (a function of the MAC alone)."""
@@ -36,10 +38,16 @@ def make_renderer(config: Config) -> Renderer:
     """The registry: one entry per renderer."""
     if config.renderer == "netplan":
         from nicreconciled.render.netplan import NetplanRenderer
+        from nicreconciled.system.netplan import supports_ra_table
 
-        return NetplanRenderer(backend=config.netplan.backend)
+        # Asked (once per process) the first time a NIC needs it, never at start.
+        return NetplanRenderer(config.netplan.backend, ra_table=supports_ra_table)
     if config.renderer == "networkmanager":
         from nicreconciled.render.networkmanager import NetworkManagerRenderer
 
         return NetworkManagerRenderer()
+    if config.renderer == "networkd":
+        from nicreconciled.render.networkd import NetworkdRenderer
+
+        return NetworkdRenderer()
     raise ValueError(f"unsupported renderer {config.renderer!r}")

@@ -39,15 +39,31 @@ Why the output looks the way it does:
   NIC the VPC routes that prefix to, exactly like replies from the NIC's own addresses.
 
 * IPv6 default route in table T. EC2 announces its IPv6 router only by router
-  advertisement. netplan's ``ra-overrides: {table: T}`` would put RA routes in T, but it
-  exists only since netplan 1.1 (canonical/netplan PR #461); netplan 0.106 (Debian 12)
-  rejects it as an unknown key. We therefore add the NIC's IPv6 subnet routes to T, which
-  makes on-subnet replies symmetric. Off-subnet IPv6 replies find no route in T, fall
-  through to the main table and may leave by another NIC's RA default route. The router's
-  link-local address is not in the metadata, so a static ``::/0 via`` route cannot be
-  written either. We write the IPv6 subnet route without ``scope``, which netplan documents
-  as IPv4-only; netplan 0.106 still emits ``Scope=link`` for every gateway-less route, and
-  systemd-networkd drops it for IPv6 with a warning and installs the route as intended.
+  advertisement, and the metadata does not name the router's link-local address, so a
+  static ``::/0 via`` route cannot be written. netplan's ``ra-overrides: {table: T}``
+  (networkd ``[IPv6AcceptRA] RouteTable=T``) puts the RA's routes, the default route
+  included, into T instead of main; it exists only since netplan 1.1 (canonical/netplan
+  PR #461) and netplan 0.106 (Debian 12) rejects it as an unknown key. So the renderer
+  takes a capability flag, ``ra_table``, and writes the key only when it is true, only on
+  the networkd backend (netplan's NetworkManager backend ignores it). The daemon passes
+  ``nicreconciled.system.netplan.supports_ra_table``, which tries the key on the installed
+  netplan once (a scratch ``netplan generate``, ~0.15 s) and caches the answer; the flag is
+  read only when a NIC needs it (a non-primary NIC with IPv6 on the networkd backend), so
+  hosts without such a NIC never run the probe and start-up never waits for it.
+  With it, T has the IPv6 default route and main gets none from this NIC (as with the
+  networkmanager and networkd renderers). Without it (0.106), T holds the NIC's IPv6
+  subnet routes only, which keeps on-subnet replies symmetric; off-subnet IPv6 replies find
+  no route in T and fall through to the main table, where networkd puts the RA's default
+  route with this NIC's metric (netplan's ``[DHCP] RouteMetric=`` also sets the RA metric):
+  they leave by whichever NIC has the best IPv6 default route, not necessarily this one.
+  We write the IPv6 subnet routes in either case (static, so they are in T before the first
+  RA) and without ``scope``, which netplan documents as IPv4-only; netplan 0.106 still emits
+  ``Scope=link`` for every gateway-less route, and systemd-networkd drops it for IPv6 with a
+  warning and installs the route as intended.
+
+* An ENI of an IPv6-only subnet (``NicState.ipv6_only``) gets ``dhcp4: false`` and no
+  IPv4 at all: DHCPv6 and RAs, its IPv6 addresses, its IPv6 routes and rules. netplan then
+  takes the route metric from ``dhcp6-overrides`` alone.
 
 * ``renderer:`` is set on our ethernet definition, not in the ``network:`` block. In the
   network block it is a global scalar, and netplan merges files in lexical order: our
@@ -66,13 +82,13 @@ Why the output looks the way it does:
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv6Address
+from collections.abc import Callable
 from typing import Any, ClassVar, Final, Literal, get_args
 
 import yaml
 
 from nicreconciled.model import NicState, mac_to_key
-from nicreconciled.render.addressing import ipv4_cidr, ipv6_cidr, unique
+from nicreconciled.render.addressing import addresses, routes_ipv6, rule_sources, unique
 
 Backend = Literal["networkd", "NetworkManager"]
 _BACKENDS: Final[tuple[str, ...]] = get_args(Backend)
@@ -92,12 +108,24 @@ class NetplanRenderer:
     # both (it should not be: our definition ID is our own) ours is read last.
     prefix: ClassVar[str] = "90-nicreconciled-"
     suffix: ClassVar[str] = ".yaml"
+    mode: ClassVar[int] = 0o600
 
-    def __init__(self, backend: Backend = "networkd") -> None:
+    def __init__(
+        self, backend: Backend = "networkd", *, ra_table: bool | Callable[[], bool] = False
+    ) -> None:
+        """RA_TABLE: whether the installed netplan accepts ``ra-overrides: {table: N}``
+        (>= 1.1), or a function that tells, asked the first time a NIC needs the answer;
+        then RA routes go to the NIC's table on the networkd backend (module docstring)."""
         # Checked at run time too: the value may come from a configuration file.
         if backend not in _BACKENDS:
             raise ValueError(f"netplan backend must be one of {_BACKENDS}, not {backend!r}")
         self.backend: Backend = backend
+        self._ra_table = ra_table
+
+    @property
+    def ra_table(self) -> bool:
+        flag = self._ra_table
+        return flag() if callable(flag) else flag
 
     def filename(self, mac: str) -> str:
         """``90-nicreconciled-0a1b2c3d4e5f.yaml``; ValueError if MAC is not a MAC."""
@@ -114,17 +142,17 @@ class NetplanRenderer:
         return _HEADER.format(mac=state.mac) + body
 
     def _ethernet(self, state: NicState) -> dict[str, Any]:
-        ipv4 = unique(state.ipv4_addresses)
         ipv6 = unique(state.ipv6_addresses)
         policy = not state.primary
+        dhcp4 = not state.ipv6_only
         metric = {"route-metric": state.route_metric}
 
         eth: dict[str, Any] = {
             "match": {"macaddress": state.mac},
             "renderer": self.backend,
-            "dhcp4": True,
+            "dhcp4": dhcp4,
         }
-        if policy:
+        if policy and dhcp4:
             eth["dhcp4-overrides"] = dict(metric)
         if ipv6:
             eth["dhcp6"] = True
@@ -132,46 +160,35 @@ class NetplanRenderer:
                 # networkd needs identical dhcp4/dhcp6 overrides (one [DHCP] section).
                 eth["dhcp6-overrides"] = dict(metric)
             eth["accept-ra"] = True
+            if policy and self.backend == "networkd" and self.ra_table:
+                eth["ra-overrides"] = {"table": state.route_table}
         else:
             eth["dhcp6"] = False
 
-        addresses = [ipv4_cidr(state, a) for a in ipv4]  # the primary first: addressing.py
-        addresses += [ipv6_cidr(state, a) for a in ipv6]
-        if addresses:
-            eth["addresses"] = addresses
+        found = addresses(state)  # the primary IPv4 first: addressing.py
+        if found:
+            eth["addresses"] = found
 
         if policy:
-            # IPv6 routes in T matter whenever some IPv6 source is steered into T.
-            routes = _policy_routes(state, route_ipv6=bool(ipv6 or state.ipv6_prefixes))
+            routes = _policy_routes(state)
             if routes:
                 eth["routes"] = routes
-            rules = _policy_rules(state, ipv4, ipv6)
+            table, priority = state.route_table, state.rule_priority
+            rules = [{"from": s, "table": table, "priority": priority} for s in rule_sources(state)]
             if rules:
                 eth["routing-policy"] = rules
         return eth
 
 
-def _policy_routes(state: NicState, *, route_ipv6: bool) -> list[dict[str, Any]]:
-    """The routes of table T: what a reply sourced from this NIC may use."""
+def _policy_routes(state: NicState) -> list[dict[str, Any]]:
+    """The static routes of table T: what a reply sourced from this NIC may use."""
     table = state.route_table
     routes: list[dict[str, Any]] = []
     if state.ipv4_subnet is not None:
         routes.append({"to": str(state.ipv4_subnet), "scope": "link", "table": table})
     if state.ipv4_gateway is not None:
         routes.append({"to": _IPV4_DEFAULT, "via": str(state.ipv4_gateway), "table": table})
-    if route_ipv6:
-        # Stand-in for the RA default route netplan 0.106 cannot put in T (module docstring).
+    if routes_ipv6(state):
+        # On-subnet replies; the default route comes from RAs, where netplan can say so.
         routes.extend({"to": str(subnet), "table": table} for subnet in state.ipv6_subnets)
     return routes
-
-
-def _policy_rules(
-    state: NicState, ipv4: list[IPv4Address], ipv6: list[IPv6Address]
-) -> list[dict[str, Any]]:
-    """One ``from X lookup T`` rule per source this NIC answers for."""
-    sources = [f"{a}/32" for a in ipv4]
-    sources += [f"{a}/128" for a in ipv6]
-    sources += [str(p) for p in unique(state.ipv4_prefixes)]
-    sources += [str(p) for p in unique(state.ipv6_prefixes)]
-    table, priority = state.route_table, state.rule_priority
-    return [{"from": s, "table": table, "priority": priority} for s in sources]

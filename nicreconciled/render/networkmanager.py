@@ -21,39 +21,58 @@ exists in NetworkManager 1.42 (Debian 12) and was checked with libnm itself:
   ``autoconnect-retries=0`` (retry forever): a server NIC has nobody to reconnect it by
   hand after NetworkManager's default four failed attempts (e.g. a slow DHCP server).
 
-* Non-primary NICs get ``never-default=true``: NetworkManager then installs no default
-  route for this NIC in the main table at all (DHCP or RA), rather than one with a worse
-  metric as the netplan renderer does. Both keep the primary's default route preferred;
-  this one also means nothing unbound ever leaves by a secondary NIC while the primary's
-  route is briefly gone (DHCP renewal, re-activation), which the VPC would drop for its
-  source address. ``never-default`` only affects DHCP/RA/``gateway=`` routes, not the static
+* Non-primary NICs get ``ipv4.never-default=true``: NetworkManager then installs no IPv4
+  default route for this NIC in the main table at all, rather than one with a worse metric
+  as the netplan renderer does. Both keep the primary's default route preferred; this one
+  also means nothing unbound ever leaves by a secondary NIC while the primary's route is
+  briefly gone (DHCP renewal, re-activation), which the VPC would drop for its source
+  address. ``never-default`` only affects DHCP/``gateway=`` routes, not the static
   ``0.0.0.0/0`` route we put in table T (in the l3cfg code of NetworkManager >= 1.36,
   nm-device.c merges the manual configuration without the "no default routes" flag that
   ``never-default`` sets for DHCP and autoconf). ``route-metric=M`` still matters: it
   ranks this NIC's on-link subnet route in main below the primary's when both NICs are in
   the same subnet, and is the metric of our table-T routes.
 
-* Table T is filled with static routes carrying a ``table=T`` route option (the subnet
-  route, the default route via the subnet gateway, the IPv6 subnet routes), and looked up
-  by ``routing-ruleN=priority P from X table T`` entries, one per address and delegated
+* IPv4: table T is filled with static routes carrying a ``table=T`` route option (the
+  subnet route, the default route via the subnet gateway), and looked up by
+  ``routing-ruleN=priority P from X table T`` entries, one per address and delegated
   prefix; NetworkManager requires the priority and a numeric table. We do not use
-  ``route-table=T``: it would move every route of the profile, DHCP's included, out of the
-  main table, so the host would lose its on-link route to the NIC's own subnet for traffic
-  not sourced from this NIC.
+  ``ipv4.route-table=T``: it would move every IPv4 route of the profile, DHCP's included,
+  out of the main table, so the host would lose its on-link route to the NIC's own subnet
+  for traffic not sourced from this NIC.
+
+* IPv6, the default route in T. The IPv6 router is known only from router advertisements
+  (the metadata does not name its link-local address), and NetworkManager 1.42 has no way
+  to put an RA route in a table other than the profile's: so a non-primary NIC with IPv6
+  addresses gets ``ipv6.route-table=T`` and no ``ipv6.never-default`` (which would drop
+  the RA default route everywhere, T included). The RA's default route then lands in T
+  only, and the main table's IPv6 default stays the primary's (seen in the lab: ``ip -6
+  route show table T`` has ``default via fe80::... proto ra metric M``, main has no
+  default via this NIC). ``route-table`` also moves the routes NetworkManager derives from
+  the link (the on-link prefix routes of the addresses, ``fe80::/64``) out of main; so the
+  profile puts them back with explicit ``table=254`` routes: each IPv6 subnet and
+  ``fe80::/64``, with metric M. Without the ``fe80::/64`` in main, link-local traffic to
+  the router fails (seen in the lab: ``ping fe80::1%ethN`` gets no answer). The subnet
+  routes are also written to T (``table=T``), static, so T serves on-subnet replies before
+  the first RA. The IPv6 rules are ``routing-rule`` entries as for IPv4.
 
 * IPv6 method. With IPv6 addresses: ``auto`` (router advertisements plus DHCPv6) and the
   addresses statically as well, as in the netplan renderer. Without any, on a non-primary
   NIC: ``disabled`` (NetworkManager >= 1.20), not ``ignore``. ``ignore`` leaves IPv6 on the
   link to the kernel, which (with its default accept_ra) can take the router's
   advertisements of an IPv6-enabled subnet and install a main-table default route via this
-  NIC, outside ``never-default`` and our metric: exactly the competing route the rest of
-  the design avoids. ``disabled`` is undone by the next activation, which our applier
-  requests as soon as IPv6 appears in the metadata. A non-primary NIC with delegated IPv6
-  prefixes but no IPv6 address gets ``link-local``: the link needs IPv6 for the VPC to
-  deliver to the prefix and for the table-T subnet route and rules to exist, but no RA
-  default route.
+  NIC, outside our table and metric: exactly the competing route the rest of the design
+  avoids. ``disabled`` is undone by the next activation, which our applier requests as
+  soon as IPv6 appears in the metadata. A non-primary NIC with delegated IPv6 prefixes but
+  no IPv6 address gets ``link-local`` with ``never-default``: the link needs IPv6 for the
+  VPC to deliver to the prefix and for the table-T subnet route and rules to exist, but it
+  processes no RA, so T has no IPv6 default route for replies from such a prefix (a limit
+  of that rare shape; the README says so).
   The primary NIC (rendered only with ``manage_primary``) without IPv6 gets ``ignore``: we
   do not take IPv6 away from the NIC the instance was booted with.
+
+* IPv4 method. ``auto`` (DHCPv4) with the addresses; an ENI of an IPv6-only subnet
+  (``NicState.ipv6_only``) gets ``disabled``: there is no DHCPv4 server there.
 
 * The file is built as data (sections of key/value pairs) and serialized by a writer that
   refuses anything outside a small character set: a value can never carry a newline, a
@@ -69,7 +88,7 @@ import uuid
 from typing import ClassVar, Final
 
 from nicreconciled.model import NicState, mac_to_key, normalize_mac
-from nicreconciled.render.addressing import ipv4_cidr, ipv6_cidr, unique
+from nicreconciled.render.addressing import ipv4_cidr, ipv6_cidr, rule_sources, unique
 
 #: Fixed forever: changing it changes every profile UUID and orphans existing profiles.
 UUID_NAMESPACE: Final = uuid.UUID("484654a7-89a4-4710-909c-b1de3df92bea")
@@ -80,6 +99,9 @@ ORIGIN_KEY: Final = "org.freedesktop.NetworkManager.origin"
 
 _HEADER: Final = "# Written by nicreconciled for {mac}; do not edit (rewritten on change).\n"
 _IPV4_DEFAULT: Final = "0.0.0.0/0"
+_IPV6_LINK_LOCAL: Final = "fe80::/64"
+#: The kernel's main table: a route option ``table=254`` overrides ``route-table``.
+MAIN_TABLE: Final = 254
 
 Section = list[tuple[str, str]]
 Keyfile = dict[str, Section]
@@ -102,6 +124,7 @@ class NetworkManagerRenderer:
     name: ClassVar[str] = "networkmanager"
     prefix: ClassVar[str] = "nicreconciled-"
     suffix: ClassVar[str] = ".nmconnection"
+    mode: ClassVar[int] = 0o600
 
     def filename(self, mac: str) -> str:
         """``nicreconciled-0a1b2c3d4e5f.nmconnection``; ValueError if MAC is not a MAC."""
@@ -148,32 +171,32 @@ def write_keyfile(sections: Keyfile, *, comment: str = "") -> str:
 
 
 def _ipv4(state: NicState) -> Section:
+    if state.ipv6_only:
+        return [("method", "disabled")]
     ipv4 = unique(state.ipv4_addresses)
     # All of them static, the primary first (see addressing.py); DHCP still runs.
     entries: Section = [("method", "auto")]
     entries += _numbered("address", [ipv4_cidr(state, a) for a in ipv4])
     if state.primary:
         return entries
-    entries += _policy_header(state)
-    routes: list[str] = []
+    entries += [("never-default", "true"), ("route-metric", str(state.route_metric))]
+    routes: list[tuple[str, int]] = []
     if state.ipv4_subnet is not None:
-        routes.append(str(state.ipv4_subnet))
+        routes.append((str(state.ipv4_subnet), state.route_table))
     if state.ipv4_gateway is not None:
-        routes.append(f"{_IPV4_DEFAULT},{state.ipv4_gateway}")
-    entries += _table_routes(state, routes)
-    sources = [f"{a}/32" for a in ipv4] + [str(p) for p in unique(state.ipv4_prefixes)]
-    entries += _rules(state, sources)
+        routes.append((f"{_IPV4_DEFAULT},{state.ipv4_gateway}", state.route_table))
+    entries += _routes(routes)
+    entries += _rules(state, [s for s in rule_sources(state) if ":" not in s])
     return entries
 
 
 def _ipv6(state: NicState) -> Section:
     ipv6 = unique(state.ipv6_addresses)
-    prefixes = unique(state.ipv6_prefixes)
     if ipv6:
         method = "auto"
     elif state.primary:
         method = "ignore"
-    elif prefixes:
+    elif state.ipv6_prefixes:
         method = "link-local"
     else:
         return [("method", "disabled")]
@@ -181,24 +204,25 @@ def _ipv6(state: NicState) -> Section:
     entries += _numbered("address", [ipv6_cidr(state, a) for a in ipv6])
     if state.primary:
         return entries
-    entries += _policy_header(state)
-    # The stand-in for the RA default route, whose link-local next hop the metadata does not
-    # name (see the netplan renderer): on-subnet replies from our sources stay symmetric.
-    entries += _table_routes(state, [str(s) for s in state.ipv6_subnets])
-    sources = [f"{a}/128" for a in ipv6] + [str(p) for p in prefixes]
-    entries += _rules(state, sources)
+    table, subnets = state.route_table, [str(s) for s in unique(state.ipv6_subnets)]
+    routes = [(s, table) for s in subnets]
+    if ipv6:
+        # RA routes into T; what route-table takes out of main is put back (docstring).
+        entries += [("route-metric", str(state.route_metric)), ("route-table", str(table))]
+        routes += [(s, MAIN_TABLE) for s in [*subnets, _IPV6_LINK_LOCAL]]
+    else:
+        entries += [("never-default", "true"), ("route-metric", str(state.route_metric))]
+    entries += _routes(routes)
+    entries += _rules(state, [s for s in rule_sources(state) if ":" in s])
     return entries
 
 
-def _policy_header(state: NicState) -> Section:
-    return [("never-default", "true"), ("route-metric", str(state.route_metric))]
-
-
-def _table_routes(state: NicState, routes: list[str]) -> Section:
+def _routes(routes: list[tuple[str, int]]) -> Section:
+    """``routeN`` + ``routeN_options=table=N`` for each (route, table)."""
     entries: Section = []
-    for n, route in enumerate(unique(tuple(routes)), start=1):
+    for n, (route, table) in enumerate(unique(routes), start=1):
         entries.append((f"route{n}", route))
-        entries.append((f"route{n}_options", f"table={state.route_table}"))
+        entries.append((f"route{n}_options", f"table={table}"))
     return entries
 
 

@@ -5,6 +5,10 @@ its keys still answer 404, ``device-number`` can read 0 for a secondary ENI, and
 can appear seconds after the subnet's IPv6 block. parse_nic() builds the best-known state
 and attaches red flags for each of these, naming the keys whose change would end the wait,
 so the reconciler can poll them cheaply instead of refetching everything.
+
+An ENI of an IPv6-only subnet lists ``ipv6s`` and ``subnet-ipv6-cidr-blocks`` but no IPv4 key
+at all; it is complete without IPv4 (see ``_ipv6_only`` for how it is told apart from a
+dual-stack ENI whose IPv4 is late, which keeps waiting on its IPv4 keys).
 """
 
 from __future__ import annotations
@@ -57,6 +61,9 @@ WANTED = (
     "ipv6-prefix",
 )
 REQUIRED = ("device-number", "local-ipv4s", "subnet-ipv4-cidr-block")
+#: An ENI of an IPv6-only subnet lists no IPv4 key at all; it needs these instead.
+REQUIRED_IPV6_ONLY = ("device-number", "ipv6s", "subnet-ipv6-cidr-blocks")
+IPV4_KEYS = ("local-ipv4s", "subnet-ipv4-cidr-block")
 #: IMDS answers 404 rather than an empty body when an ENI has no delegated prefix
 #: (amazon-ec2-net-utils lib.sh says so), so for these keys 404 means "none", not "not yet".
 EMPTY_IS_404 = frozenset({"ipv4-prefix", "ipv6-prefix"})
@@ -199,13 +206,13 @@ def parse_nic(
 
     flags: list[RedFlag] = []
     probe: dict[str, str | None] = {}
-    missing = [k for k in REQUIRED if k not in names]
+    ipv6_only = _ipv6_only(names)
+    missing = [k for k in (REQUIRED_IPV6_ONLY if ipv6_only else REQUIRED) if k not in names]
     if missing:
-        flags.append(
-            RedFlag(
-                "incomplete", f"metadata incomplete: missing {', '.join(missing)}", (directory,)
-            )
-        )
+        detail = f"metadata incomplete: missing {', '.join(missing)}"
+        if not ipv6_only and not any(k in names for k in IPV4_KEYS):
+            detail += " (or ipv6s, for an ENI of an IPv6-only subnet)"
+        flags.append(RedFlag("incomplete", detail, (directory,)))
         probe[directory] = listing
     lost = [k for k in WANTED if k in names and k not in got and k not in EMPTY_IS_404]
     if lost:
@@ -225,7 +232,8 @@ def parse_nic(
         probe[path] = got.get("ipv6s")
 
     state = None
-    if device_number is not None and ipv4s and subnet4 is not None:
+    complete4 = bool(ipv4s) and subnet4 is not None
+    if device_number is not None and (complete4 or (ipv6_only and ipv6s and subnets6)):
         try:
             state = NicState(
                 mac=mac,
@@ -247,6 +255,21 @@ def parse_nic(
             where = ".".join(str(p) for p in first["loc"])
             raise MetadataError(f"{mac}: {where}: {first['msg']}") from None
     return Observation(mac=mac, state=state, flags=tuple(flags), probe=probe)
+
+
+def _ipv6_only(names: frozenset[str]) -> bool:
+    """Whether the MAC's directory describes an ENI of an IPv6-only subnet.
+
+    Such an ENI has ``ipv6s`` and ``subnet-ipv6-cidr-blocks`` and no IPv4 key at all. The
+    rule is strict on purpose: a dual-stack ENI whose IPv4 is merely late still lists one of
+    its IPv4 keys (a key listed but answering 404 counts as listed) or lacks its IPv6 keys,
+    and then keeps waiting on the IPv4 keys as before. Only a directory that lists the IPv6
+    side and nothing of the IPv4 side is read as IPv6-only. Should a dual-stack ENI ever
+    show that shape while its IPv4 propagates, the IPv6 part is written first and the IPv4
+    part follows when its keys appear (a new fingerprint), as late IPv6 does the other way
+    round; nothing is lost.
+    """
+    return not any(k in names for k in IPV4_KEYS) and "ipv6s" in names
 
 
 # --- I/O ----------------------------------------------------------------------------------

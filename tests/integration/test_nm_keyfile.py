@@ -111,6 +111,16 @@ STATES: dict[str, NicState] = {
         ipv4_subnet=None,
         ipv4_gateway=None,
     ),
+    "ec2-ipv6-only": nic(
+        mac="0a:1b:2c:3d:4e:72",
+        device_number=7,
+        ipv4_addresses=(),
+        ipv4_subnet=None,
+        ipv4_gateway=None,
+        ipv6_addresses=("2600:1f18:4a3:6907::10",),
+        ipv6_subnets=("2600:1f18:4a3:6907::/64", "2600:1f18:4a3:6a07::/64"),
+        ipv6_prefixes=("2600:1f18:4a3:6907:9d00::/80",),
+    ),
 }
 
 
@@ -138,12 +148,18 @@ def expected_ipv4_routes(state: NicState) -> list[dict[str, Any]]:
 
 
 def expected_ipv6_routes(state: NicState) -> list[dict[str, Any]]:
+    """The subnets in T; with addresses (ipv6.route-table=T) also back in main (254), with
+    the link-local prefix."""
     if not (state.ipv6_addresses or state.ipv6_prefixes):
         return []
-    return [
-        route(str(s.network_address), s.prefixlen, None, state.route_table) | {"metric": -1}
+    out = [
+        route(str(s.network_address), s.prefixlen, None, state.route_table)
         for s in state.ipv6_subnets
     ]
+    if state.ipv6_addresses:
+        out += [route(str(s.network_address), s.prefixlen, None, 254) for s in state.ipv6_subnets]
+        out.append(route("fe80::", 64, None, 254))
+    return [r | {"metric": -1} for r in out]
 
 
 def expected_rules(state: NicState, sources: list[str]) -> list[str]:
@@ -206,7 +222,7 @@ class TestRenderedStates:
             f"{a}/{state.ipv4_subnet.prefixlen if state.ipv4_subnet else 32}"
             for a in state.ipv4_addresses
         ]
-        assert v4["method"] == "auto"
+        assert v4["method"] == ("disabled" if state.ipv6_only else "auto")
         assert v4["addresses"] == static  # the primary first, then the secondaries
         assert v4["route_table"] == 0  # DHCP routes stay in main
 
@@ -216,20 +232,27 @@ class TestRenderedStates:
             assert v6["method"] == ("auto" if state.ipv6_addresses else "ignore")
             return
 
-        assert (v4["never_default"], v4["route_metric"]) == (True, state.route_metric)
-        assert parsed_routes(v4) == expected_ipv4_routes(state)
-        v4_sources = [str(a) for a in state.ipv4_addresses] + [host(p) for p in state.ipv4_prefixes]
-        assert v4["rules"] == expected_rules(state, v4_sources)
+        if state.ipv6_only:
+            assert v4["routes"] == v4["rules"] == []
+        else:
+            assert (v4["never_default"], v4["route_metric"]) == (True, state.route_metric)
+            assert parsed_routes(v4) == expected_ipv4_routes(state)
+            v4_sources = [str(a) for a in state.ipv4_addresses]
+            v4_sources += [host(p) for p in state.ipv4_prefixes]
+            assert v4["rules"] == expected_rules(state, v4_sources)
 
         if state.ipv6_addresses:
             assert v6["method"] == "auto"
+            # RA routes (the IPv6 default route) into T; never-default would drop it.
+            assert (v6["never_default"], v6["route_table"]) == (False, state.route_table)
         elif state.ipv6_prefixes:
             assert v6["method"] == "link-local"
+            assert (v6["never_default"], v6["route_table"]) == (True, 0)
         else:
             assert v6["method"] == "disabled"
             assert v6["routes"] == v6["rules"] == v6["addresses"] == []
             return
-        assert (v6["never_default"], v6["route_metric"]) == (True, state.route_metric)
+        assert v6["route_metric"] == state.route_metric
         assert parsed_routes(v6) == expected_ipv6_routes(state)
         v6_sources = [str(a) for a in state.ipv6_addresses] + [host(p) for p in state.ipv6_prefixes]
         assert v6["rules"] == expected_rules(state, v6_sources)
@@ -251,8 +274,11 @@ class TestRenderedStates:
         ]
         assert (v4["never_default"], v4["route_metric"]) == (True, 614)
         assert v6["addresses"] == ["2600:1f18:4a3:6902::10/64", "2600:1f18:4a3:6902::11/64"]
+        assert (v6["route_table"], v6["never_default"], v6["route_metric"]) == (10102, False, 614)
         assert [(x["dest"], x["prefix"], x["table"]) for x in v6["routes"]] == [
-            ("2600:1f18:4a3:6902::", 64, 10102)
+            ("2600:1f18:4a3:6902::", 64, 10102),
+            ("2600:1f18:4a3:6902::", 64, 254),
+            ("fe80::", 64, 254),
         ]
         assert v6["rules"] == [
             "priority 10102 from 2600:1f18:4a3:6902::10 table 10102",

@@ -32,6 +32,10 @@ class TestDefaults:
         c = config.parse({"renderer": "networkmanager"})
         assert c.effective_output_dir == Path("/run/NetworkManager/system-connections")
 
+    def test_networkd_gets_its_own_default_output_dir(self) -> None:
+        c = config.parse({"renderer": "networkd"})
+        assert c.effective_output_dir == Path("/run/systemd/network")
+
     def test_a_missing_default_file_means_defaults(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(config, "DEFAULT_PATH", Path("/nonexistent/nicreconciled.toml"))
         assert config.load(None) == config.Config()
@@ -85,7 +89,7 @@ class TestErrors:
             ({"colud": "ec2"}, "colud", "unknown key"),
             ({"interfaces": {"virtaul": True}}, "interfaces.virtaul", "unknown key"),
             ({"cloud": "azure"}, "cloud", "'ec2', 'cloudstack' or 'auto'"),
-            ({"renderer": "ifupdown"}, "renderer", "'netplan' or 'networkmanager'"),
+            ({"renderer": "ifupdown"}, "renderer", "'networkmanager' or 'networkd'"),
             ({"apply": "yes"}, "apply", "valid boolean"),
             ({"resync_interval": 0}, "resync_interval", "greater than or equal to 1"),
             ({"resync_interval": "60"}, "resync_interval", "valid number"),

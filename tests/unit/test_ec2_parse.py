@@ -181,7 +181,90 @@ class TestIncomplete:
         cap = capture("incomplete")
         obs = parse_nic(cap.mac, "", {}, cap.primary_mac)
         assert obs.state is None
-        assert obs.flags[0].detail.endswith("device-number, local-ipv4s, subnet-ipv4-cidr-block")
+        detail = obs.flags[0].detail
+        assert "missing device-number, local-ipv4s, subnet-ipv4-cidr-block" in detail
+        assert detail.endswith("(or ipv6s, for an ENI of an IPv6-only subnet)")
+
+
+def ipv6_only(cap: Ec2Capture, *, drop: tuple[str, ...] = ()) -> tuple[str, dict[str, str | None]]:
+    """The complete ENI of CAPTURE as an ENI of an IPv6-only subnet: listing and answers
+    without any IPv4 key (and without DROP)."""
+    gone = {"local-ipv4s", "subnet-ipv4-cidr-block", "ipv4-prefix", *drop}
+    names = [n for n in cap.listing.split("\n") if n not in gone]
+    raw = {k: v for k, v in cap.raw().items() if k not in gone}
+    return "\n".join(names), raw
+
+
+class TestIPv6OnlyEni:
+    """EC2 IPv6-only subnets: ``ipv6s`` and ``subnet-ipv6-cidr-blocks``, no IPv4 key at all."""
+
+    def test_it_is_a_complete_state_without_ipv4_and_without_any_flag(self, capture: Load) -> None:
+        cap = capture("complete_eni")
+        listing, raw = ipv6_only(cap)
+        obs = parse_nic(cap.mac, listing, raw, cap.primary_mac)
+        assert obs.flags == ()
+        state = obs.state
+        assert state is not None
+        assert state.ipv6_only is True
+        assert (state.ipv4_addresses, state.ipv4_subnet, state.ipv4_gateway) == ((), None, None)
+        assert state.ipv4_prefixes == ()
+        assert state.ipv6_addresses == (IPv6Address("2600:1f18:4367:3401:6c1d:9e2f:a0b1:c2d3"),)
+        assert state.ipv6_subnets == (IPv6Network("2600:1f18:4367:3401::/64"),)
+        assert state.ipv6_prefixes == (IPv6Network("2600:1f18:4367:3401:8e5f::/80"),)
+        assert state.device_number == 1
+
+    def test_a_dual_stack_eni_is_never_ipv6_only(self, capture: Load) -> None:
+        state = parse(capture("complete_eni")).state
+        assert state is not None
+        assert state.ipv6_only is False
+
+    @pytest.mark.parametrize("listed", ["local-ipv4s", "subnet-ipv4-cidr-block"])
+    def test_a_dual_stack_eni_whose_ipv4_is_late_still_waits(
+        self, capture: Load, listed: str
+    ) -> None:
+        # One IPv4 key listed (even answering 404): this ENI has IPv4, it is not there yet.
+        cap = capture("complete_eni")
+        listing, raw = ipv6_only(cap)
+        obs = parse_nic(cap.mac, f"{listing}\n{listed}", raw, cap.primary_mac)
+        assert obs.state is None
+        assert "incomplete" in kinds(obs)
+        assert "listed-but-404" in kinds(obs)
+
+    def test_the_incomplete_fixture_still_waits_for_its_subnet(self, capture: Load) -> None:
+        obs = parse(capture("incomplete"))
+        assert obs.state is None
+        assert kinds(obs)[0] == "incomplete"
+
+    def test_without_ipv6s_listed_it_waits_and_says_what_is_missing(self, capture: Load) -> None:
+        cap = capture("complete_eni")
+        listing, raw = ipv6_only(cap, drop=("ipv6s",))
+        obs = parse_nic(cap.mac, listing, raw, cap.primary_mac)
+        assert obs.state is None
+        assert kinds(obs) == ["incomplete", "ipv6-pending"]
+        assert "(or ipv6s, for an ENI of an IPv6-only subnet)" in obs.flags[0].detail
+
+    def test_without_its_subnet_it_waits_for_the_subnet(self, capture: Load) -> None:
+        cap = capture("complete_eni")
+        listing, raw = ipv6_only(cap, drop=("subnet-ipv6-cidr-blocks",))
+        obs = parse_nic(cap.mac, listing, raw, cap.primary_mac)
+        assert obs.state is None
+        (flag,) = obs.flags
+        assert flag.detail == "metadata incomplete: missing subnet-ipv6-cidr-blocks"
+        assert flag.keys == (cap.directory,)
+
+    def test_ipv6s_listed_but_404_leaves_no_state(self, capture: Load) -> None:
+        cap = capture("complete_eni")
+        listing, raw = ipv6_only(cap)
+        obs = parse_nic(cap.mac, listing, raw | {"ipv6s": None}, cap.primary_mac)
+        assert obs.state is None
+        assert kinds(obs) == ["listed-but-404", "ipv6-pending"]
+
+    def test_a_secondary_reading_device_number_0_is_still_flagged(self, capture: Load) -> None:
+        cap = capture("complete_eni")
+        listing, raw = ipv6_only(cap)
+        obs = parse_nic(cap.mac, listing, raw | {"device-number": "0"}, cap.primary_mac)
+        assert obs.state is not None
+        assert kinds(obs) == ["device-number-0"]
 
 
 class TestGarbage:

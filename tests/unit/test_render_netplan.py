@@ -17,6 +17,7 @@ import yaml
 from nicreconciled.model import NicState
 from nicreconciled.render import Renderer
 from nicreconciled.render.netplan import NetplanRenderer
+from nicreconciled.system import netplan as netplan_probe
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden" / "netplan"
 UPDATE_GOLDEN = os.environ.get("NICR_UPDATE_GOLDEN") == "1"
@@ -61,6 +62,25 @@ def dual_stack(**fields: Any) -> NicState:
     return nic(**base)
 
 
+def ipv6_only(**fields: Any) -> NicState:
+    """Device 6 of an EC2 IPv6-only subnet: IPv6 addresses and a prefix, no IPv4 at all."""
+    base: dict[str, Any] = {
+        "mac": "0a:1b:2c:3d:4e:64",
+        "device_number": 6,
+        "ipv4_addresses": (),
+        "ipv4_subnet": None,
+        "ipv4_gateway": None,
+        "ipv6_addresses": ("2600:1f18:4a3:6906::10", "2600:1f18:4a3:6906::11"),
+        "ipv6_subnets": ("2600:1f18:4a3:6906::/64",),
+        "ipv6_prefixes": ("2600:1f18:4a3:6906:9d00::/80",),
+    }
+    base.update(fields)
+    return nic(**base)
+
+
+#: netplan >= 1.1: ``ra-overrides: {table: T}`` is accepted (see nicreconciled.system.netplan).
+RA_TABLE = NetplanRenderer(ra_table=True)
+
 #: Golden file stem -> (renderer, state). Every file in GOLDEN_DIR must have an entry here.
 #: Each case has its own MAC and device number: the integration tests also generate them all
 #: in one root, as one instance with several NICs.
@@ -81,6 +101,17 @@ GOLDEN_CASES: dict[str, tuple[NetplanRenderer, NicState]] = {
     "nonprimary-networkmanager": (
         NetplanRenderer(backend="NetworkManager"),
         dual_stack(mac="0a:1b:2c:3d:4e:61", device_number=3),
+    ),
+    "nonprimary-ipv6-only": (NetplanRenderer(), ipv6_only()),
+    # The integration tests check these with the installed netplan: accepted on >= 1.1,
+    # rejected for exactly that key on 0.106.
+    "ra-table-nonprimary-dualstack": (
+        RA_TABLE,
+        dual_stack(mac="0a:1b:2c:3d:4e:65", device_number=7),
+    ),
+    "ra-table-nonprimary-ipv6-only": (
+        RA_TABLE,
+        ipv6_only(mac="0a:1b:2c:3d:4e:66", device_number=8),
     ),
     "nonprimary-metadata-partial": (
         NetplanRenderer(),
@@ -252,8 +283,70 @@ class TestIPv6:
             "2600:1f18:4a3:6902::11/128",
         ]
 
-    def test_ra_overrides_are_not_used_because_netplan_0_106_rejects_them(self) -> None:
+    def test_ra_overrides_are_not_written_where_netplan_rejects_them(self) -> None:
+        # netplan 0.106 (Debian 12) fails on the unknown key: the default is off.
+        assert NetplanRenderer().ra_table is False
         assert "ra-overrides" not in render(dual_stack())
+
+
+class TestRaTable:
+    """netplan >= 1.1: router advertisement routes go to table T (the IPv6 default route)."""
+
+    def test_the_ra_routes_go_to_the_nics_table(self) -> None:
+        assert render(dual_stack(), RA_TABLE)["ra-overrides"] == {"table": 10102}
+
+    def test_the_static_ipv6_subnet_route_stays_for_replies_before_the_first_ra(self) -> None:
+        routes = render(dual_stack(), RA_TABLE)["routes"]
+        assert {"to": "2600:1f18:4a3:6902::/64", "table": 10102} in routes
+
+    def test_without_ipv6_addresses_there_is_no_ra_override(self) -> None:
+        assert "ra-overrides" not in render(nic(), RA_TABLE)
+        assert "ra-overrides" not in render(dual_stack(ipv6_addresses=()), RA_TABLE)
+
+    def test_the_primary_keeps_its_ra_routes_in_main(self) -> None:
+        state = GOLDEN_CASES["primary-managed"][1]
+        assert "ra-overrides" not in render(state, RA_TABLE)
+
+    def test_the_networkmanager_backend_gets_none_because_netplan_ignores_it_there(
+        self,
+    ) -> None:
+        renderer = NetplanRenderer("NetworkManager", ra_table=True)
+        assert "ra-overrides" not in render(dual_stack(), renderer)
+
+    def test_only_the_override_differs_from_the_output_without_it(self) -> None:
+        with_table = render(dual_stack(), RA_TABLE)
+        del with_table["ra-overrides"]
+        assert with_table == render(dual_stack())
+
+
+class TestIPv6Only:
+    def test_there_is_no_dhcpv4_and_no_ipv4_override(self) -> None:
+        definition = render(ipv6_only())
+        assert definition["dhcp4"] is False
+        assert "dhcp4-overrides" not in definition
+
+    def test_dhcpv6_and_ras_run_with_the_nics_metric(self) -> None:
+        definition = render(ipv6_only())
+        assert (definition["dhcp6"], definition["accept-ra"]) == (True, True)
+        assert definition["dhcp6-overrides"] == {"route-metric": 518}
+
+    def test_only_ipv6_addresses_routes_and_rules_are_written(self) -> None:
+        definition = render(ipv6_only())
+        assert definition["addresses"] == [
+            "2600:1f18:4a3:6906::10/64",
+            "2600:1f18:4a3:6906::11/64",
+        ]
+        assert definition["routes"] == [{"to": "2600:1f18:4a3:6906::/64", "table": 10006}]
+        assert [r["from"] for r in definition["routing-policy"]] == [
+            "2600:1f18:4a3:6906::10/128",
+            "2600:1f18:4a3:6906::11/128",
+            "2600:1f18:4a3:6906:9d00::/80",
+        ]
+
+    def test_a_nic_without_any_address_keeps_dhcpv4(self) -> None:
+        # A CloudStack NIC whose lease is not known yet is not IPv6-only: DHCP must run.
+        state = nic(cloud="cloudstack", ipv4_addresses=(), ipv4_subnet=None, ipv4_gateway=None)
+        assert render(state)["dhcp4"] is True
 
 
 class TestPolicyRouting:
@@ -375,3 +468,109 @@ class TestGoldenFiles:
     def test_every_golden_file_has_a_case(self) -> None:
         on_disk = {p.stem for p in GOLDEN_DIR.glob("*.yaml")}
         assert on_disk <= set(GOLDEN_CASES), f"stale golden files: {on_disk - set(GOLDEN_CASES)}"
+
+
+class TestRaTableProbe:
+    """``supports_ra_table``: the installed netplan is asked with a tiny scratch definition."""
+
+    @staticmethod
+    def fake(tmp_path: Path, body: str) -> str:
+        """A stand-in ``netplan`` running BODY (sh) with ROOT = the --root-dir argument."""
+        path = tmp_path / "netplan"
+        path.write_text(f'#!/bin/sh\nset -e\nROOT="$3"\n{body}\n')
+        path.chmod(0o755)
+        return str(path)
+
+    def test_a_netplan_that_writes_the_route_table_supports_it(self, tmp_path: Path) -> None:
+        netplan = self.fake(
+            tmp_path,
+            'grep -q "ra-overrides: {table: 10099}" "$ROOT/etc/netplan/probe.yaml"\n'
+            'mkdir -p "$ROOT/run/systemd/network"\n'
+            'printf "[IPv6AcceptRA]\\nRouteTable=10099\\n"'
+            ' > "$ROOT/run/systemd/network/10-netplan-nicr-probe.network"',
+        )
+        assert netplan_probe._probe(netplan) == (True, "")
+
+    def test_a_netplan_that_rejects_the_key_does_not(self, tmp_path: Path) -> None:
+        netplan = self.fake(
+            tmp_path,
+            'echo "$ROOT/etc/netplan/probe.yaml:9:7: Error in network definition: unknown key'
+            " 'ra-overrides'\" >&2\nexit 1",
+        )
+        supported, reason = netplan_probe._probe(netplan)
+        assert not supported
+        # The scratch path is left out of the reason (it is logged).
+        assert reason == (
+            "etc/netplan/probe.yaml:9:7: Error in network definition: unknown key 'ra-overrides'"
+        )
+
+    def test_a_netplan_that_accepts_but_ignores_it_does_not(self, tmp_path: Path) -> None:
+        netplan = self.fake(
+            tmp_path,
+            'mkdir -p "$ROOT/run/systemd/network"\n'
+            'echo "[Network]" > "$ROOT/run/systemd/network/10-netplan-nicr-probe.network"',
+        )
+        assert netplan_probe._probe(netplan) == (
+            False,
+            "accepted, but no RouteTable= in the generated file",
+        )
+
+    def test_a_missing_netplan_does_not(self, tmp_path: Path) -> None:
+        supported, reason = netplan_probe._probe(str(tmp_path / "no-such-netplan"))
+        assert not supported
+        assert "No such file" in reason
+
+    def test_the_scratch_tree_is_removed(self, tmp_path: Path) -> None:
+        netplan = self.fake(tmp_path, f'echo "$ROOT" > {tmp_path}/root; exit 1')
+        netplan_probe._probe(netplan)
+        assert not Path((tmp_path / "root").read_text().strip()).exists()
+
+    def test_the_answer_is_cached_per_netplan(self, tmp_path: Path) -> None:
+        netplan = self.fake(tmp_path, f"echo run >> {tmp_path}/runs; exit 1")
+        netplan_probe.supports_ra_table.cache_clear()
+        try:
+            assert netplan_probe.supports_ra_table(netplan) is False
+            assert netplan_probe.supports_ra_table(netplan) is False
+        finally:
+            netplan_probe.supports_ra_table.cache_clear()
+        assert (tmp_path / "runs").read_text() == "run\n"
+
+    def test_no_writable_temporary_directory_means_no(self, tmp_path: Path) -> None:
+        # A read-only tree (the daemon confined without a private /tmp): never an exception.
+        readonly = tmp_path / "ro"
+        readonly.mkdir(mode=0o500)
+        old = netplan_probe.tempfile.tempdir
+        netplan_probe.tempfile.tempdir = str(readonly / "gone")
+        try:
+            supported, reason = netplan_probe._probe("netplan")
+        finally:
+            netplan_probe.tempfile.tempdir = old
+        assert not supported
+        assert reason.startswith("no scratch directory")
+
+
+class TestRaTableFlagIsLazy:
+    def test_a_function_is_asked_only_when_a_nic_needs_the_answer(self) -> None:
+        asked: list[int] = []
+
+        def probe() -> bool:
+            asked.append(1)
+            return True
+
+        renderer = NetplanRenderer(ra_table=probe)
+        renderer.render(nic())  # IPv4 only
+        renderer.render(GOLDEN_CASES["primary-managed"][1])  # the primary: no table
+        NetplanRenderer("NetworkManager", ra_table=probe).render(dual_stack())
+        assert asked == []
+        assert render(dual_stack(), renderer)["ra-overrides"] == {"table": 10102}
+        assert asked == [1]
+
+    def test_the_registry_passes_the_cached_probe_without_running_it(self) -> None:
+        from nicreconciled.config import parse as parse_config
+        from nicreconciled.render import make_renderer
+
+        netplan_probe.supports_ra_table.cache_clear()
+        renderer = make_renderer(parse_config({"renderer": "netplan"}))
+        assert isinstance(renderer, NetplanRenderer)
+        assert renderer._ra_table is netplan_probe.supports_ra_table
+        assert netplan_probe.supports_ra_table.cache_info().currsize == 0

@@ -97,6 +97,22 @@ def cloudstack(**fields: Any) -> NicState:
     return nic(**base)
 
 
+def ipv6_only(**fields: Any) -> NicState:
+    """Device 8 of an EC2 IPv6-only subnet: IPv6 addresses and a prefix, no IPv4 at all."""
+    base: dict[str, Any] = {
+        "mac": "0a:1b:2c:3d:4e:64",
+        "device_number": 8,
+        "ipv4_addresses": (),
+        "ipv4_subnet": None,
+        "ipv4_gateway": None,
+        "ipv6_addresses": ("2600:1f18:4a3:6906::10", "2600:1f18:4a3:6906::11"),
+        "ipv6_subnets": ("2600:1f18:4a3:6906::/64",),
+        "ipv6_prefixes": ("2600:1f18:4a3:6906:9d00::/80",),
+    }
+    base.update(fields)
+    return nic(**base)
+
+
 #: Golden file stem -> state. Every file in GOLDEN_DIR must have an entry here. Each case
 #: has its own MAC and device number, so they can all be loaded as one instance's NICs.
 GOLDEN_CASES: dict[str, NicState] = {
@@ -116,6 +132,7 @@ GOLDEN_CASES: dict[str, NicState] = {
     "primary-ipv4-only": primary(
         mac="0a:1b:2c:3d:4e:02", ipv6_addresses=(), ipv6_subnets=(), device_number=0
     ),
+    "nonprimary-ipv6-only": ipv6_only(),
     "cloudstack-lease-address": cloudstack(),
     "cloudstack-no-address": cloudstack(
         mac="02:00:4c:4f:4f:51",
@@ -264,15 +281,14 @@ class TestPolicyRouting:
         for family in ("ipv4", "ipv6"):
             section = keyfile_[family]
             assert section["route-metric"] == "614"
-            assert {options for _, options in routes(section)} == {"table=10102"}
+            assert {options for _, options in routes(section)} <= {"table=10102", "table=254"}
             for rule in numbered(section, "routing-rule"):
                 assert rule.startswith("priority 10102 from ")
                 assert rule.endswith(" table 10102")
+        assert keyfile_["ipv6"]["route-table"] == "10102"
 
-    def test_a_non_primary_nic_never_gets_the_main_default_route(self) -> None:
-        keyfile_ = render(dual_stack())
-        assert keyfile_["ipv4"]["never-default"] == "true"
-        assert keyfile_["ipv6"]["never-default"] == "true"
+    def test_a_non_primary_nic_never_gets_the_main_ipv4_default_route(self) -> None:
+        assert render(dual_stack())["ipv4"]["never-default"] == "true"
 
     def test_the_table_holds_the_subnet_route_and_the_default_route(self) -> None:
         assert routes(render(nic())["ipv4"]) == [
@@ -310,11 +326,9 @@ class TestPolicyRouting:
         assert routes(ipv4) == []
         assert numbered(ipv4, "routing-rule") == ["priority 10001 from 10.0.1.10/32 table 10001"]
 
-    def test_route_table_is_never_used_so_dhcp_routes_stay_in_main(self) -> None:
+    def test_ipv4_route_table_is_never_used_so_dhcp_routes_stay_in_main(self) -> None:
         for stem, state in GOLDEN_CASES.items():
-            keyfile_ = render(state)
-            assert "route-table" not in keyfile_["ipv4"], stem
-            assert "route-table" not in keyfile_["ipv6"], stem
+            assert "route-table" not in render(state)["ipv4"], stem
 
 
 class TestIPv6:
@@ -326,8 +340,31 @@ class TestIPv6:
             "2600:1f18:4a3:6902::11/64",
         ]
 
-    def test_the_ipv6_subnet_route_is_in_the_table(self) -> None:
-        assert routes(render(dual_stack())["ipv6"]) == [("2600:1f18:4a3:6902::/64", "table=10102")]
+    def test_ra_routes_go_to_the_table_so_the_ra_default_route_is_there_and_not_in_main(
+        self,
+    ) -> None:
+        ipv6 = render(dual_stack())["ipv6"]
+        assert ipv6["route-table"] == "10102"
+        # never-default would drop the RA default route from the table too.
+        assert "never-default" not in ipv6
+
+    def test_the_ipv6_subnet_route_is_in_the_table_and_back_in_main_with_link_local(
+        self,
+    ) -> None:
+        # route-table moves the routes NetworkManager derives from the link out of main.
+        assert routes(render(dual_stack())["ipv6"]) == [
+            ("2600:1f18:4a3:6902::/64", "table=10102"),
+            ("2600:1f18:4a3:6902::/64", "table=254"),
+            ("fe80::/64", "table=254"),
+        ]
+
+    def test_every_subnet_gets_its_routes(self) -> None:
+        state = dual_stack(ipv6_subnets=("2600:1f18:4a3:6902::/64", "2600:1f18:4a3:6a00::/56"))
+        assert [r for r, options in routes(render(state)["ipv6"]) if options == "table=254"] == [
+            "2600:1f18:4a3:6902::/64",
+            "2600:1f18:4a3:6a00::/56",
+            "fe80::/64",
+        ]
 
     def test_an_address_in_no_known_subnet_gets_a_host_prefix(self) -> None:
         ipv6 = render(dual_stack(ipv6_subnets=()))["ipv6"]
@@ -335,7 +372,7 @@ class TestIPv6:
             "2600:1f18:4a3:6902::10/128",
             "2600:1f18:4a3:6902::11/128",
         ]
-        assert routes(ipv6) == []
+        assert routes(ipv6) == [("fe80::/64", "table=254")]
 
     def test_without_anything_ipv6_a_non_primary_nic_has_ipv6_disabled(self) -> None:
         assert render(nic(ipv6_subnets=("2600:1f18:4a3:6902::/64",)))["ipv6"] == {
@@ -345,10 +382,39 @@ class TestIPv6:
     def test_prefixes_without_addresses_keep_ipv6_link_local_with_routes_and_rules(self) -> None:
         ipv6 = render(GOLDEN_CASES["nonprimary-ipv6-prefix-only"])["ipv6"]
         assert ipv6["method"] == "link-local"
+        # No RA is processed there: no route-table, and no RA default route anywhere.
+        assert "route-table" not in ipv6
+        assert ipv6["never-default"] == "true"
         assert routes(ipv6) == [("2600:1f18:4a3:6902::/64", "table=10105")]
         assert numbered(ipv6, "routing-rule") == [
             "priority 10105 from 2600:1f18:4a3:6902:9d00::/80 table 10105"
         ]
+
+
+class TestIPv6Only:
+    def test_ipv4_is_disabled_and_nothing_ipv4_is_written(self) -> None:
+        assert render(ipv6_only())["ipv4"] == {"method": "disabled"}
+
+    def test_ipv6_gets_ra_and_dhcpv6_the_table_the_metric_and_every_rule(self) -> None:
+        ipv6 = render(ipv6_only())["ipv6"]
+        assert ipv6["method"] == "auto"
+        assert (ipv6["route-table"], ipv6["route-metric"]) == ("10008", "520")
+        assert numbered(ipv6, "routing-rule") == [
+            "priority 10008 from 2600:1f18:4a3:6906::10/128 table 10008",
+            "priority 10008 from 2600:1f18:4a3:6906::11/128 table 10008",
+            "priority 10008 from 2600:1f18:4a3:6906:9d00::/80 table 10008",
+        ]
+
+    def test_a_managed_primary_of_an_ipv6_only_subnet_has_ipv4_disabled_and_no_policy(
+        self,
+    ) -> None:
+        keyfile_ = render(ipv6_only(primary=True, device_number=0, ipv6_prefixes=()))
+        assert keyfile_["ipv4"] == {"method": "disabled"}
+        assert keyfile_["ipv6"] == {
+            "method": "auto",
+            "address1": "2600:1f18:4a3:6906::10/64",
+            "address2": "2600:1f18:4a3:6906::11/64",
+        }
 
 
 class TestPrimary:
