@@ -93,6 +93,7 @@ async def _async_main(args: argparse.Namespace, config: Config) -> int:
     from nicreconciled.daemon import Daemon
     from nicreconciled.sources import NoCloudError
 
+    config = wiring.resolve_renderer(config)
     parts = wiring.Parts(config)
     try:
         if args.command == "run":

@@ -172,7 +172,8 @@ class PollingConfig(_Section):
 
 class Config(_Section):
     cloud: Literal["ec2", "cloudstack", "auto"] = "auto"
-    renderer: Literal["netplan", "networkmanager", "networkd"] = "netplan"
+    #: "auto": what the host uses (wiring.resolve_renderer, at start; logged).
+    renderer: Literal["netplan", "networkmanager", "networkd", "auto"] = "auto"
     output_dir: Path | None = None
     state_dir: Path = Path("/var/lib/nicreconciled")
     apply: bool = True
@@ -198,7 +199,10 @@ class Config(_Section):
 
     @property
     def effective_output_dir(self) -> Path:
-        return self.output_dir if self.output_dir is not None else DEFAULT_OUTPUT[self.renderer]
+        """Where files go; with ``renderer = "auto"`` only once it is resolved (see wiring)."""
+        if self.output_dir is not None:
+            return self.output_dir
+        return DEFAULT_OUTPUT[self.renderer if self.renderer != "auto" else "netplan"]
 
 
 def _describe(error: ValidationError) -> str:

@@ -467,7 +467,8 @@ class Daemon:
                 self._notify(systemd.ready(line))
             self._status_sent, self._announcing = line, True
             cloud = self.ctx.source.name
-            self._save_daemon_status(DaemonPhase.RUNNING, f"cloud {cloud}", cloud)
+            detail = f"cloud {cloud}, renderer {self.config.renderer}"
+            self._save_daemon_status(DaemonPhase.RUNNING, detail, cloud)
             log.info(
                 "ready", nics=len(self.reconcilers), source=cloud, cloud=cloud, watchdog=interval
             )

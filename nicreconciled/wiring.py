@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
+
+import structlog
 
 from nicreconciled.apply import (
     Applier,
@@ -20,6 +23,18 @@ from nicreconciled.sources import Source, make_source, select_source
 from nicreconciled.sources.http import HttpClient
 from nicreconciled.stability import Policy
 from nicreconciled.status import StatusStore
+from nicreconciled.system.stack import detect_renderer
+
+log = structlog.get_logger(__name__)
+
+
+def resolve_renderer(config: Config, root: Path = Path("/")) -> Config:
+    """CONFIG with ``renderer = "auto"`` replaced by what this host uses (logged once)."""
+    if config.renderer != "auto":
+        return config
+    renderer, why = detect_renderer(root)
+    log.info("renderer_selected", renderer=renderer, reason=why)
+    return config.model_copy(update={"renderer": renderer})
 
 
 def make_applier(config: Config) -> Applier | None:

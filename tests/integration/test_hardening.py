@@ -119,6 +119,7 @@ class TestConfinedRun:
             "\n".join(
                 [
                     'cloud = "ec2"',
+                    'renderer = "netplan"',
                     'output_dir = "/run/netplan"',
                     f'state_dir = "{state}"',
                     "apply = true",

@@ -14,7 +14,7 @@ class TestDefaults:
     def test_an_empty_document_gives_the_documented_defaults(self) -> None:
         c = config.parse({})
         assert c.cloud == "auto"
-        assert c.renderer == "netplan"
+        assert c.renderer == "auto"
         assert c.effective_output_dir == Path("/run/netplan")
         assert c.state_dir == Path("/var/lib/nicreconciled")
         assert c.apply is True
@@ -89,7 +89,7 @@ class TestErrors:
             ({"colud": "ec2"}, "colud", "unknown key"),
             ({"interfaces": {"virtaul": True}}, "interfaces.virtaul", "unknown key"),
             ({"cloud": "azure"}, "cloud", "'ec2', 'cloudstack' or 'auto'"),
-            ({"renderer": "ifupdown"}, "renderer", "'networkmanager' or 'networkd'"),
+            ({"renderer": "ifupdown"}, "renderer", "'networkd' or 'auto'"),
             ({"apply": "yes"}, "apply", "valid boolean"),
             ({"resync_interval": 0}, "resync_interval", "greater than or equal to 1"),
             ({"resync_interval": "60"}, "resync_interval", "valid number"),
