@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
-from bench import burst, convergence, fleet, footprint, kernel, load, peers
+from bench import burst, convergence, fleet, footprint, issue12, kernel, load, peers
 from bench.harness import BenchError
 from bench.report import table, verdict, write_json
 
@@ -150,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )  # fmt: skip
         print(f"   all benchmarks: {time.monotonic() - began:.1f} s")
+    if any("key" in t for t in targets):
+        print("== issue 12: before, now, goal (bench/results/issue12.md)")
+        print(issue12.write())
     if failed:
         print(f"benchmarks that produced no figures: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -15,10 +15,11 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.harness import BenchError, Stack, mono_to_wall_offset, run_with_stack
-from bench.report import per_second, percentile, sliding_peak, summary, table, verdict
+from bench.report import RESULTS, per_second, percentile, sliding_peak, summary, table, verdict
 
 NAME = "convergence"
 DELAYS = (1.0, 4.0, 10.0)
@@ -29,11 +30,13 @@ STAGGER = 0.3
 HOLD = 1.0
 #: A trial gives up this long after its IPv6 appeared.
 TRIAL_TIMEOUT = 30.0
-EXCESS_P99_TARGET = 1.0
-REQUESTS_TARGET = 60
+#: Issue 12's goals: excess p50 and p99 for every D, requests per NIC at REQUESTS_DELAY.
+EXCESS_P50_GOAL = 0.3
+EXCESS_P99_GOAL = 0.6
+REQUESTS_GOAL = 24
 REQUESTS_DELAY = 4.0
 #: The daemon's default polling.request_rate (requests/s).
-DEFAULT_RATE = 100.0
+DEFAULT_RATE = 300.0
 
 
 @dataclass
@@ -48,6 +51,9 @@ class Trial:
     has_ipv6: bool = False
     detected: float = math.nan
     requests_mac: int = 0
+    #: This NIC's share of the requests naming no MAC (token, meta-data/mac, the macs/
+    #: listing) sent while it converged: each is shared by the NICs converging then.
+    requests_shared: float = 0.0
     error: str = ""
 
     @property
@@ -183,12 +189,17 @@ def _count_requests(trials: list[Trial], log: list[dict[str, Any]], offset: floa
     """
     by_mac: dict[str, list[dict[str, Any]]] = {t.mac: [] for t in trials}
     shared = 0
+    spans = [(t, t.add_wall - offset, t.final_ts - offset) for t in trials if t.renders and t.ok]
     for entry in log:
         mac = _mac_of(str(entry["path"]))
         if mac in by_mac:
             by_mac[mac].append(entry)
         elif mac is None:
             shared += 1
+            when = float(entry["t"])
+            converging = [t for t, a, b in spans if a <= when <= b]
+            for t in converging:
+                t.requests_shared += 1 / len(converging)
     for trial in trials:
         entries = by_mac[trial.mac]
         if trial.renders:
@@ -226,6 +237,53 @@ async def _bench(stack: Stack, delays: tuple[float, ...], per_delay: int) -> dic
     }
 
 
+#: The figures issue 12 started from (2 cores, 2026-12-02), for the old/new table.
+OLD = {
+    "excess_p50": {"1": 0.53, "4": 0.57, "10": 0.60},
+    "excess_p99": {"1": 0.65, "4": 0.69, "10": 0.70},
+    "requests": 34.0,
+}
+
+
+def _plot(runs: list[Trial], delays: tuple[float, ...], path: Path) -> bool:
+    """Excess per D: every trial as a dot over a box, with the goals."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(
+            "   matplotlib is not installed: skipping the plot (bench/results/convergence.png). "
+            "Install it with: pip install -e '.[bench]'"
+        )
+        return False
+    groups = [[t.excess for t in runs if t.delay == d and t.ok] for d in delays]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.boxplot(groups, widths=0.5, showfliers=False)
+    for i, group in enumerate(groups, start=1):
+        xs = [i + 0.18 * ((j % 7) / 6 - 0.5) for j in range(len(group))]
+        ax.scatter(xs, group, s=12, color="#337ab7", alpha=0.7, zorder=3)
+    ax.axhline(EXCESS_P50_GOAL, color="#f0ad4e", linestyle="--", label="goal p50")
+    ax.axhline(EXCESS_P99_GOAL, color="#d9534f", linestyle="--", label="goal p99")
+    for i, d in enumerate(delays, start=1):
+        old = OLD["excess_p50"].get(f"{d:g}")
+        if old is not None:
+            ax.scatter([i], [old], marker="_", s=400, color="grey", zorder=2,
+                       label="p50 before (issue 12)" if i == 1 else None)  # fmt: skip
+    ax.set_xticks(range(1, len(delays) + 1), [f"D = {d:g} s" for d in delays])
+    ax.set_ylabel("file with IPv6 written - IPv6 listed, s")
+    ax.set_ylim(0, max(0.8, *(max(g, default=0) + 0.05 for g in groups)))
+    ax.set_title("convergence after a late IPv6 (one dot per NIC)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper right", ncols=3)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def run(*, trials: int = TRIALS_PER_DELAY, delays: tuple[float, ...] = DELAYS) -> dict[str, Any]:
     """Run the benchmark, print its tables, return its JSON result."""
     total = trials * len(delays)
@@ -254,9 +312,11 @@ def run(*, trials: int = TRIALS_PER_DELAY, delays: tuple[float, ...] = DELAYS) -
         files = [len(t.renders) for t in good]
         early = sum(1 for t in good for _ts, fp in t.renders[:-1] if fp != t.renders[-1][1])
         requests = [float(t.requests_mac) for t in good]
+        with_shared = [t.requests_mac + t.requests_shared for t in good]
         udev = [t.udev_seen - t.add_wall for t in good if not math.isnan(t.udev_seen)]
         ex = summary(excess)
         rq = summary(requests)
+        rs = summary(with_shared)
         per_delay[f"{delay:g}"] = {
             "trials": len(group),
             "ok": len(good),
@@ -267,21 +327,20 @@ def run(*, trials: int = TRIALS_PER_DELAY, delays: tuple[float, ...] = DELAYS) -
             "files_written_per_nic": summary([float(f) for f in files]),
             "files_without_ipv6": early,
             "requests_per_nic_mac_paths": rq,
-            "requests_per_nic_with_shared": rq["mean"] + shared_per_nic,
-            "excess_target_met": bool(excess) and ex["p99"] <= EXCESS_P99_TARGET,
+            "requests_per_nic_with_shared_share": rs,
         }
         rows.append(
             [
                 f"{delay:g}", f"{len(good)}/{len(group)}", ex["p50"], ex["p99"], ex["max"],
                 percentile(detect, 50), max(files, default=0), early,
-                rq["p50"], rq["max"],
+                rq["p50"], rq["max"], rs["p50"], rs["max"],
             ]
         )  # fmt: skip
     print()
     print(
         table(
             ["D s", "ok", "excess p50 s", "p99 s", "max s", "detect p50 s", "files/NIC max",
-             "files w/o IPv6", "req/NIC p50", "req/NIC max"],
+             "files w/o IPv6", "req/NIC p50", "max", "+shared p50", "max"],
             rows,
         )
     )  # fmt: skip
@@ -292,8 +351,11 @@ def run(*, trials: int = TRIALS_PER_DELAY, delays: tuple[float, ...] = DELAYS) -
         "   detect = first 200 answer on the NIC's .../ipv6s path after D - appearance.\n"
         "   req/NIC = simulator log entries whose path holds the NIC's MAC, up to its final "
         "render;\n"
-        f"   shared requests (token PUT, meta-data/mac) over the run: {raw['shared']} "
-        f"= {shared_per_nic:.3f} per NIC, to add to each."
+        "   +shared = the same plus its share of the requests naming no MAC (token, "
+        "meta-data/mac, the macs/ listing) sent while it converged, each split between the "
+        "NICs converging then;\n"
+        f"   requests naming no MAC over the whole run (removals included): {raw['shared']} "
+        f"= {shared_per_nic:.3f} per NIC."
     )
     rtt = [t.add_rtt for t in runs if not math.isnan(t.add_rtt)]
     print(
@@ -309,34 +371,51 @@ def run(*, trials: int = TRIALS_PER_DELAY, delays: tuple[float, ...] = DELAYS) -
     )
     targets = []
     for delay in delays:
-        figure = per_delay[f"{delay:g}"]
-        p99 = figure["excess_s"]["p99"]
-        targets.append(
-            {
-                "name": f"convergence excess p99, D={delay:g} s",
-                "value": p99,
-                "limit": EXCESS_P99_TARGET,
-                "unit": "s",
-                "met": figure["excess_target_met"] and not figure["failed"],
-            }
-        )
+        key = f"{delay:g}"
+        figure = per_delay[key]
+        clean = not figure["failed"] and figure["ok"] > 0
+        for q, goal in (("p50", EXCESS_P50_GOAL), ("p99", EXCESS_P99_GOAL)):
+            value = figure["excess_s"][q]
+            targets.append(
+                {
+                    "name": f"excess after a late IPv6, D = {key} s, {q}",
+                    "value": value,
+                    "limit": goal,
+                    "unit": "s",
+                    "met": clean and value <= goal,
+                    "key": f"excess_{q}_{key}",
+                    "old": OLD[f"excess_{q}"].get(key),
+                }
+            )
     key = f"{REQUESTS_DELAY:g}"
     if key in per_delay:
-        worst = per_delay[key]["requests_per_nic_mac_paths"]["max"] + shared_per_nic
+        # Judged as issue 12's 34 was measured: requests naming the NIC's MAC, p50. Those
+        # naming none (mostly macs/ listings: one per attach and one per detach of any NIC)
+        # are printed beside it.
+        figure = per_delay[key]
+        mac_paths = figure["requests_per_nic_mac_paths"]
+        shared = figure["requests_per_nic_with_shared_share"]["p50"] - mac_paths["p50"]
         targets.append(
             {
-                "name": f"IMDS requests per NIC, D={key} s (max, incl. shared share)",
-                "value": worst,
-                "limit": REQUESTS_TARGET,
+                "name": f"IMDS requests per NIC until converged, D = {key} s (naming the MAC, "
+                f"p50; max {mac_paths['max']:.0f}; + {shared:.1f} shared)",
+                "value": mac_paths["p50"],
+                "limit": REQUESTS_GOAL,
                 "unit": "requests",
-                "met": worst <= REQUESTS_TARGET,
+                "met": mac_paths["p50"] <= REQUESTS_GOAL,
+                "key": "requests_d4",
+                "old": OLD["requests"],
+                "detail": {"max": mac_paths["max"], "shared": shared},
             }
         )
     for target in targets:
         print(
-            f"   target {target['name']}: {target['value']:.3f} <= {target['limit']} "
+            f"   goal {target['name']}: {target['value']:.3f} <= {target['limit']} "
             f"{target['unit']}: {verdict(target['met'])}"
         )
+    png = RESULTS / "convergence.png"
+    if _plot(runs, delays, png):
+        print(f"   distribution per D: {png}")
     return {
         "method": {
             "delays_s": list(delays),
@@ -348,7 +427,7 @@ def run(*, trials: int = TRIALS_PER_DELAY, delays: tuple[float, ...] = DELAYS) -
             "ec2.endpoint on the netns loopback, ec2.fallback_endpoint=''",
             "excess": "rendered timestamp of final file - (time.time() before sim add + D)",
             "requests": "sim log entries whose path contains the MAC, up to the final render, "
-            "plus shared requests (token, meta-data/mac) divided by the number of NICs",
+            "plus a share of those naming no MAC sent while the NIC converged",
         },
         "per_delay": per_delay,
         "sim_add_rtt_s": summary(rtt),
@@ -373,6 +452,7 @@ def run(*, trials: int = TRIALS_PER_DELAY, delays: tuple[float, ...] = DELAYS) -
                 "excess": t.excess,
                 "detected": t.detected,
                 "requests_mac": t.requests_mac,
+                "requests_shared": t.requests_shared,
                 "error": t.error,
             }
             for t in runs

@@ -4,7 +4,7 @@ A guest network's VR serves the metadata of every VM on it. Here one ``VrSim`` o
 stands for that VR, and each of VMS simulated VMs, all in this process, runs what the
 daemon runs for one NIC: a ``Reconciler`` (nicreconciled.reconciler) with a ``Context`` of
 its own whose source is the real ``CloudStackSource`` with its own ``HttpClient`` (the
-daemon's defaults: 2 s timeout, 100 req/s, 8 connections), a ``NetplanRenderer`` writing to
+daemon's defaults: 2 s timeout, 300 req/s, 8 connections), a ``NetplanRenderer`` writing to
 a scratch directory, no applier. Each VM has a scratch root with one NIC (``eth0`` in sysfs)
 and its systemd-networkd lease (address, netmask, router; no server address), and the VR as
 its configured ``cloudstack.endpoint``. The discovery chain's other steps find nothing: the
@@ -54,7 +54,7 @@ import structlog
 from aiohttp import web
 
 from bench.harness import BenchError, proc_cpu_seconds
-from bench.report import RESULTS, percentile, sliding_peak, summary, table
+from bench.report import RESULTS, percentile, sliding_peak, summary, table, verdict
 from nicreconciled.config import CloudStackConfig
 from nicreconciled.model import Cloud, Observation
 from nicreconciled.reconciler import Context, Reconciler
@@ -62,7 +62,7 @@ from nicreconciled.render.netplan import NetplanRenderer
 from nicreconciled.sim.cloudstack import VrSim
 from nicreconciled.sim.server import url_of
 from nicreconciled.sources.cloudstack import CloudStackSource
-from nicreconciled.sources.http import HttpClient
+from nicreconciled.sources.http import RECOVERY_SPREAD, HttpClient
 from nicreconciled.stability import Policy
 from nicreconciled.status import StatusStore
 from nicreconciled.system.proc import Completed
@@ -86,6 +86,20 @@ TICK = 0.25
 BACKLOG = 511
 #: gc threshold of the oldest generation during the run (Python's default: 10).
 GC_OLDEST = 1000
+#: The daemon's default polling.request_timeout.
+TIMEOUT = 2.0
+#: A CloudStack full fetch: instance-id and local-ipv4 from the VR.
+REQUESTS_PER_FETCH = 2
+#: Issue 12: the highest second after recovery at most this many times the steady mean.
+HERD_GOAL = 2.0
+
+
+def saturated_guess(figures: dict[str, Any]) -> bool:
+    """The harness, not the fleet, set the pace (see the "harness overloaded" line)."""
+    measured = [f for k, f in figures.items() if not k.startswith("start-up")]
+    lag = max(f["max_event_loop_lag_s"] for f in measured)
+    busy = max(max(f["fleet_process_cpu_share"], f["vr_process_cpu_share"]) for f in measured)
+    return bool(lag > 0.5 or busy > 0.9)
 
 
 class ArrivalVr(VrSim):
@@ -318,7 +332,7 @@ async def _bench(base: Path, vms: int, outage: float) -> dict[str, Any]:
     try:
         for i in range(vms):
             root = _vm_root(base, i)
-            http = HttpClient(timeout=2.0, rate=100.0)
+            http = HttpClient(timeout=TIMEOUT)
             source = CloudStackSource(
                 CloudStackConfig(endpoint=url), http, root=root, runner=_no_nmcli,
                 resolver=_nxdomain,
@@ -549,7 +563,8 @@ def run(*, vms: int = VMS, outage: float = OUTAGE) -> dict[str, Any]:
             ["figure", "value"],
             [
                 ["VMs converged before the outage", f"{raw['converged_before']}/{vms}"],
-                ["expected steady req/s (VMs x 11 requests / resync)", vms * 11 / RESYNC],
+                [f"expected steady req/s (VMs x {REQUESTS_PER_FETCH} requests / resync)",
+                 vms * REQUESTS_PER_FETCH / RESYNC],
                 ["requests in the first 3 s after the outage", first_seconds],
                 ["  the same at the steady mean rate", 3 * steady["mean_req_per_s"]],
                 ["VMs whose fetch was waiting on the VR when it came back", in_flight],
@@ -586,16 +601,24 @@ def run(*, vms: int = VMS, outage: float = OUTAGE) -> dict[str, Any]:
         f"   peak after the outage: {after['peak_1s_sliding']} req in a sliding 1 s window "
         f"starting {after['peak_1s_sliding_starts_s']:.1f} s after the VR came back "
         f"({herd_ratio:.1f}x the steady mean, {peak_ratio:.1f}x the steady peak of "
-        f"{steady['peak_1s_sliding']}): the {in_flight} VMs whose fetch was waiting on the VR "
-        f"when it came back (~VMs x 2-3 s of waiting / resync_interval = "
-        f"{vms * 2.0 / RESYNC:.0f}-{vms * 3.0 / RESYNC:.0f}) all go on at once, ~12 requests "
-        f"each (a liveness check and a full read) = ~{12 * in_flight} on top of the steady rate."
+        f"{steady['peak_1s_sliding']}). {in_flight} VMs had a fetch waiting on the VR when it "
+        f"came back and finished it; the VR drops what it held, and a client whose request "
+        f"was dropped or slow waits a random 0-{TIMEOUT * RECOVERY_SPREAD:g} s "
+        f"({RECOVERY_SPREAD:g} timeouts) before its next one "
+        f"(sources/http.py), so those that go on (a liveness check and a read, "
+        f"{REQUESTS_PER_FETCH} requests each) do not all go on at once."
     )
     timeline = _timeline(times, t0, end)
     marks = {"window0": w0 - t0, "outage_start": o0 - t0, "outage_end": o1 - t0}
     png = RESULTS / "fleet.png"
     if _plot(timeline, marks, vms, png):
         print(f"   timeline: {png}")
+    herd_met = herd_ratio <= HERD_GOAL and not saturated_guess(figures)
+    print(
+        f"   goal highest 1 s after recovery <= {HERD_GOAL:g}x the steady mean: "
+        f"{herd_ratio:.2f}x: {verdict(herd_met)}; new connections per second in steady state: "
+        f"{steady['new_connections_per_s']:.1f} (requests {steady['mean_req_per_s']:.1f}/s)"
+    )
     measured = [f for k, f in figures.items() if not k.startswith("start-up")]
     lag = max(f["max_event_loop_lag_s"] for f in measured)
     busy = max(max(f["fleet_process_cpu_share"], f["vr_process_cpu_share"]) for f in measured)
@@ -614,7 +637,7 @@ def run(*, vms: int = VMS, outage: float = OUTAGE) -> dict[str, Any]:
             "before_window_s": BEFORE,
             "after_window_s": AFTER,
             "per_vm": "Reconciler + Context + CloudStackSource + HttpClient(timeout 2 s, "
-            "100 req/s) + NetplanRenderer; configured endpoint; NXDOMAIN resolver, no nmcli",
+            "default rate) + NetplanRenderer; configured endpoint; NXDOMAIN resolver, no nmcli",
             "fd_limit": limit,
             "stagger_s": STAGGER,
             "vr": "VrSim subclass counting arrivals, in a process of its own (spawn) on 127.0.0.1",
@@ -640,6 +663,22 @@ def run(*, vms: int = VMS, outage: float = OUTAGE) -> dict[str, Any]:
         "failure_times_s": sorted(round(t - t0, 1) for t, _why in raw["failures"]),
         "loop_lag_timeline": [(round(x[0] - t0, 2), round(x[3], 3)) for x in samples if x[3] > 0.1],
         "crashed_tasks": raw["crashed"],
+        "targets": [
+            {
+                "name": f"fleet of {vms}, {outage:g} s VR outage: highest 1 s after recovery / "
+                "steady mean",
+                "value": herd_ratio,
+                "limit": HERD_GOAL,
+                "unit": "x",
+                "met": herd_met and not saturated,
+                "key": "fleet",
+                "detail": {
+                    "steady_new_connections_per_s": steady["new_connections_per_s"],
+                    "steady_req_per_s": steady["mean_req_per_s"],
+                    "peak_after": after["peak_1s_sliding"],
+                },
+            }
+        ],
         "requests_per_second_timeline": timeline,
         "timeline_origin": f"first VM start; outage from {o0 - t0:.1f} s to {o1 - t0:.1f} s",
     }

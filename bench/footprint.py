@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from bench.harness import (
+    PYTHON,
     BenchError,
     Stack,
     mono_to_wall_offset,
@@ -34,8 +35,27 @@ NICS = 8
 RESYNC = 5.0
 IDLE = 20.0
 RSS_TARGET_MB = 45.0
-SOAK = 120.0
+#: Issue 12: idle RSS at most the import floor plus this, and flat over a 10-minute soak.
+FLOOR_SLACK_MB = 2.0
+#: "Flat": RSS growth over the soak at most this (sampling noise is a few pages).
+FLAT_KIB = 256
+SOAK = 600.0
 SOAK_SAMPLE = 5.0
+FLOOR_RUNS = 3
+#: What the daemon imports by the time it is ready (and the config models it builds): the
+#: floor no daemon built on these dependencies can go under.
+FLOOR_CODE = """
+import asyncio, ssl
+import aiohttp, pydantic, structlog, yaml, pyudev
+import nicreconciled.cli, nicreconciled.daemon, nicreconciled.wiring
+import nicreconciled.sources.ec2, nicreconciled.sources.cloudstack
+import nicreconciled.render.netplan, nicreconciled.render.networkmanager
+from nicreconciled.config import Config
+Config()
+for line in open("/proc/self/status"):
+    if line.startswith("VmRSS:"):
+        print(line.split()[1])
+"""
 
 
 def _mac(n: int) -> str:
@@ -150,6 +170,7 @@ async def _soak(stack: Stack, nics: int, soak: float) -> dict[str, Any]:
     await asyncio.sleep(1.0)
     stack.check_alive()
     await stack.sim.reset_stats()
+    opens0 = await stack.tcp_active_opens()
     cpu0, t0 = proc_cpu_seconds(pid), time.monotonic()
     samples: list[tuple[float, int]] = [(0.0, proc_rss_kib(pid)[0])]
     while (elapsed := time.monotonic() - t0) < soak:
@@ -158,9 +179,13 @@ async def _soak(stack: Stack, nics: int, soak: float) -> dict[str, Any]:
         samples.append((time.monotonic() - t0, proc_rss_kib(pid)[0]))
     cpu1, t1 = proc_cpu_seconds(pid), time.monotonic()
     rss, hwm = proc_rss_kib(pid)
-    stats = await stack.sim.stats(log=False)
+    opens1 = await stack.tcp_active_opens()
+    stats = await stack.sim.stats(log=True)
     stack.log.refresh()
+    polls = sum(1 for e in stats["log"] if str(e["path"]).endswith(tuple(f"{m}/" for m in macs)))
     return {
+        "new_connections": opens1 - opens0,
+        "full_polls": polls,
         "soak_s": t1 - t0,
         "resync_interval_s": "default (60)",
         "cpu_s": cpu1 - cpu0,
@@ -174,9 +199,25 @@ async def _soak(stack: Stack, nics: int, soak: float) -> dict[str, Any]:
     }
 
 
+async def _floor(runs: int) -> list[int]:
+    """VmRSS (KiB) of a Python that imports what the daemon imports, and nothing more."""
+    out = []
+    for _ in range(runs):
+        proc = await asyncio.create_subprocess_exec(
+            PYTHON, "-c", FLOOR_CODE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        data, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise BenchError(f"import floor: {err.decode(errors='replace').strip()[-300:]}")
+        out.append(int(data.split()[-1]))
+    return out
+
+
 async def _bench(stack: Stack, runs: int, nics: int, idle: float, soak: float) -> dict[str, Any]:
+    floor = await _floor(FLOOR_RUNS)
     starts = await _startups(stack, runs)
-    out = {"starts": starts, "idle": await _idle(stack, nics, idle)}
+    out = {"floor_kib": floor, "starts": starts, "idle": await _idle(stack, nics, idle)}
     if soak > 0:
         out["soak"] = await _soak(stack, nics, soak)
     return out
@@ -201,6 +242,8 @@ def _print_soak(soak: dict[str, Any], nics: int) -> dict[str, float]:
                 ["CPU (utime+stime) over the soak, s", soak["cpu_s"]],
                 ["CPU per idle hour, s", cpu_hour],
                 ["IMDS requests per second", soak["requests"] / window],
+                ["full polls per NIC per 60 s", soak["full_polls"] / nics / (window / 60)],
+                ["new TCP connections over the soak", soak["new_connections"]],
                 ["files rewritten during the soak", soak["files_rewritten"]],
             ],
         )
@@ -264,11 +307,44 @@ def run(
         f"   target idle RSS <= {RSS_TARGET_MB:g} MB: {rss_mb:.1f} MB ({rss_mib:.1f} MiB): "
         f"{verdict(met)}"
     )
+    floor_kib = statistics.median(raw["floor_kib"])
+    print(
+        f"   import floor (a Python importing what the daemon imports, config built; median of "
+        f"{len(raw['floor_kib'])}): {floor_kib / 1024:.1f} MiB"
+    )
     soak_fig: dict[str, float] = {}
     soak_targets: list[dict[str, Any]] = []
     if "soak" in raw:
         soak_fig = _print_soak(raw["soak"], nics)
         soak_mb = soak_fig["rss_mb"]
+        soak = raw["soak"]
+        over_mb = (soak["rss_kib"] - floor_kib) * 1024 / 1e6
+        flat = soak["rss_growth_kib"] <= FLAT_KIB
+        floor_met = over_mb <= FLOOR_SLACK_MB and flat
+        print(
+            f"   goal idle RSS <= import floor + {FLOOR_SLACK_MB:g} MB and flat over the soak: "
+            f"floor + {over_mb:.2f} MB ({soak['rss_kib'] / 1024:.1f} MiB), growth "
+            f"{soak['rss_growth_kib']} KiB over {soak['soak_s']:.0f} s (flat: <= {FLAT_KIB} "
+            f"KiB): {verdict(floor_met)}"
+        )
+        soak_targets.append(
+            {
+                "name": f"idle RSS over the import floor after the {soak['soak_s']:.0f} s soak "
+                f"(growth {soak['rss_growth_kib']} KiB)",
+                "value": over_mb,
+                "limit": FLOOR_SLACK_MB,
+                "unit": "MB",
+                "met": floor_met,
+                "key": "rss",
+                "detail": {
+                    "rss_mib": soak["rss_kib"] / 1024,
+                    "floor_mib": floor_kib / 1024,
+                    "growth_kib": soak["rss_growth_kib"],
+                    "soak_s": soak["soak_s"],
+                    "new_connections": soak["new_connections"],
+                },
+            }
+        )
         soak_targets.append(
             {
                 "name": f"idle RSS after the {raw['soak']['soak_s']:.0f} s soak (10^6 bytes)",
@@ -288,6 +364,7 @@ def run(
             "soak_resync_interval_s": 60.0,
         },
         "soak": raw.get("soak"),
+        "import_floor_kib": raw["floor_kib"],
         "soak_cpu_seconds_per_idle_hour": soak_fig.get("cpu_seconds_per_idle_hour"),
         "soak_idle_rss_mb": soak_fig.get("rss_mb"),
         "start_to_ready_s": ready,

@@ -197,6 +197,19 @@ class Stack:
     async def ip(self, *args: str) -> None:
         await self._run(["ip", "-n", self.ns, *args])
 
+    async def tcp_active_opens(self) -> int:
+        """TCP connections opened from inside the namespace so far (the daemon is the only
+        TCP client there: ``ActiveOpens`` of the namespace's /proc/net/snmp)."""
+        proc = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", self.ns, "cat", "/proc/net/snmp",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        out, _err = await proc.communicate()
+        lines = [line.split() for line in out.decode().splitlines() if line.startswith("Tcp:")]
+        if len(lines) < 2:
+            raise BenchError("no Tcp: lines in /proc/net/snmp")
+        return int(dict(zip(lines[0], lines[1], strict=True))["ActiveOpens"])
+
     async def _spawn(self, argv: Sequence[str], log_path: Path) -> asyncio.subprocess.Process:
         with log_path.open("ab") as log:
             proc = await asyncio.create_subprocess_exec(

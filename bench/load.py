@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from bench.harness import Stack, mono_to_wall_offset, run_with_stacks
-from bench.report import RESULTS, sliding_peak, summary, table
+from bench.report import RESULTS, sliding_peak, summary, table, verdict
 
 NAME = "load"
 COUNTS = (1, 8, 32)
@@ -127,9 +127,111 @@ async def _one(stack: Stack, group: int, count: int) -> dict[str, Any]:
     }
 
 
+#: The steady-state stack: complete ENIs, one whose IPv6 never comes (a flag that stands
+#: for ever) and one NIC the metadata does not list.
+STEADY_COMPLETE = 4
+#: The daemon's default polling.deadline and max_interval: after a flag stood this long it
+#: is only looked at with the resync.
+DEADLINE = 60.0
+MAX_INTERVAL = 5.0
+STEADY_GROUP = 9
+#: The key reads of a full poll come within this long after its directory read.
+FULL_POLL_SPAN = 0.5
+
+
+def _steady_specs() -> list[dict[str, Any]]:
+    specs = [_spec(STEADY_GROUP, n) for n in range(1, STEADY_COMPLETE + 1)]
+    n = STEADY_COMPLETE + 1
+    specs.append(
+        {
+            "mac": _mac(STEADY_GROUP, n),
+            "device_number": n,
+            "local_ipv4s": [f"10.5.{n}.25"],
+            "subnet_ipv4_cidr": f"10.5.{n}.0/24",
+            "subnet_ipv6_cidrs": [f"2001:db8:5:{n:x}::/64"],  # ipv6s never comes
+        }
+    )
+    return specs
+
+
+async def _steady(stack: Stack) -> dict[str, Any]:
+    """Every NIC converged or settled, each flag past the deadline: what does a resync cost?"""
+    await stack.start_daemon(resync_interval=RESYNC)
+    await stack.wait_ready()
+    specs = _steady_specs()
+    enis = [str(s["mac"]) for s in specs]
+    flagged = enis[-1]
+    foreign = _mac(STEADY_GROUP, 0x99)
+    for spec in specs:
+        await stack.sim.add_nic(spec)
+    nics = [(f"sd{i}", mac, f"sdp{i}") for i, mac in enumerate([*enis, foreign], start=1)]
+    attach = time.time()
+    await stack.plug_many(nics)
+
+    def all_written() -> bool:
+        return all(stack.log.named("rendered", mac=mac) for mac in enis)
+
+    await stack.wait_for(all_written, TIMEOUT + 15, f"files for all {len(enis)} ENIs")
+    # Every flag has stood for the deadline (plus the last backoff step), and every NIC has
+    # had its first resync since.
+    w0 = max(time.time() + 1.2 * RESYNC, attach + DEADLINE + MAX_INTERVAL + 1.2 * RESYNC)
+    while time.time() < w0:
+        await asyncio.sleep(min(1.0, max(0.0, w0 - time.time())))
+        stack.check_alive()
+    await stack.sim.reset_stats()
+    opens0 = await stack.tcp_active_opens()
+    started = time.time()
+    w1 = started + WINDOW
+    while time.time() < w1:
+        await asyncio.sleep(min(1.0, max(0.0, w1 - time.time())))
+        stack.check_alive()
+    opens1 = await stack.tcp_active_opens()
+    window = time.time() - started
+    stats = await stack.sim.stats(log=True)
+    log = [(float(e["t"]), str(e["path"])) for e in stats["log"]]
+    paths = [p for _t, p in log]
+    per_nic: dict[str, dict[str, float]] = {}
+    resyncs = window / RESYNC
+    for mac in enis:
+        mine = [(t, p) for t, p in log if _mac_of(p) == mac]
+        polls = [t for t, p in mine if p.endswith(f"/macs/{mac}/")]
+        # A probe: a key read that follows no read of the MAC's directory (a full poll
+        # reads the directory, then its keys at once).
+        probes = [
+            p for t, p in mine
+            if not p.endswith("/") and not any(0 <= t - d < FULL_POLL_SPAN for d in polls)
+        ]  # fmt: skip
+        per_nic[mac] = {
+            "requests": len(mine),
+            "full_polls": len(polls),
+            "full_polls_per_resync": len(polls) / resyncs,
+            "requests_per_resync": len(mine) / resyncs,
+            "probes": len(probes),
+        }
+    listings = sum(1 for p in paths if p.endswith("/macs/"))
+    stack.log.refresh()
+    return {
+        "enis": enis,
+        "flagged": flagged,
+        "foreign": foreign,
+        "window_s": window,
+        "resync_interval_s": RESYNC,
+        "per_nic": per_nic,
+        "foreign_listings": listings,
+        "foreign_listings_per_resync": listings / resyncs,
+        "requests_naming_no_mac": sum(1 for p in paths if _mac_of(p) is None),
+        "new_connections": opens1 - opens0,
+        "new_connections_per_resync": (opens1 - opens0) / resyncs,
+        "requests": len(paths),
+        "files_rewritten": len(stack.log.named("rendered")) - len(enis),
+    }
+
+
 async def _bench(stacks: list[Stack], counts: tuple[int, ...]) -> list[dict[str, Any]]:
-    return list(await asyncio.gather(*(_one(s, i, c) for i, (s, c) in
-                                        enumerate(zip(stacks, counts, strict=True)))))  # fmt: skip
+    return list(await asyncio.gather(
+        *(_one(s, i, c) for i, (s, c) in enumerate(zip(stacks, counts, strict=False))),
+        _steady(stacks[-1]),
+    ))  # fmt: skip
 
 
 def _burst_reference() -> dict[str, Any] | None:
@@ -152,8 +254,8 @@ def run(*, counts: tuple[int, ...] = COUNTS) -> dict[str, Any]:
         f"{1.2 * RESYNC:g} s after the last file",
         flush=True,
     )
-    labels = [f"{NAME}{c}" for c in counts]
-    results = run_with_stacks(labels, lambda stacks: _bench(stacks, counts))
+    labels = [f"{NAME}{c}" for c in counts] + [f"{NAME}-steady"]
+    *results, steady = run_with_stacks(labels, lambda stacks: _bench(stacks, counts))
     rows = []
     figures: list[dict[str, Any]] = []
     for r in results:
@@ -201,6 +303,7 @@ def run(*, counts: tuple[int, ...] = COUNTS) -> dict[str, Any]:
     rewrites = [f["files_rewritten_in_steady_state"] for f in figures]
     if any(rewrites):
         print(f"   !! files rewritten in steady state: {rewrites}")
+    steady_fig = _print_steady(steady)
     burst = _burst_reference()
     if burst is not None:
         print(
@@ -219,5 +322,57 @@ def run(*, counts: tuple[int, ...] = COUNTS) -> dict[str, Any]:
             "scaling": f"rate x {RESYNC:g} / {DEFAULT_RESYNC:g} for the default interval",
         },
         "per_count": figures,
+        "steady": steady,
         "burst_reference": burst,
+        "targets": steady_fig,
     }
+
+
+def _print_steady(steady: dict[str, Any]) -> list[dict[str, Any]]:
+    per_nic = steady["per_nic"]
+    flagged = steady["flagged"]
+    rows = [
+        [mac + (" (IPv6 never comes)" if mac == flagged else ""), f["full_polls_per_resync"],
+         f["requests_per_resync"], f["probes"]]
+        for mac, f in per_nic.items()
+    ]  # fmt: skip
+    print()
+    print(
+        f"-- steady state: {len(per_nic)} ENIs (one with a flag that stands for ever) and one "
+        f"NIC the metadata does not list; resync_interval = {RESYNC:g} s, a "
+        f"{steady['window_s']:.0f} s window once every flag stood for the deadline "
+        f"({DEADLINE:g} s)"
+    )
+    print(table(["NIC", "full polls per resync", "requests per resync", "probes"], rows))
+    polls = [f["full_polls_per_resync"] for f in per_nic.values()]
+    probes = sum(f["probes"] for f in per_nic.values())
+    conns = steady["new_connections_per_resync"]
+    polls.append(steady["foreign_listings_per_resync"])  # the non-ENI NIC's look: a listing
+    print(
+        f"   the non-ENI NIC: {steady['foreign_listings_per_resync']:.2f} macs/ listings per "
+        f"resync; new TCP connections: {steady['new_connections']} in the window = "
+        f"{conns:.2f} per resync_interval; files rewritten: {steady['files_rewritten']}"
+    )
+    one_poll = all(0.7 <= p <= 1.4 for p in polls) and probes == 0
+    met = one_poll and conns < 1.0
+    print(
+        f"   goal one full poll per NIC per resync_interval, no probes, connections reused: "
+        f"polls per resync {min(polls):.2f}-{max(polls):.2f}, {probes} probes, "
+        f"{conns:.2f} new connections per resync: {verdict(met)}"
+    )
+    return [
+        {
+            "name": "steady state: full polls per NIC per resync (worst NIC), probes, new "
+            "TCP connections per resync",
+            "value": max(polls),
+            "limit": 1,
+            "unit": "polls",
+            "met": met,
+            "key": "steady",
+            "detail": {
+                "polls_per_resync": [min(polls), max(polls)],
+                "probes": probes,
+                "new_connections_per_resync": conns,
+            },
+        }
+    ]

@@ -155,12 +155,12 @@ class PollingConfig(_Section):
 
     initial_interval: Seconds = Field(default=0.25, gt=0, le=60)
     max_interval: Seconds = Field(default=5.0, gt=0, le=600)
-    probe_interval: Seconds = Field(default=0.5, gt=0, le=60)
+    probe_interval: Seconds = Field(default=0.4, gt=0, le=60)
     stable_polls: int = Field(default=2, ge=1, le=20)
     ipv6_grace: Seconds = Field(default=10.0, ge=0, le=3600)
     unlisted_grace: Seconds = Field(default=5.0, ge=0, le=3600)
     deadline: Seconds = Field(default=60.0, gt=0, le=86400)
-    request_rate: Seconds = Field(default=100.0, gt=0, le=1000)
+    request_rate: Seconds = Field(default=300.0, gt=0, le=1000)
     request_timeout: Seconds = Field(default=2.0, gt=0, le=60)
 
     @model_validator(mode="after")

@@ -27,7 +27,7 @@ from nicreconciled.errors import ApplyError, FetchError, MetadataError, UnsafePa
 from nicreconciled.model import NicState, Observation, RedFlag
 from nicreconciled.render import Renderer
 from nicreconciled.sources import Source
-from nicreconciled.stability import Phase, Policy, Step, Tracker
+from nicreconciled.stability import Phase, Policy, Predicts, Step, Tracker
 from nicreconciled.status import Managed, NicPhase, NicStatus, StatusStore
 from nicreconciled.system import fs, sysfs
 
@@ -179,8 +179,15 @@ class Reconciler:
             if probe:
                 answers = await self.ctx.source.probe(probe)
                 step = self.tracker.on_probe(now(), answers)
+                predicted = None
+                if step.moved and isinstance(self.ctx.source, Predicts):
+                    # The awaited key moved: its sighting now, confirmed by the full fetch
+                    # that comes at once (stability.py).
+                    predicted = self.ctx.source.predict(self.mac, answers)
+                    if predicted is not None:
+                        self.tracker.on_prediction(now(), predicted)
                 self._log.debug(
-                    "probe", keys=len(probe), changed=step.delay == 0 and not step.probe
+                    "probe", keys=len(probe), changed=step.moved, predicted=predicted is not None
                 )
                 return step
             self._next_full = now() + self._resync_delay()

@@ -6,17 +6,24 @@ accept (render) now, when to poll next, and whether the next poll may be a cheap
 Why this shape: EC2 announces a hot-plugged NIC before IMDS holds all of its data, and the
 data then fills in over seconds (keys listed but 404, device-number 0 for a while, IPv6 late).
 A state is accepted once the same fingerprint was seen on ``stable_polls`` consecutive polls
-and no red flag is pending. While only red flags stand between a stable state and acceptance,
-the tracker asks for probes of just the keys the flags wait on (one request each instead of a
-full crawl), and for a full fetch as soon as a probe sees something move. A change of
-fingerprint resets backoff so that the confirming poll comes quickly.
+and no red flag is pending. While red flags are pending inside their grace (nothing can be
+accepted then, stable or not), the tracker asks for probes of just the keys the flags wait on
+(one request each instead of a full crawl), and for a full fetch as soon as a probe sees
+something move. A source that can tell what its last full read becomes with the probe's
+answers in place (``Predicts``) gives a sighting of the new state at no cost; the full fetch
+then confirms it, so every answer the accepted state is made of has been read twice, and the
+full fetch has read the whole NIC afresh. A change of fingerprint seen otherwise resets
+backoff so that the confirming poll comes quickly (``initial_interval``: data that fills in
+over seconds gets that long to show more).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol, runtime_checkable
 
 from nicreconciled.config import PollingConfig
 from nicreconciled.fingerprint import fingerprint
@@ -27,7 +34,7 @@ from nicreconciled.model import NicState, Observation, RedFlag
 class Policy:
     initial_interval: float = 0.25
     max_interval: float = 5.0
-    probe_interval: float = 0.5
+    probe_interval: float = 0.4
     stable_polls: int = 2
     ipv6_grace: float = 10.0
     unlisted_grace: float = 5.0
@@ -46,6 +53,13 @@ class Policy:
             unlisted_grace=polling.unlisted_grace,
             deadline=polling.deadline,
         )
+
+
+@runtime_checkable
+class Predicts(Protocol):
+    """A source that can apply a probe's answers to its last full read of a MAC."""
+
+    def predict(self, mac: str, answers: Mapping[str, str | None]) -> Observation | None: ...
 
 
 class Phase(Enum):
@@ -70,6 +84,8 @@ class Step:
     warning: str | None = None
     #: Resync cadence applies (nothing left to watch quickly).
     idle: bool = False
+    #: A probe saw an awaited key move (the full fetch at once then confirms a prediction).
+    moved: bool = False
 
 
 @dataclass
@@ -200,13 +216,21 @@ class Tracker:
                 idle=True,  # from now on at the resync cadence, on udev events and SIGHUP
             )
 
-        if stable:
-            # Stable, but red flags still pending: watch just what they wait on.
-            keys = self._probe_keys(pending)
-            delay = self.policy.probe_interval if keys else self._backoff()
+        keys = self._probe_keys(pending)
+        if keys:
+            # Nothing is accepted while these flags are pending, stable or not: watch just
+            # what they wait on. The full fetch after a probe's news (or at the end of the
+            # grace) sees the whole NIC again, and is confirmed like any other.
             return Step(
-                delay=self._jittered(delay),
+                delay=self._jittered(self.policy.probe_interval),
                 probe=keys,
+                phase=self.phase,
+                waiting_on=tuple(f"{f.kind}: {f.detail}" for f in pending),
+            )
+        if stable:
+            # Stable, but pending flags that name no key: full polls, with backoff.
+            return Step(
+                delay=self._backoff(),
                 phase=self.phase,
                 waiting_on=tuple(f"{f.kind}: {f.detail}" for f in pending),
             )
@@ -223,7 +247,7 @@ class Tracker:
         if last is None:
             return Step(delay=0.0, phase=self.phase)
         if any(last.probe.get(k) != v for k, v in answers.items()):
-            return Step(delay=0.0, phase=self.phase)
+            return Step(delay=0.0, phase=self.phase, moved=True)
         flags = last.flags
         pending = self._pending(flags, now)
         if self.phase is Phase.CONVERGING and not pending:
@@ -247,6 +271,20 @@ class Tracker:
             phase=self.phase,
             waiting_on=tuple(f"{f.kind}: {f.detail}" for f in flags),
         )
+
+    def on_prediction(self, now: float, predicted: Observation) -> None:
+        """A sighting of the state a probe's answers make of the last full read.
+
+        Its answers were each read once (the probe's just now, the others by that full
+        read), so it is never accepted by itself: the full fetch that follows at once reads
+        every one of them again, and its state is stable when it is the predicted one.
+        """
+        fp = fingerprint(predicted.state)
+        if self.phase is not Phase.CONVERGING and fp != self.accepted_fp:
+            self.start_episode(now, fresh=False)
+        if fp != self.last_fp:
+            self.last_fp, self.seen = fp, 1
+            self._interval = self.policy.initial_interval
 
     def on_failure(self, now: float, reason: str) -> Step:
         """No usable answer: nothing changes, try again later (backoff, jitter).

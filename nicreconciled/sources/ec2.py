@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import TypeVar
@@ -40,6 +41,8 @@ _log = structlog.get_logger(__name__)
 MACS_DIR = "meta-data/network/interfaces/macs/"
 #: How long one ``macs/`` listing answers for every NIC (a burst of attaches shares it).
 LISTING_TTL = 0.5
+#: The last full read of this many MACs is kept for predict() (an instance has at most ~100).
+RAW_KEPT = 256
 TOKEN_PATH = "api/token"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
@@ -306,6 +309,8 @@ class Ec2Source:
         self._primary: str | None = None
         self._listing: tuple[float, str] | None = None
         self._listing_task: asyncio.Future[str] | None = None
+        #: MAC -> its directory listing and raw answers (None = 404) at its last full read.
+        self._raw: OrderedDict[str, tuple[str, dict[str, str | None]]] = OrderedDict()
         self._log = (log if log is not None else _log).bind(source="ec2")
 
     @property
@@ -438,18 +443,26 @@ class Ec2Source:
             self._log.warning("imds_bad_mac_entry", entry=repr(entry[:64]))
         return macs
 
+    def _known(self, mac: str) -> bool:
+        """Named by the last ``macs/`` listing fetched, however old it is."""
+        return self._listing is not None and mac in parse_mac_listing(self._listing[1])[0]
+
     async def fetch(self, mac: str) -> Observation:
         mac = normalize_mac(mac)
         directory = mac_dir(mac)
         asked = self._clock()
-        # A cached listing proves a MAC is listed; that it is not, only a listing fetched
-        # after this poll began does (a NIC attached a moment ago is not in an older one).
-        if mac not in await self.list_macs() and mac not in await self.list_macs(newer_than=asked):
-            listed = self._listing[1] if self._listing else ""
-            flag = RedFlag("not-listed", "MAC not in the metadata", (MACS_DIR,), "unlisted")
-            return Observation(mac=mac, state=None, flags=(flag,), probe={MACS_DIR: listed})
+        # A MAC some listing named is asked for directly: its directory answering proves it
+        # is listed, so a NIC's later polls cost no listing. Otherwise a cached listing
+        # proves it is listed; that it is not, only a listing fetched after this poll began
+        # does (a NIC attached a moment ago is not in an older one).
+        known = self._known(mac)
+        if not known and not await self._listed(mac, asked):
+            return self._unlisted(mac)
         listing = await self._get(directory)
         if listing is None:
+            if known and mac not in await self.list_macs(newer_than=asked):
+                return self._unlisted(mac)  # gone upstream since the listing that named it
+            self._raw.pop(mac, None)
             # Watch the listing too: a MAC that drops out of it (a detach that was still
             # propagating when the listing was read) must not wait for the deadline.
             watched = (MACS_DIR, directory)
@@ -461,7 +474,12 @@ class Ec2Source:
         names = listing_names(listing)
         keys = [k for k in WANTED if k in names]
         answers = await self._gather([key_path(mac, k) for k in keys])
-        observation = parse_nic(mac, listing, dict(zip(keys, answers, strict=True)), primary)
+        raw = dict(zip(keys, answers, strict=True))
+        observation = parse_nic(mac, listing, raw, primary)
+        self._raw[mac] = (listing, raw)
+        self._raw.move_to_end(mac)
+        while len(self._raw) > RAW_KEPT:
+            self._raw.popitem(last=False)
         self._log.debug(
             "ec2_fetched",
             mac=mac,
@@ -469,6 +487,42 @@ class Ec2Source:
             flags=[f.kind for f in observation.flags],
         )
         return observation
+
+    async def _listed(self, mac: str, asked: float) -> bool:
+        return mac in await self.list_macs() or mac in await self.list_macs(newer_than=asked)
+
+    def _unlisted(self, mac: str) -> Observation:
+        self._raw.pop(mac, None)
+        listed = self._listing[1] if self._listing else ""
+        flag = RedFlag("not-listed", "MAC not in the metadata", (MACS_DIR,), "unlisted")
+        return Observation(mac=mac, state=None, flags=(flag,), probe={MACS_DIR: listed})
+
+    def predict(self, mac: str, answers: Mapping[str, str | None]) -> Observation | None:
+        """What MAC's last full read gives with a probe's ANSWERS in place of its own; None
+        when that cannot be told (no full read yet, a listing among the answers, garbage).
+
+        The reconciler counts it as a sighting of the new state, which the full read that
+        follows confirms or not: every answer the state is made of is then read twice.
+        """
+        mac = normalize_mac(mac)
+        kept = self._raw.get(mac)
+        if kept is None or self._primary is None:
+            return None
+        listing, raw = kept
+        raw = dict(raw)
+        names = listing_names(listing)
+        directory = mac_dir(mac)
+        for path, answer in answers.items():
+            key = path.removeprefix(directory)
+            if key == path or not key or "/" in key:
+                return None  # a listing, or not one of this MAC's keys
+            raw[key] = answer
+            if answer is not None and key not in names:
+                listing += f"\n{key}"  # answering means listed
+        try:
+            return parse_nic(mac, listing, raw, self._primary)
+        except MetadataError:
+            return None
 
     async def probe(self, keys: Sequence[str]) -> dict[str, str | None]:
         for key in keys:

@@ -5,15 +5,29 @@ way a request can fail without a usable answer (no connection, timeout, reset, t
 body, throttling, server error) into ``FetchError`` with a one-line reason, so callers never
 confuse a failure with an empty answer. Statuses the caller must interpret (200, 401, 404,
 ...) are returned as an ``Answer``.
+
+Connections are kept open between the background checks (``KEEPALIVE``, longer than the
+default resync interval), so a daemon at rest reuses them instead of opening new ones. A
+kept connection the server closed while it was idle fails at once with a disconnect or a
+reset: that request, and only that one, is sent again on a new connection. aiohttp's own
+retry is switched off: it would also resend a request the server held for seconds and then
+dropped, which is what every client of a service that comes back from an outage sees at the
+same moment. Such a request (slow: ``SLOW_SHARE`` of the timeout or more, answered or not;
+or dropped by the server after it took it) makes the client wait a random share of
+``RECOVERY_SPREAD`` timeouts before its next request, so clients released together do not
+come back together.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -22,6 +36,20 @@ from nicreconciled.errors import FetchError, MetadataError
 
 DEFAULT_MAX_BODY = 256 * 1024
 DEFAULT_CONCURRENCY = 8
+#: Requests per second, all NICs together: IMDS allows about 1,024 packets per second per
+#: ENI, and a request on a kept connection costs two (the request and the ACK of the answer).
+DEFAULT_RATE = 300.0
+#: How long an idle connection is kept (aiohttp's default is 15 s): above the default
+#: resync_interval at the top of its jitter (72 s), so background checks reuse connections.
+KEEPALIVE = 150.0
+#: A request that took this share of the timeout or more met a stalled server.
+SLOW_SHARE = 0.25
+#: After such a request the next one waits a random time up to this many timeouts: the
+#: requests a service held for up to one timeout are then spread over more than twice that.
+RECOVERY_SPREAD = 2.5
+#: What a server that closed a kept connection while it was idle makes the next request on
+#: it fail with (before any answer came).
+_STALE_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
 
 
 @dataclass(frozen=True)
@@ -99,6 +127,33 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:120] if text else type(exc).__name__
 
 
+@dataclass
+class _Attempt:
+    """What one attempt of a request learned on the way (filled by the trace hooks)."""
+
+    reused: bool = False
+    answered: bool = False
+
+
+async def _on_reuse(
+    _session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    _params: aiohttp.TraceConnectionReuseconnParams,
+) -> None:
+    attempt = context.trace_request_ctx
+    if isinstance(attempt, _Attempt):
+        attempt.reused = True
+
+
+def _stale(exc: BaseException, attempt: _Attempt) -> bool:
+    """A kept connection the server had closed: the request never reached an answer."""
+    if not attempt.reused or attempt.answered:
+        return False
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return True
+    return isinstance(exc, aiohttp.ClientOSError) and exc.errno in _STALE_ERRNOS
+
+
 class HttpClient:
     """One lazily created aiohttp session; see the module docstring.
 
@@ -110,17 +165,25 @@ class HttpClient:
         self,
         *,
         timeout: float = 2.0,
-        rate: float = 100.0,
+        rate: float = DEFAULT_RATE,
         concurrency: int = DEFAULT_CONCURRENCY,
         max_body: int = DEFAULT_MAX_BODY,
+        keepalive: float = KEEPALIVE,
+        rng: random.Random | None = None,
     ) -> None:
-        if timeout <= 0 or rate <= 0 or concurrency < 1 or max_body < 1:
-            raise ValueError("timeout, rate, concurrency and max_body must be positive")
+        if timeout <= 0 or rate <= 0 or concurrency < 1 or max_body < 1 or keepalive <= 0:
+            raise ValueError("timeout, rate, concurrency, max_body and keepalive must be positive")
         self.timeout = timeout
         self.max_body = max_body
         self.concurrency = concurrency
+        self.keepalive = keepalive
         self.requests_sent = 0
+        #: Requests sent again because their kept connection had been closed by the server.
+        self.stale_retries = 0
         self._rate = rate
+        self._rng = rng if rng is not None else random.Random()
+        #: No request is sent before this (monotonic) time: see the module docstring.
+        self._hold_until = 0.0
         self._bucket: TokenBucket | None = None
         self._slots: asyncio.Semaphore | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -141,8 +204,12 @@ class HttpClient:
         ):
             self._bucket = TokenBucket(self._rate, self._rate / 10)
             self._slots = asyncio.Semaphore(self.concurrency)
+            trace = aiohttp.TraceConfig()
+            trace.on_connection_reuseconn.append(_on_reuse)
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.concurrency, use_dns_cache=False),
+                connector=aiohttp.TCPConnector(
+                    limit=self.concurrency, use_dns_cache=False, keepalive_timeout=self.keepalive
+                ),
                 # The daemon talks to the configured endpoint only: no proxy from the
                 # environment, no netrc, no redirects, no compression games.
                 trust_env=False,
@@ -150,26 +217,61 @@ class HttpClient:
                 auto_decompress=False,
                 skip_auto_headers=("Accept-Encoding", "User-Agent"),
                 headers={"User-Agent": "nicreconciled"},
+                trace_configs=[trace],
             )
+            if hasattr(self._session, "_retry_connection"):
+                # aiohttp >= 3.10 resends any failed idempotent request once, at once; the
+                # one case that deserves it is handled in request() (see the docstring).
+                self._session._retry_connection = False
         return self._session, self._bucket, self._slots
+
+    async def _hold(self) -> None:
+        delay = self._hold_until - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def _took(self, seconds: float, dropped: bool) -> None:
+        """After a slow request, or one the server dropped after taking it (what a service
+        coming back does with what it held), spread this client's next request."""
+        now = time.monotonic()
+        if (dropped or seconds >= self.timeout * SLOW_SHARE) and self._hold_until <= now:
+            self._hold_until = now + self._rng.uniform(0.0, self.timeout * RECOVERY_SPREAD)
 
     async def request(
         self, method: str, url: str, headers: Mapping[str, str] | None = None
     ) -> Answer:
         session, bucket, slots = self._ensure()
+        await self._hold()
         async with slots:
             await bucket.acquire()
-            self.requests_sent += 1
             where = f"{method} {_path(url)}"
+            started = time.monotonic()
+            dropped = False
             try:
                 async with asyncio.timeout(self.timeout):
-                    return await self._send(session, method, url, headers, where)
+                    self.requests_sent += 1
+                    first = _Attempt()
+                    try:
+                        return await self._send(session, method, url, headers, where, first)
+                    except (aiohttp.ClientError, OSError) as exc:
+                        # Only a kept connection that failed before the server could have
+                        # been stalled is tried again, once, on a new connection.
+                        quick = time.monotonic() - started < self.timeout * SLOW_SHARE
+                        if not (quick and _stale(exc, first)):
+                            raise
+                    self.stale_retries += 1
+                    self.requests_sent += 1
+                    return await self._send(session, method, url, headers, where, _Attempt())
             except (FetchError, MetadataError):
                 raise
             except TimeoutError:
                 raise TransportError(f"{where}: timeout after {self.timeout:g}s") from None
             except (aiohttp.ClientError, OSError) as exc:
+                # A refused connection was never taken: nothing held, nothing to spread.
+                dropped = not isinstance(exc, aiohttp.ClientConnectorError)
                 raise TransportError(f"{where}: {_describe(exc)}") from None
+            finally:
+                self._took(time.monotonic() - started, dropped)
 
     async def _send(
         self,
@@ -178,10 +280,16 @@ class HttpClient:
         url: str,
         headers: Mapping[str, str] | None,
         where: str,
+        attempt: _Attempt,
     ) -> Answer:
         async with session.request(
-            method, url, headers=dict(headers or {}), allow_redirects=False
+            method,
+            url,
+            headers=dict(headers or {}),
+            allow_redirects=False,
+            trace_request_ctx=attempt,
         ) as resp:
+            attempt.answered = True
             status = resp.status
             if status == 429 or status >= 500:
                 resp.close()

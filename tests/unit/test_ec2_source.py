@@ -330,3 +330,70 @@ class TestEndpoints:
         )
         with pytest.raises(FetchError, match="cannot connect"):
             await ec2.list_macs()
+
+
+class TestPrediction:
+    async def test_a_probe_answer_applied_to_the_last_full_read_predicts_the_state(
+        self, sim: ImdsSim, ec2: Ec2Source
+    ) -> None:
+        sim.add_nic(nic(subnet_ipv6_cidrs=["2001:db8:11::/64"]))
+        early = await ec2.fetch(MAC)
+        key = early.flags[0].keys[0]
+        sim.update_nic(MAC, {"ipv6s": [IPV6]})
+        answers = await ec2.probe([key])
+        predicted = ec2.predict(MAC, answers)
+        assert predicted is not None
+        assert predicted.flags == ()
+        confirmed = await ec2.fetch(MAC)
+        assert predicted.state == confirmed.state
+        assert confirmed.state is not None
+        assert [str(a) for a in confirmed.state.ipv6_addresses] == [IPV6]
+
+    async def test_a_change_elsewhere_makes_the_full_read_differ(
+        self, sim: ImdsSim, ec2: Ec2Source
+    ) -> None:
+        sim.add_nic(nic(subnet_ipv6_cidrs=["2001:db8:11::/64"]))
+        key = (await ec2.fetch(MAC)).flags[0].keys[0]
+        sim.update_nic(MAC, {"ipv6s": [IPV6], "local_ipv4s": ["10.0.11.25", "10.0.11.26"]})
+        predicted = ec2.predict(MAC, await ec2.probe([key]))
+        assert predicted is not None
+        assert predicted.state != (await ec2.fetch(MAC)).state
+
+    async def test_nothing_is_predicted_without_a_full_read_or_from_a_listing(
+        self, sim: ImdsSim, ec2: Ec2Source
+    ) -> None:
+        sim.add_nic(nic())
+        assert ec2.predict(MAC, {mac_dir(MAC) + "ipv6s": IPV6}) is None
+        await ec2.fetch(MAC)
+        assert ec2.predict(MAC, {MACS_DIR: f"{MAC}/"}) is None
+        assert ec2.predict(MAC, {mac_dir(MAC): "device-number"}) is None
+        assert ec2.predict(MAC, {mac_dir(PRIMARY) + "ipv6s": IPV6}) is None
+        assert ec2.predict(MAC, {mac_dir(MAC) + "local-ipv4s": "garbage"}) is None
+
+
+class TestListingCost:
+    async def test_a_listed_nic_polled_again_costs_no_listing(
+        self, sim: ImdsSim, http: HttpClient
+    ) -> None:
+        ec2 = source(http, sim.url, listing_ttl=0)  # any listing would be a request
+        sim.add_nic(nic(PRIMARY, device_number=0))
+        sim.add_nic(nic())
+        await ec2.fetch(MAC)
+        sim.reset_stats()
+        await ec2.fetch(MAC)
+        paths = [p for _, _, p, _ in sim.log]
+        assert f"/latest/{MACS_DIR}" not in paths
+        assert paths[0] == f"/latest/{mac_dir(MAC)}"
+
+    async def test_a_listed_nic_gone_upstream_is_not_listed_any_more(
+        self, sim: ImdsSim, http: HttpClient
+    ) -> None:
+        ec2 = source(http, sim.url, listing_ttl=60)  # even a fresh cached listing names it
+        sim.add_nic(nic(PRIMARY, device_number=0))
+        sim.add_nic(nic())
+        await ec2.fetch(MAC)
+        sim.remove_nic(MAC)
+        gone = await ec2.fetch(MAC)
+        assert gone.state is None
+        assert [f.kind for f in gone.flags] == ["not-listed"]
+        assert ec2.predict(MAC, {mac_dir(MAC) + "ipv6s": IPV6}) is None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import socket
 import struct
 import time
@@ -12,7 +14,15 @@ import pytest
 from aiohttp import web
 
 from nicreconciled.errors import FetchError, MetadataError
-from nicreconciled.sources.http import Answer, HttpClient, StatusError, TransportError
+from nicreconciled.sources.http import (
+    DEFAULT_RATE,
+    RECOVERY_SPREAD,
+    SLOW_SHARE,
+    Answer,
+    HttpClient,
+    StatusError,
+    TransportError,
+)
 from tests.unit.conftest import Serve
 
 
@@ -280,3 +290,197 @@ class TestLimits:
             HttpClient(timeout=0)
         with pytest.raises(ValueError, match="positive"):
             HttpClient(concurrency=0)
+        with pytest.raises(ValueError, match="positive"):
+            HttpClient(keepalive=0)
+
+    def test_the_default_rate_fits_the_imds_packet_budget(self) -> None:
+        # ~2 packets per request on a kept connection; IMDS allows ~1,024 per ENI.
+        assert 100 < DEFAULT_RATE <= 400
+
+
+class Top(random.Random):
+    """Always the top of the range: the longest hold the client may choose."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+async def raw_server(handle: Callable[..., Awaitable[None]]) -> tuple[asyncio.Server, str]:
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}/x"
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+
+
+class TestKeptConnections:
+    async def test_idle_connections_are_reused_between_requests(self, serve: Serve) -> None:
+        transports: set[object] = set()
+
+        async def handler(request: web.Request) -> web.Response:
+            transports.add(request.transport)
+            return web.Response(text="ok")
+
+        url = await serve(app_with("/x", handler))
+        client = HttpClient()
+        try:
+            for _ in range(3):
+                await client.request("GET", f"{url}/x")
+                await asyncio.sleep(0.1)  # idle between requests, as between resyncs
+        finally:
+            await client.close()
+        assert len(transports) == 1
+        assert client.keepalive > 60 * 1.2  # the default resync_interval's longest jitter
+
+    async def test_a_kept_connection_the_server_closed_is_tried_again_once(self) -> None:
+        connections = 0
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            # Answers the first request of a connection; on the second it closes without a
+            # word, as a server whose idle timeout ran out just as the request came.
+            nonlocal connections
+            connections += 1
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(OK)
+                await writer.drain()
+                await reader.readuntil(b"\r\n\r\n")
+            writer.close()
+
+        server, url = await raw_server(handle)
+        client = HttpClient()
+        try:
+            assert (await client.request("GET", url)).body == "ok"
+            assert (await client.request("GET", url)).body == "ok"
+        finally:
+            await client.close()
+            server.close()
+        assert client.stale_retries == 1
+        assert connections == 2
+        assert client.requests_sent == 3
+
+    async def test_a_request_held_then_dropped_is_not_sent_again(self) -> None:
+        connections = 0
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            # The second request of a connection is held, then dropped: a service coming
+            # back from an outage. Sending it again at once is what makes a herd.
+            nonlocal connections
+            connections += 1
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(OK)
+                await writer.drain()
+                await reader.readuntil(b"\r\n\r\n")
+                await asyncio.sleep(0.3)
+            writer.close()
+
+        server, url = await raw_server(handle)
+        client = HttpClient(timeout=1.0)
+        try:
+            await client.request("GET", url)
+            with pytest.raises(TransportError, match="connection closed by server"):
+                await client.request("GET", url)
+        finally:
+            await client.close()
+            server.close()
+        assert client.stale_retries == 0
+        assert connections == 1
+
+    async def test_a_reset_on_a_new_connection_is_not_sent_again(self, serve: Serve) -> None:
+        calls = 0
+
+        async def handler(request: web.Request) -> web.Response:
+            nonlocal calls
+            calls += 1
+            assert request.transport is not None
+            sock = request.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            request.transport.abort()
+            return web.Response(text="never sent")
+
+        url = await serve(app_with("/reset", handler))
+        client = HttpClient()
+        try:
+            with pytest.raises(TransportError):
+                await client.request("GET", f"{url}/reset")
+        finally:
+            await client.close()
+        assert calls == 1
+
+
+class TestRecoverySpread:
+    async def test_after_a_slow_request_the_next_one_waits_a_random_while(
+        self, serve: Serve, release: asyncio.Event
+    ) -> None:
+        async def slow(request: web.Request) -> web.Response:
+            await release.wait()
+            return web.Response(text="late")
+
+        async def fast(request: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        app = app_with("/slow", slow)
+        app.router.add_route("GET", "/fast", fast)
+        url = await serve(app)
+        client = HttpClient(timeout=0.3, rng=Top())
+        try:
+            with pytest.raises(TransportError, match="timeout"):
+                await client.request("GET", f"{url}/slow")
+            started = time.monotonic()
+            await client.request("GET", f"{url}/fast")
+            held = time.monotonic() - started
+            started = time.monotonic()
+            await client.request("GET", f"{url}/fast")
+            prompt = time.monotonic() - started
+        finally:
+            await client.close()
+        assert held >= 0.3 * RECOVERY_SPREAD * 0.9
+        assert prompt < 0.3 * RECOVERY_SPREAD / 2  # a prompt answer holds nothing back
+
+    async def test_prompt_answers_hold_nothing_back(self, serve: Serve) -> None:
+        async def handler(request: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        url = await serve(app_with("/x", handler))
+        client = HttpClient(timeout=2.0, rng=Top())
+        try:
+            started = time.monotonic()
+            for _ in range(5):
+                await client.request("GET", f"{url}/x")
+            took = time.monotonic() - started
+        finally:
+            await client.close()
+        assert took < 2.0 * SLOW_SHARE
+
+    async def test_a_request_dropped_at_once_spreads_the_next_but_a_refusal_does_not(
+        self, serve: Serve, closed_port: int
+    ) -> None:
+        async def reset(request: web.Request) -> web.Response:
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(text="never sent")
+
+        async def fast(request: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        app = app_with("/reset", reset)
+        app.router.add_route("GET", "/fast", fast)
+        url = await serve(app)
+        client = HttpClient(timeout=0.3, rng=Top())
+        try:
+            with pytest.raises(TransportError, match="cannot connect"):
+                await client.request("GET", f"http://127.0.0.1:{closed_port}/x")
+            started = time.monotonic()
+            await client.request("GET", f"{url}/fast")
+            after_refusal = time.monotonic() - started
+            with pytest.raises(TransportError):
+                await client.request("GET", f"{url}/reset")
+            started = time.monotonic()
+            await client.request("GET", f"{url}/fast")
+            after_drop = time.monotonic() - started
+        finally:
+            await client.close()
+        assert after_refusal < 0.3 * RECOVERY_SPREAD / 2
+        assert after_drop >= 0.3 * RECOVERY_SPREAD * 0.9

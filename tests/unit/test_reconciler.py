@@ -271,3 +271,44 @@ class TestWatchingAfterAGrace:
         source.answer = state("10.0.1.5", "10.0.1.9")  # changes while only ipv6s is probed
         await until(lambda: "10.0.1.9/24" in target.read_text())
         task.cancel()
+
+
+class TestPrediction:
+    async def test_a_predicted_change_is_written_after_one_full_fetch(
+        self, tmp_path: Path, target: Path
+    ) -> None:
+        key = f"meta-data/network/interfaces/macs/{MAC}/ipv6s"
+        flag = RedFlag("ipv6-pending", "no ipv6s yet", (key,), "ipv6")
+        later = state("10.0.1.5", "10.0.1.9")  # stands for "with its IPv6"
+
+        class Predicting(ScriptedSource):
+            value: str | None = None
+            fetched_after: int | None = None
+
+            async def fetch(self, mac: str) -> Observation:
+                self.fetches += 1
+                if self.value is None:
+                    return Observation(mac, state(), (flag,), {key: None})
+                return Observation(mac, later, (), {})
+
+            async def probe(self, keys: Sequence[str]) -> dict[str, str | None]:
+                return {key: self.value}
+
+            def predict(self, mac: str, answers: dict[str, str | None]) -> Observation | None:
+                self.fetched_after = self.fetches
+                return Observation(mac, later, (), {})
+
+        source = Predicting(state())
+        rec = make(tmp_path, source)
+        rec.ctx.policy = Policy(
+            initial_interval=1.0, max_interval=1.0, probe_interval=0.01, ipv6_grace=30
+        )
+        rec.tracker.policy = rec.ctx.policy
+        task = asyncio.create_task(rec.run())
+        await until(lambda: source.fetches >= 1)
+        source.value = "2001:db8::1"
+        await until(lambda: target.exists() and "10.0.1.9/24" in target.read_text())
+        task.cancel()
+        # One full fetch after the prediction (no second poll initial_interval = 1 s later).
+        assert source.fetched_after is not None
+        assert source.fetches == source.fetched_after + 1

@@ -320,3 +320,79 @@ class TestWhatNeverComes:
         late = t.on_observation(POLICY.deadline + 0.1, obs(state(), flag))
         assert late.accept
         assert late.idle
+
+
+class TestProbingAndPrediction:
+    def test_a_pending_flag_is_probed_from_the_first_poll_on(self) -> None:
+        t = tracker()
+        step = t.on_observation(0.0, obs(state(), ipv6_pending()))
+        assert not step.accept
+        assert step.probe == (IPV6_KEY,)
+        assert step.delay == POLICY.probe_interval
+
+    def test_a_probe_that_sees_the_key_move_says_so(self) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state(), ipv6_pending()))
+        assert not t.on_probe(0.4, {IPV6_KEY: None}).moved
+        moved = t.on_probe(0.8, {IPV6_KEY: "2001:db8:1::10"})
+        assert moved.moved
+        assert moved.delay == 0.0
+        assert moved.probe == ()
+
+    def test_the_full_fetch_confirming_a_prediction_is_accepted_at_once(self) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state(), ipv6_pending()))
+        t.on_probe(4.0, {IPV6_KEY: "2001:db8:1::10"})
+        t.on_prediction(4.0, obs(state(ipv6=True)))
+        step = t.on_observation(4.02, obs(state(ipv6=True)))
+        assert step.accept
+        assert step.state == state(ipv6=True)
+        assert step.phase is Phase.CONVERGED
+
+    def test_a_prediction_alone_is_never_accepted(self) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state(), ipv6_pending()))
+        t.on_prediction(4.0, obs(state(ipv6=True)))
+        assert t.accepted_fp is None
+        assert t.seen == 1
+
+    def test_a_full_fetch_that_differs_from_the_prediction_needs_its_own_confirmation(
+        self,
+    ) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state(), ipv6_pending()))
+        t.on_prediction(4.0, obs(state(ipv6=True)))
+        # A secondary IPv4 came meanwhile: what the full fetch saw was seen once.
+        step = t.on_observation(4.02, obs(state(ipv6=True, addrs=2)))
+        assert not step.accept
+        assert step.delay == POLICY.initial_interval
+        assert t.on_observation(4.27, obs(state(ipv6=True, addrs=2))).accept
+
+    def test_without_a_prediction_the_change_is_confirmed_by_a_second_poll(self) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state(), ipv6_pending()))
+        t.on_probe(4.0, {IPV6_KEY: "2001:db8:1::10"})
+        first = t.on_observation(4.02, obs(state(ipv6=True)))
+        assert not first.accept
+        assert t.on_observation(4.02 + first.delay, obs(state(ipv6=True))).accept
+
+    def test_a_prediction_after_the_grace_is_confirmed_by_the_next_full_fetch(self) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state(), ipv6_pending()))
+        settled = t.on_observation(POLICY.ipv6_grace + 0.1, obs(state(), ipv6_pending()))
+        assert settled.accept
+        assert t.on_probe(45.0, {IPV6_KEY: "2001:db8:1::10"}).moved
+        t.on_prediction(45.0, obs(state(ipv6=True)))
+        step = t.on_observation(45.02, obs(state(ipv6=True)))
+        assert step.accept
+        assert step.state == state(ipv6=True)
+        assert step.phase is Phase.CONVERGED
+
+    def test_an_unchanged_state_at_the_end_of_the_grace_needs_no_extra_poll(self) -> None:
+        t = tracker()
+        t.on_observation(0.0, obs(state(), ipv6_pending()))
+        expired = t.on_probe(POLICY.ipv6_grace + 0.2, {IPV6_KEY: None})
+        assert expired.delay == 0.0  # a full fetch decides
+        step = t.on_observation(POLICY.ipv6_grace + 0.2, obs(state(), ipv6_pending()))
+        assert step.accept  # the same as the first poll: seen twice in a row
+        assert step.state == state()
