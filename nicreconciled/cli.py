@@ -115,8 +115,8 @@ async def _async_main(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _render(config: Config, ctx: Context, mac: str | None) -> int:
-    from nicreconciled.daemon import Daemon
     from nicreconciled.model import normalize_mac
+    from nicreconciled.ownership import Ownership
     from nicreconciled.system import sysfs
 
     #: MAC -> why it is not ours, as far as known before any fetch.
@@ -129,12 +129,12 @@ async def _render(config: Config, ctx: Context, mac: str | None) -> int:
         if config.interfaces.excludes_mac(macs[0]):
             not_ours[macs[0]] = "excluded: exclude_macs"
     else:
-        daemon = Daemon(config, ctx, once=True)
+        ownership = Ownership(config)
         macs = []
         for link in sysfs.list_links():
-            if daemon.eligible(link):
+            if ownership.eligible(link):
                 macs.append(link.mac)
-                verdict = daemon.not_ours(link)
+                verdict = ownership.not_ours(link)
                 if isinstance(verdict, tuple):
                     not_ours[link.mac] = f"{verdict[0]}: {verdict[1]}"
     status = 0

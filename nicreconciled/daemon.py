@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Final
 
 import structlog
 
-from nicreconciled import systemd, udev
+from nicreconciled import systemd
 from nicreconciled.config import Config
 from nicreconciled.errors import UnsafePathError
 from nicreconciled.model import key_to_mac
+from nicreconciled.ownership import NOT_READY, NotOurs, Ownership
 from nicreconciled.reconciler import Context, Reconciler
 from nicreconciled.render import owned_names
 from nicreconciled.status import (
@@ -44,18 +43,6 @@ RELOAD_BOUND = 10.0
 #: Gets a callback for one-line progress and an event that cuts a retry wait short.
 Detect = Callable[[Callable[[str], object], asyncio.Event], Awaitable[Context]]
 
-#: Why a NIC is not ours: (Managed.EXCLUDED or Managed.FOREIGN, the reason for people).
-NotOurs = tuple[Managed, str]
-#: udev runs but has not processed the NIC yet: its event (after the rules) will bring it.
-NOT_READY: Final = "not processed by udev yet"
-
-
-def our_managers(config: Config) -> frozenset[str]:
-    """The ID_NET_MANAGED_BY value of the daemon our files are loaded by: a NIC udev gives
-    to it is still ours to configure (networkd and NetworkManager honour the property)."""
-    nm = config.renderer == "networkmanager" or config.netplan.backend == "NetworkManager"
-    return frozenset({udev.NETWORKMANAGER if nm else udev.NETWORKD})
-
 
 class Daemon:
     def __init__(
@@ -78,8 +65,6 @@ class Daemon:
         self._retry_detect = asyncio.Event()
         self._daemon_status = StatusStore(config.state_dir)
         self.sys_root = sys_root
-        #: Where the udev database is read (run_root/udev/data), with udev.source = "udev".
-        self.run_root = run_root
         self.once = once
         self._notify = notify
         self.reconcilers: dict[str, Reconciler] = {}
@@ -87,7 +72,7 @@ class Daemon:
         #: NICs attached here that are not ours (excluded, or udev gives them to another
         #: manager): never polled; their status says why.
         self.ignored: dict[str, NicStatus] = {}
-        self._ours = our_managers(config)
+        self.ownership = Ownership(config, run_root)
         self._names: dict[str, str] = {}  # ifname -> mac, for remove events (no sysfs then)
         self._stop = asyncio.Event()
         self._env = env  # WATCHDOG_USEC/WATCHDOG_PID; None: os.environ
@@ -115,31 +100,12 @@ class Daemon:
 
     # -- which NICs ----------------------------------------------------------------------
     def eligible(self, link: sysfs.Link) -> bool:
-        if not link.ethernet:
-            return False
-        if link.virtual and not self.config.interfaces.virtual:
-            return False
-        return not any(fnmatch.fnmatchcase(link.name, p) for p in self.config.interfaces.ignore)
+        return self.ownership.eligible(link)
 
     def not_ours(
         self, link: sysfs.Link, properties: Mapping[str, str] | None = None
     ) -> NotOurs | str | None:
-        """Why the eligible LINK is not ours (NotOurs), NOT_READY, or None: ours.
-
-        PROPERTIES: the udev event's; None: read the udev database. With udev.source =
-        "kernel" udev is not consulted at all: raw kernel events come before udev's rules
-        have run, and there may be no udevd; interfaces.exclude_macs still applies.
-        """
-        if self.config.interfaces.excludes_mac(link.mac):
-            return Managed.EXCLUDED, "exclude_macs"
-        if self.config.udev.source != "udev":
-            return None
-        if properties is None:
-            properties = sysfs.udev_properties(link.ifindex, self.run_root)
-            if properties is None:
-                return NOT_READY if sysfs.udev_running(self.run_root) else None
-        owner = udev.foreign_owner(properties, self._ours)
-        return None if owner is None else (Managed.FOREIGN, owner)
+        return self.ownership.not_ours(link, properties)
 
     def _owned(self, link: sysfs.Link, properties: Mapping[str, str] | None = None) -> bool:
         """Whether LINK is ours to reconcile now; if not, it is recorded as not ours."""
