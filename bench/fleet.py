@@ -55,13 +55,12 @@ from aiohttp import web
 
 from bench.harness import BenchError, proc_cpu_seconds
 from bench.report import RESULTS, percentile, sliding_peak, summary, table, verdict
-from nicreconciled.config import CloudStackConfig
 from nicreconciled.model import Cloud, Observation
 from nicreconciled.reconciler import Context, Reconciler
 from nicreconciled.render.netplan import NetplanRenderer
 from nicreconciled.sim.cloudstack import VrSim
 from nicreconciled.sim.server import url_of
-from nicreconciled.sources.cloudstack import CloudStackSource
+from nicreconciled.sources.cloudstack import CloudStackConfig, CloudStackSource
 from nicreconciled.sources.http import RECOVERY_SPREAD, HttpClient
 from nicreconciled.stability import Policy
 from nicreconciled.status import StatusStore

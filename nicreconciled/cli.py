@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from nicreconciled import __version__, log
 from nicreconciled.config import Config, excluded_device_number, load
 from nicreconciled.errors import ConfigError, FetchError, MetadataError
+from nicreconciled.sources import SOURCES
 from nicreconciled.status import Managed, StatusStore, summary
 
 if TYPE_CHECKING:
@@ -56,9 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     d.add_argument(
         "--cloud",
-        choices=("ec2", "cloudstack"),
+        choices=tuple(SOURCES),
         default="ec2",
-        help="ec2: IMDSv2 + netplan, IPv6 late; cloudstack: virtual router + keyfile",
+        help="ec2: IMDSv2 + netplan, IPv6 late; cloudstack: virtual router + keyfile;"
+        " any other cloud: its simulator + netplan, then an upstream change",
     )
     d.add_argument("--ipv6-delay", type=float, default=4.0, help="seconds until IPv6 appears")
     return p
@@ -155,9 +157,7 @@ async def _render(config: Config, ctx: Context, mac: str | None) -> int:
             print(f"# {one}: not in the metadata; not managed", file=sys.stderr)
         elif obs.state.primary and not config.manage_primary:
             print(f"# {one}: primary NIC; not managed (manage_primary = false)", file=sys.stderr)
-        elif obs.state.cloud == "ec2" and (
-            rule := excluded_device_number(ranges, obs.state.device_number)
-        ):
+        elif rule := excluded_device_number(ranges, obs.state.device_number):
             print(
                 f"# {one}: not managed (excluded: exclude_device_numbers {rule})", file=sys.stderr
             )

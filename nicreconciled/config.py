@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -15,6 +15,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -39,11 +41,21 @@ def _int_to_float(value: object) -> object:
 Seconds = Annotated[float, BeforeValidator(_int_to_float)]
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A table of the file: unknown keys are errors, values are not coerced, frozen.
+
+    A source's own table (``[ec2]``, ``[oci]``, ...) is a Section subclass in the source's
+    module, named by its ``Settings``; ``Config.section(Kind)`` returns it.
+    """
+
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-def _check_endpoint(value: str) -> str:
+_Section = Section
+_S = TypeVar("_S", bound=Section)
+
+
+def check_endpoint(value: str) -> str:
     """An http(s) URL with a host and a valid port, or "" (none)."""
     if not value:
         return value
@@ -104,8 +116,11 @@ def format_range(device_range: DeviceRange) -> str:
     return str(first) if first == last else f"{first}-{last}"
 
 
-def excluded_device_number(ranges: tuple[DeviceRange, ...], number: int) -> str | None:
-    """The configured range that NUMBER falls in ("2-7"), or None."""
+def excluded_device_number(ranges: tuple[DeviceRange, ...], number: int | None) -> str | None:
+    """The configured range that NUMBER falls in ("2-7"), or None (also for a NIC its cloud
+    gives no number)."""
+    if number is None:
+        return None
     for device_range in ranges:
         if device_range[0] <= number <= device_range[1]:
             return format_range(device_range)
@@ -118,8 +133,9 @@ class InterfacesConfig(_Section):
     #: MACs never managed (any case, ":" or "-"), for NICs another tool owns that udev does
     #: not mark (ID_NET_MANAGED_BY / NM_UNMANAGED): never polled, reported as excluded.
     exclude_macs: tuple[Mac, ...] = Field(default=(), strict=False)
-    #: EC2 device numbers (on any network card) never managed: 3, "3", "2-7". Known only
-    #: from the metadata, so such a NIC is fetched, then reported as excluded, never written.
+    #: Device numbers never managed: 3, "3", "2-7" (EC2's device-number on any network card,
+    #: OCI's nicIndex, OpenStack's link order; CloudStack gives none). Known only from the
+    #: metadata, so such a NIC is fetched, then reported as excluded, never written.
     exclude_device_numbers: Annotated[tuple[DeviceRange, ...], BeforeValidator(_device_ranges)] = ()
 
     def excludes_mac(self, mac: str) -> bool:
@@ -130,24 +146,9 @@ class UdevConfig(_Section):
     source: Literal["udev", "kernel"] = "udev"
 
 
-class Ec2Config(_Section):
-    endpoint: str = "http://169.254.169.254"
-    #: Tried when the endpoint cannot be reached; "" disables the fallback.
-    fallback_endpoint: str = "http://[fd00:ec2::254]"
-    token_ttl: int = Field(default=21600, ge=60, le=21600)
-
-    _endpoint = field_validator("endpoint", "fallback_endpoint")(_check_endpoint)
-
-
 class NetplanConfig(_Section):
     #: Which backend netplan hands our YAML to (renderer: on our device entry only).
     backend: Literal["networkd", "NetworkManager"] = "networkd"
-
-
-class CloudStackConfig(_Section):
-    endpoint: str = ""
-
-    _endpoint = field_validator("endpoint")(_check_endpoint)
 
 
 class PollingConfig(_Section):
@@ -171,7 +172,8 @@ class PollingConfig(_Section):
 
 
 class Config(_Section):
-    cloud: Literal["ec2", "cloudstack", "auto"] = "auto"
+    #: A registered cloud (``sources.SOURCES``) or "auto".
+    cloud: str = "auto"
     #: "auto": what the host uses (wiring.resolve_renderer, at start; logged).
     renderer: Literal["netplan", "networkmanager", "networkd", "auto"] = "auto"
     output_dir: Path | None = None
@@ -181,10 +183,52 @@ class Config(_Section):
     resync_interval: Seconds = Field(default=60.0, ge=1, le=86400)
     interfaces: InterfacesConfig = InterfacesConfig()
     udev: UdevConfig = UdevConfig()
-    ec2: Ec2Config = Ec2Config()
-    cloudstack: CloudStackConfig = CloudStackConfig()
     netplan: NetplanConfig = NetplanConfig()
     polling: PollingConfig = PollingConfig()
+    #: The sources' own tables that differ from their defaults, by name (see section()).
+    _sections: dict[str, Section] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _source_tables(cls, data: object, handler: ModelWrapValidatorHandler[Config]) -> Config:
+        """A source's table is validated by the source's own Settings model, imported only
+        when the document has that table; every other key by this model."""
+        from nicreconciled.sources import SOURCES, source_class
+
+        if not isinstance(data, dict):
+            return handler(data)
+        config = handler({key: value for key, value in data.items() if key not in SOURCES})
+        tables: dict[str, Section] = {}
+        for name in SOURCES:
+            if name not in data:
+                continue
+            try:
+                tables[name] = source_class(name).Settings.model_validate(data[name])
+            except ValidationError as exc:
+                errors = [{**e, "loc": (name, *e["loc"])} for e in exc.errors(include_url=False)]
+                raise ValidationError.from_exception_data(cls.__name__, errors) from None  # type: ignore[arg-type]
+        config._sections = _non_default(tables)
+        return config
+
+    @field_validator("cloud")
+    @classmethod
+    def _cloud(cls, value: str) -> str:
+        from nicreconciled.sources import SOURCES
+
+        if value != "auto" and value not in SOURCES:
+            raise ValueError(f"must be one of {', '.join([*SOURCES, 'auto'])}")
+        return value
+
+    def section(self, kind: type[_S]) -> _S:
+        """The source's table of type KIND (its defaults when the file has none)."""
+        found = self._sections.get(_table_of(kind))
+        return found if isinstance(found, kind) else kind()
+
+    def with_sections(self, **tables: Section) -> Config:
+        """A copy with these sources' tables (by name: ``ec2=Ec2Config(...)``)."""
+        copy = self.model_copy()
+        copy._sections = {**self._sections, **_non_default(tables)}
+        return copy
 
     @field_validator("output_dir", "state_dir", mode="before")
     @classmethod
@@ -205,12 +249,28 @@ class Config(_Section):
         return DEFAULT_OUTPUT[self.renderer if self.renderer != "auto" else "netplan"]
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValidationError, table: str = "") -> str:
     first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "(file)"
+    where = ".".join([table, *(str(part) for part in first["loc"])][0 if table else 1 :])
+    where = where or "(file)"
     if first["type"] == "extra_forbidden":
         return f"{where}: unknown key"
     return f"{where}: {first['msg']}"
+
+
+def _table_of(kind: type[Section]) -> str:
+    from nicreconciled.sources import settings_names
+
+    name = settings_names().get(kind)
+    if name is None:
+        raise TypeError(f"{kind.__name__} is no registered source's Settings")
+    return name
+
+
+def _non_default(tables: dict[str, Section]) -> dict[str, Section]:
+    # Kept only when they differ from the defaults, so a file that spells every default out
+    # equals Config() (packaging/check-deb compares the shipped file with it).
+    return {name: table for name, table in tables.items() if table != type(table)()}
 
 
 def parse(data: dict[str, object]) -> Config:
@@ -219,6 +279,13 @@ def parse(data: dict[str, object]) -> Config:
         return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+
+
+def all_sections(config: Config) -> dict[str, Section]:
+    """Every registered source's table, as CONFIG has it (imports every source)."""
+    from nicreconciled.sources import SOURCES, source_class
+
+    return {name: config.section(source_class(name).Settings) for name in SOURCES}
 
 
 def load(path: Path | None) -> Config:

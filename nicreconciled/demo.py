@@ -33,6 +33,7 @@ from typing import Any
 
 from nicreconciled.lab import PEER4, Eni, Lab, LabError, missing_state, missing_tools
 from nicreconciled.lab.base import Manager
+from nicreconciled.sim import simulator_class
 
 PRIMARY = "0a:5e:7d:00:00:01"
 CS_MAC = "02:c5:00:00:00:02"
@@ -209,6 +210,56 @@ class Demo:
         self.show_file(lab.path(lab.output_file(CS_MAC)))
         return ping_ok and code == 0
 
+    # -- any other cloud: its simulator, on systemd-networkd --------------------------------
+    def run_listed(self, lab: Lab, cloud: str) -> bool:
+        """A cloud whose simulator lists NICs (``lab_spec``): hot-plug, converge, kernel and
+        wire, then an upstream change (a new secondary IPv4) after SIGHUP."""
+        to_spec = simulator_class(cloud).lab_spec
+        lab.plug_primary(PRIMARY, "10.0.0.10")
+        self.say("primary NIC eth0 up, configured by a foreign /etc/netplan/50-cloud-init.yaml")
+        sim = lab.start_sim(cloud=cloud)
+        primary = Eni(0, PRIMARY, ["10.0.0.10"], "10.0.0.0/24", [], None)
+        sim.add_nic(to_spec({**primary.plan_dict(), "primary": True}))
+        self.say(f"{cloud} metadata simulator on the instance's 127.0.0.1:8080")
+        daemon = lab.start_daemon(cloud=cloud, polling={"deadline": 60})
+        self.follow(daemon.log)
+        eni = Eni.plan(1)
+        sim.add_nic(to_spec(eni.plan_dict()))
+        eni.nic = lab.plug(eni.mac, eni.ipv4s[0], 24, eni.subnet6)
+        self.say(
+            f"attach: NIC {eni.mac} hot-plugged as {eni.ifname} (IPv4 {', '.join(eni.ipv4s)},"
+            f" IPv6 {', '.join(eni.ipv6s)})"
+        )
+        plugged = time.monotonic()
+
+        def complete(ipv4s: list[str]) -> bool:
+            # The table is the source's to number: learn it from the first address's rule.
+            tables = [r.table for r in lab.rules(4) if r.src == eni.ipv4s[0]]
+            if not tables or not tables[0].isdigit():
+                return False
+            eni.route_table = int(tables[0])
+            return not missing_state(lab, eni, ipv4s=ipv4s)
+
+        if not self.wait(lab, daemon.log, lambda: complete(eni.ipv4s), 30):
+            return False
+        self.say(
+            f"complete in the kernel {time.monotonic() - plugged:.2f} s after the hot-plug:"
+            " every address, a rule from each to its table, the table's routes"
+        )
+        self.show_kernel(lab, eni.ifname, eni.table)
+        self.say(f"the remote peer {PEER4} pings each address of the NIC (strict rp_filter):")
+        pings_ok = all(self.ping(lab, a, eni.nic.port) for a in eni.ipv4s)
+        more = [*eni.ipv4s, f"{eni.ipv4s[0][:-2]}30"]
+        self.say(f"upstream change: secondary {more[-1]} assigned in the metadata; SIGHUP")
+        sim.update_nic(eni.mac, to_spec({**eni.plan_dict(), "ipv4s": more}))
+        daemon.hup()
+        change_ok = self.wait(lab, daemon.log, lambda: complete(more), 20)
+        change_ok = change_ok and self.ping(lab, more[-1], eni.nic.port)
+        code = lab.stop_daemon()
+        self.say(f"SIGTERM: daemon exited with status {code}")
+        self.show_file(lab.path(lab.output_file(eni.mac)))
+        return pings_ok and change_ok and code == 0
+
     def show_file(self, path: Path) -> None:
         print()
         if path.exists():
@@ -217,14 +268,15 @@ class Demo:
         print(f"files written for the NIC: {len(self.rendered)} (fingerprints {self.rendered})")
 
 
-MANAGER: dict[str, Manager] = {"ec2": "networkd", "cloudstack": "nm"}
+#: The network manager each demo runs on; every cloud not named here: networkd.
+MANAGER: dict[str, Manager] = {"cloudstack": "nm"}
 
 
 def run_demo(cloud: str = "ec2", ipv6_delay: float = 4.0) -> int:
     if os.geteuid() != 0:
         print("nicreconciled demo: needs root (network namespaces)", file=sys.stderr)
         return 2
-    manager = MANAGER[cloud]
+    manager = MANAGER.get(cloud, "networkd")
     missing = missing_tools(manager)
     if missing:
         print(f"nicreconciled demo: missing tools: {', '.join(missing)}", file=sys.stderr)
@@ -238,7 +290,12 @@ def run_demo(cloud: str = "ec2", ipv6_delay: float = 4.0) -> int:
                 f"lab up: {manager} on a private D-Bus in namespace {lab.instance}, router"
                 f" {lab.router} (dnsmasq: DHCPv4, DHCPv6, RA)"
             )
-            ok = demo.run_ec2(lab) if cloud == "ec2" else demo.run_cloudstack(lab)
+            if cloud == "ec2":
+                ok = demo.run_ec2(lab)
+            elif cloud == "cloudstack":
+                ok = demo.run_cloudstack(lab)
+            else:
+                ok = demo.run_listed(lab, cloud)
     except (LabError, AssertionError, subprocess.SubprocessError, OSError) as exc:
         demo.say(f"FAILED: {exc}")
     finally:

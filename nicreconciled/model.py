@@ -35,7 +35,12 @@ def key_to_mac(key: str) -> str:
 
 
 Mac = Annotated[str, AfterValidator(normalize_mac)]
-Cloud = Literal["ec2", "cloudstack"]
+#: A registered cloud's name (``sources.SOURCES``); a string, so a new cloud edits no type.
+Cloud = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{1,15}$")]
+
+#: Policy-routing tables and rule priorities a source may choose: above the kernel's
+#: reserved 253-255 and the rule priorities of main (32766) and default (32767) stay free.
+MIN_TABLE, MAX_TABLE = 1000, 32765
 
 
 class NicState(BaseModel):
@@ -51,8 +56,16 @@ class NicState(BaseModel):
     cloud: Cloud
     #: The instance's primary (EC2 device-number 0 / CloudStack default) NIC.
     primary: bool
-    device_number: int = Field(ge=0, le=99)
-    network_card: int = Field(default=0, ge=0, le=99)
+    #: The number the cloud's metadata gives the NIC (EC2 device-number, OCI nicIndex,
+    #: OpenStack's link order); None where it gives none (CloudStack). What
+    #: ``interfaces.exclude_device_numbers`` matches.
+    device_number: int | None = Field(default=None, ge=0, le=99)
+    #: The NIC's own policy-routing table; its rules have this priority. Each source numbers
+    #: its NICs (``sources/<cloud>.py``) so that two NICs of one instance never share one.
+    route_table: int = Field(ge=MIN_TABLE, le=MAX_TABLE)
+    #: Metric of the NIC's routes in main: higher than the primary's, which stays preferred.
+    route_metric: int = Field(ge=1, le=65535)
+    #: The cloud's id of the NIC (ENI id, VNIC OCID, port id), shown in comments only.
     interface_id: str | None = None
     #: First entry is the primary private IPv4 (obtained by DHCP); the rest are secondaries.
     ipv4_addresses: tuple[IPv4Address, ...] = Field(default=(), max_length=MAX_ADDRESSES)
@@ -81,23 +94,14 @@ class NicState(BaseModel):
         return not self.ipv4_addresses and self.ipv4_subnet is None and bool(self.ipv6_addresses)
 
     @property
-    def route_table(self) -> int:
-        """Policy-routing table, numbered as amazon-ec2-net-utils does."""
-        return 10000 + 100 * self.network_card + self.device_number
-
-    @property
     def rule_priority(self) -> int:
         return self.route_table
 
-    @property
-    def route_metric(self) -> int:
-        """Higher than the primary's default (DHCP 100 / 0), so the primary stays preferred."""
-        return 512 + 100 * self.network_card + self.device_number
 
-
-RedFlagKind = Literal[
-    "not-listed", "listed-but-404", "incomplete", "device-number-0", "ipv6-pending", "still-listed"
-]
+#: Red-flag kinds the reconciler itself knows; each source declares its own (FLAG_KINDS).
+#: "not-listed": the metadata does not know the MAC; "still-listed": the NIC is gone here
+#: but the metadata still lists it; "incomplete": keys the state needs are missing.
+COMMON_FLAG_KINDS = frozenset({"not-listed", "still-listed", "incomplete"})
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ class RedFlag:
     and completed when the lease comes), or the general deadline.
     """
 
-    kind: RedFlagKind
+    kind: str
     detail: str
     keys: tuple[str, ...] = ()
     grace: Literal["ipv6", "unlisted", "lease", "deadline"] = "deadline"

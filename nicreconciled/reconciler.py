@@ -271,8 +271,8 @@ class Reconciler:
             elif state.primary and not self.ctx.manage_primary:
                 self.status.managed = Managed.PRIMARY
                 self.status.managed_detail = "manage_primary = false"
-            elif state.cloud == "ec2" and (
-                rule := excluded_device_number(self.ctx.exclude_device_numbers, state.device_number)
+            elif rule := excluded_device_number(
+                self.ctx.exclude_device_numbers, state.device_number
             ):
                 # Same as the primary: never written (a file from before is kept as is).
                 self.status.managed = Managed.EXCLUDED

@@ -37,6 +37,9 @@ class Eni:
     subnet6: str | None
     nic: Nic | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The NIC's policy-routing table; 0: EC2's numbering of device_number (table_of). A
+    #: cloud that numbers its NICs otherwise sets it from its source's numbering.
+    route_table: int = 0
 
     @classmethod
     def plan(cls, device_number: int, secondaries: int = 2, ipv6: bool = True) -> Eni:
@@ -53,7 +56,7 @@ class Eni:
 
     @property
     def table(self) -> int:
-        return table_of(self.device_number)
+        return self.route_table or table_of(self.device_number)
 
     @property
     def ifname(self) -> str:
@@ -64,8 +67,25 @@ class Eni:
     def gateway4(self) -> str:
         return self.subnet4.rsplit(".", 1)[0] + ".1"
 
+    @property
+    def gateway6(self) -> str | None:
+        return None if self.subnet6 is None else self.subnet6.split("/")[0] + "1"
+
+    def plan_dict(self) -> dict[str, Any]:
+        """The cloud-neutral plan a simulator's ``lab_spec`` turns into its own NIC spec."""
+        return {
+            "mac": self.mac,
+            "device_number": self.device_number,
+            "ipv4s": list(self.ipv4s),
+            "subnet4": self.subnet4,
+            "gateway4": self.gateway4,
+            "ipv6s": list(self.ipv6s),
+            "subnet6": self.subnet6,
+            "gateway6": self.gateway6,
+        }
+
     def spec(self, **changes: Any) -> dict[str, Any]:
-        """The simulator's NicSpec for this ENI."""
+        """The EC2 simulator's NicSpec for this ENI."""
         spec: dict[str, Any] = {
             "mac": self.mac,
             "device_number": self.device_number,

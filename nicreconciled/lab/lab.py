@@ -165,13 +165,14 @@ class Lab(LabBase):
 
     # --- the simulator and the daemon ------------------------------------------------------
 
-    def start_sim(self, port: int = IMDS_PORT) -> SimControl:
-        """The IMDS simulator on the instance's 127.0.0.1:PORT; control socket in workdir."""
+    def start_sim(self, port: int = IMDS_PORT, *, cloud: str = "ec2") -> SimControl:
+        """CLOUD's metadata simulator (IMDS by default) on the instance's 127.0.0.1:PORT,
+        control socket in workdir; ``start_daemon(cloud=CLOUD)`` points the daemon at it."""
         control = self.workdir / "sim.sock"
         if len(str(control)) > 100:
             raise ValueError(f"workdir path too long for a unix socket: {control}")
-        argv = [sys.executable, "-m", "nicreconciled.sim", "--listen", f"127.0.0.1:{port}"]
-        argv += ["--control", str(control)]
+        argv = [sys.executable, "-m", "nicreconciled.sim", "--cloud", cloud]
+        argv += ["--listen", f"127.0.0.1:{port}", "--control", str(control)]
         self.procs.spawn("sim", [*self.enter_instance(), *argv], log=self.workdir / "sim.log")
         self.sim = SimControl(str(control))
         self.sim.wait_ready(30)
@@ -219,7 +220,7 @@ class Lab(LabBase):
         """``nicreconciled run`` in the instance, JSON log in workdir; FAILING: tools whose
         stand-ins fail (e.g. ``("networkctl",)``). Call ``start_sim`` (EC2) or ``start_vr``
         (``cloud = "cloudstack"``) first."""
-        if self.sim is None and cloud == "ec2":
+        if self.sim is None and cloud != "cloudstack":
             raise LabError("start_sim() first")
         if self.daemon is not None and self.daemon.alive():
             raise LabError("a daemon is running already")

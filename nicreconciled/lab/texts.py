@@ -183,11 +183,10 @@ def daemon_config(
         "ignore = [" + ", ".join(f'"{pattern}"' for pattern in ignore) + "]",
         "[udev]",
         'source = "kernel"',
-        *(
-            ["[ec2]", f'endpoint = "{endpoint}"', 'fallback_endpoint = ""']
-            if cloud == "ec2"
-            else []
-        ),
+        # The simulator's address as the cloud's endpoint (every cloud but CloudStack, whose
+        # virtual routers are found as on a real instance); EC2 also loses its fallback.
+        *([f"[{cloud}]", f'endpoint = "{endpoint}"'] if cloud != "cloudstack" else []),
+        *(['fallback_endpoint = ""'] if cloud == "ec2" else []),
         "[polling]",
         *(f"{key} = {value:g}" for key, value in polling.items()),
     ]

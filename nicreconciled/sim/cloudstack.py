@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from nicreconciled.sim import control
 from nicreconciled.sim.imds import LISTED_404
 from nicreconciled.sim.server import FaultyServer
 
@@ -48,6 +49,8 @@ class VrSim(FaultyServer):
     """Simulator state plus its aiohttp application; drive it in-process or over control."""
 
     MODES = MODES
+    #: Names the metadata URL in the ready line of ``python -m nicreconciled.sim``.
+    READY_KEY = "vr"
 
     def __init__(
         self,
@@ -87,6 +90,19 @@ class VrSim(FaultyServer):
             else:
                 self._vm[key] = value
         return self.vm()
+
+    def add_control_routes(self, app: web.Application) -> None:
+        """Its own control calls (control.control_app adds /ready, faults, stats)."""
+        sim = self
+
+        async def get_vm(_request: web.Request) -> web.Response:
+            return web.json_response(sim.vm())
+
+        async def put_vm(request: web.Request) -> web.Response:
+            return web.json_response(sim.set_vm(await control.body(request)))
+
+        app.router.add_get("/vm", get_vm)
+        app.router.add_put("/vm", put_vm)
 
     def load_scenario(self, data: Mapping[str, Any]) -> None:
         """{"vm": {key: text|null}, "fault": {"mode": ..., "duration": ...}}"""

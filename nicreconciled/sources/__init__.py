@@ -1,22 +1,43 @@
-"""Metadata sources: the Source protocol, the registry, and cloud selection."""
+"""Metadata sources: the Source protocol, the registry, and cloud selection.
+
+A cloud is one module in this package: its Source class (fetch, probe, detect), its
+``[<name>]`` table (``Settings``, validated by config.parse), its red-flag kinds, how it numbers
+its NICs' tables, and a DMI check that may settle detection before any network probe.
+Registering it is one line in ``SOURCES`` (and its place in ``AUTO_ORDER``); nothing else in
+the daemon names a cloud. ``sources/ec2.py`` is the example to read.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import random
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Protocol, cast
 
 import structlog
 
-from nicreconciled.model import Cloud, Observation
+from nicreconciled.model import Observation
 
 if TYPE_CHECKING:
-    from nicreconciled.config import Config
+    from nicreconciled.config import Config, Section
     from nicreconciled.sources.http import HttpClient
 
 log = structlog.get_logger(__name__)
+
+#: name -> "module:Class", imported when first used. The name is the value of ``cloud`` and
+#: the name of the source's table in the configuration file.
+SOURCES: dict[str, str] = {
+    "ec2": "nicreconciled.sources.ec2:Ec2Source",
+    "cloudstack": "nicreconciled.sources.cloudstack:CloudStackSource",
+}
+
+#: The order in which ``cloud = "auto"`` probes the network when no DMI check settled it.
+#: Cheap, fixed-address probes first; CloudStack's may walk the whole VR discovery chain.
+AUTO_ORDER: tuple[str, ...] = ("ec2", "cloudstack")
 
 
 class Source(Protocol):
@@ -26,9 +47,23 @@ class Source(Protocol):
     MetadataError when it answers garbage; neither may be mistaken for "absent".
     """
 
-    name: Cloud
+    #: Its key in SOURCES.
+    name: ClassVar[str]
+    #: Its table of the configuration file (a config.Section).
+    Settings: ClassVar[type[Section]]
+    #: Every RedFlag kind it reports (model.COMMON_FLAG_KINDS and its own).
+    FLAG_KINDS: ClassVar[frozenset[str]]
     #: Why the last detect() said no, in a few words ("timeout", "no virtual router: ...").
     detect_error: str
+
+    @classmethod
+    def from_config(cls, config: Config, http: HttpClient) -> Source: ...
+
+    @staticmethod
+    def dmi_says(sys_root: Path) -> bool | None:
+        """From DMI alone (files under SYS_ROOT/class/dmi/id): True = this cloud, False =
+        certainly not, None = cannot tell (then detect() probes). Never raises."""
+        ...
 
     async def detect(self) -> bool:
         """Cheap check: is this the cloud we run on? Never raises."""
@@ -39,28 +74,56 @@ class Source(Protocol):
         ...
 
     async def probe(self, keys: Sequence[str]) -> dict[str, str | None]:
-        """Raw answers (None = absent) for the keys a red flag waits on; one request each."""
+        """Raw answers (None = absent) for the keys a red flag waits on."""
         ...
 
     async def close(self) -> None: ...
 
 
-def make_source(cloud: Cloud, config: Config, http: HttpClient) -> Source:
-    """The registry: one line per cloud."""
-    if cloud == "ec2":
-        from nicreconciled.sources.ec2 import Ec2Source
-
-        return Ec2Source(config.ec2, http)
-    if cloud == "cloudstack":
-        from nicreconciled.sources.cloudstack import CloudStackSource
-
-        return CloudStackSource(config.cloudstack, http)
-    raise ValueError(f"unsupported cloud {cloud!r}")
+@cache
+def source_class(name: str) -> type[Source]:
+    """The registered class NAME (imported on first use); KeyError for an unknown name."""
+    module, _, attr = SOURCES[name].partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    if cls.name != name:
+        raise TypeError(f"{SOURCES[name]} calls itself {cls.name!r}, registered as {name!r}")
+    return cast("type[Source]", cls)
 
 
-#: The order in which ``cloud = "auto"`` probes. EC2 first: its detect() is one request to
-#: a fixed address, CloudStack's may walk the whole VR discovery chain.
-AUTO_ORDER: tuple[Cloud, ...] = ("ec2", "cloudstack")
+def settings_names() -> dict[type[Section], str]:
+    """Settings class -> table name, for the sources imported so far (a Settings class
+    exists only once its module is imported)."""
+    return {source_class(n).Settings: n for n in SOURCES if _imported(n)}
+
+
+def _imported(name: str) -> bool:
+    import sys
+
+    return SOURCES[name].partition(":")[0] in sys.modules
+
+
+def make_source(cloud: str, config: Config, http: HttpClient) -> Source:
+    try:
+        cls = source_class(cloud)
+    except KeyError:
+        raise ValueError(f"unsupported cloud {cloud!r}") from None
+    return cls.from_config(config, http)
+
+
+def dmi_verdict(sys_root: Path = Path("/sys")) -> tuple[str | None, tuple[str, ...]]:
+    """(the cloud DMI names, if one does; the clouds DMI rules out). Reads files only."""
+    ruled_out: list[str] = []
+    for name in AUTO_ORDER:
+        try:
+            says = source_class(name).dmi_says(sys_root)
+        except Exception as exc:  # a source's DMI check must never stop detection
+            log.warning("dmi_check_failed", cloud=name, error=str(exc))
+            continue
+        if says is True:
+            return name, tuple(ruled_out)
+        if says is False:
+            ruled_out.append(name)
+    return None, tuple(ruled_out)
 
 
 class NoCloudError(Exception):
@@ -75,8 +138,10 @@ async def select_source(
     give_up_after: float | None = None,
     on_wait: Callable[[str], object] = lambda line: None,
     retry_now: asyncio.Event | None = None,
+    sys_root: Path = Path("/sys"),
 ) -> Source:
-    """The configured source, or (auto) the first that detects its cloud.
+    """The configured source, or (auto) the cloud DMI names, else the first that detects its
+    cloud by a probe (in AUTO_ORDER, skipping those DMI rules out).
 
     Auto detection retries with jittered backoff up to MAX_WAIT between rounds (a short cap:
     detection is cheap, and a service that comes back should be used soon); ON_WAIT gets a
@@ -86,15 +151,20 @@ async def select_source(
     """
     if config.cloud != "auto":
         return make_source(config.cloud, config, http)
+    named, ruled_out = dmi_verdict(sys_root)
+    if named is not None:
+        log.info("cloud_detected", cloud=named, method="dmi")
+        return make_source(named, config, http)
+    order = [name for name in AUTO_ORDER if name not in ruled_out] or list(AUTO_ORDER)
     loop = asyncio.get_running_loop()
     started = loop.time()
     delay = 0.5
     while True:
         tried = []
-        for cloud in AUTO_ORDER:
+        for cloud in order:
             source = make_source(cloud, config, http)
             if await source.detect():
-                log.info("cloud_detected", cloud=cloud)
+                log.info("cloud_detected", cloud=cloud, method="probe")
                 return source
             tried.append(f"{cloud} ({source.detect_error})")
             await source.close()

@@ -25,13 +25,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import cast
+from typing import ClassVar
 
 import structlog
+from pydantic import field_validator
 
-from nicreconciled.config import CloudStackConfig
+from nicreconciled.config import Config, Section, check_endpoint
 from nicreconciled.errors import FetchError, MetadataError
-from nicreconciled.model import Cloud, NicState, Observation, RedFlag, normalize_mac
+from nicreconciled.model import COMMON_FLAG_KINDS, NicState, Observation, RedFlag, normalize_mac
+from nicreconciled.sources.common import gather, scalar
 from nicreconciled.sources.http import HttpClient
 from nicreconciled.sources.vr_discovery import Lease, Resolver, VrDiscovery, vr_url
 from nicreconciled.system import proc, sysfs
@@ -65,7 +67,6 @@ LINK_KEY = "link:"
 LEASE_KEY = "lease:"
 META = "/latest/meta-data/"
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _ADDRESSES = ("local-ipv4", "public-ipv4")
 
@@ -96,10 +97,7 @@ def lease_key(mac: str) -> str:
 def _text(key: str, value: str | None) -> str | None:
     if value is None:
         return None
-    text = value.strip()
-    bad = _CONTROL.search(text)
-    if bad is not None:
-        raise MetadataError(f"{key}: control character {bad.group()!r} in value")
+    text = scalar(key, value)
     if len(text) > MAX_TEXT:
         raise MetadataError(f"{key}: longer than {MAX_TEXT} characters")
     shape = WANTED.get(key)
@@ -144,6 +142,20 @@ def _by_mac(links: Iterable[sysfs.Link]) -> dict[str, sysfs.Link]:
         if link.ethernet:
             out.setdefault(link.mac, link)
     return out
+
+
+class CloudStackConfig(Section):
+    """``[cloudstack]``: the virtual router, when it is not to be discovered."""
+
+    endpoint: str = ""
+
+    _endpoint = field_validator("endpoint")(check_endpoint)
+
+
+def numbering(number: int) -> tuple[int, int]:
+    """(route table, route metric) of the NIC numbered NUMBER by device_numbers(): table
+    10000 + number (the EC2 scheme with one network card), metric 512 + number."""
+    return 10000 + number, 512 + number
 
 
 def device_numbers(links: Iterable[sysfs.Link], primary: str | None) -> dict[str, int]:
@@ -224,11 +236,13 @@ def build_state(
             gateway = lease.router
     # Typed values, and device_numbers() keeps the number in 0..99: NicState refusing this
     # would be a bug here, not garbage from the VR.
+    table, metric = numbering(device_number)
     state = NicState(
         mac=mac,
         cloud="cloudstack",
         primary=primary,
-        device_number=device_number,
+        route_table=table,
+        route_metric=metric,
         ipv4_addresses=(address,) if address is not None else (),
         ipv4_subnet=subnet,
         ipv4_gateway=gateway,
@@ -239,9 +253,22 @@ def build_state(
 class CloudStackSource:
     """VR metadata plus local leases for NIC state. Not safe to share between event loops."""
 
-    name: Cloud = "cloudstack"
+    name: ClassVar[str] = "cloudstack"
+    Settings: ClassVar[type[Section]] = CloudStackConfig
+    FLAG_KINDS: ClassVar[frozenset[str]] = COMMON_FLAG_KINDS
     #: Why the last detect() said no (for the "no cloud detected yet" line).
     detect_error: str = "not detected"
+
+    @classmethod
+    def from_config(cls, config: Config, http: HttpClient) -> CloudStackSource:
+        return cls(config.section(CloudStackConfig), http)
+
+    @staticmethod
+    def dmi_says(sys_root: Path) -> bool | None:
+        """CloudStack's KVM hosts name the product "CloudStack KVM Hypervisor"; other
+        hypervisors it drives (XenServer, VMware) say nothing of CloudStack."""
+        product = sysfs.dmi("product_name", sys_root) or ""
+        return True if product.startswith("CloudStack") else None
 
     def __init__(
         self,
@@ -278,13 +305,7 @@ class CloudStackSource:
         raise FetchError(f"GET {url}: HTTP {answer.status}")
 
     async def _gather(self, urls: Sequence[str]) -> list[str | None]:
-        # Let every request finish (each is bounded by the HTTP timeout), then report the
-        # first failure: partial answers are never used.
-        results = await asyncio.gather(*(self._get(u) for u in urls), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return cast(list[str | None], results)
+        return await gather([self._get(u) for u in urls])
 
     async def _alive(self, vr: str) -> str | None:
         """Liveness of a candidate: a plausible instance-id, quickly. None = alive."""

@@ -19,22 +19,26 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import TypeVar
+from pathlib import Path
+from typing import ClassVar
 
 import structlog
-from pydantic import ValidationError
+from pydantic import Field, field_validator
 
-from nicreconciled.config import Ec2Config
+from nicreconciled.config import Config, Section, check_endpoint
 from nicreconciled.errors import FetchError, MetadataError
 from nicreconciled.model import (
+    COMMON_FLAG_KINDS,
     MAX_ADDRESSES,
-    Cloud,
-    NicState,
     Observation,
     RedFlag,
     normalize_mac,
 )
+from nicreconciled.sources.common import SharedAnswer, check_text, gather, lines, make_state, one
+from nicreconciled.sources.common import scalar as _scalar
+from nicreconciled.sources.common import small_int as _small_int
 from nicreconciled.sources.http import Answer, HttpClient, TransportError
+from nicreconciled.system import sysfs
 
 _log = structlog.get_logger(__name__)
 
@@ -71,13 +75,30 @@ IPV4_KEYS = ("local-ipv4s", "subnet-ipv4-cidr-block")
 #: (amazon-ec2-net-utils lib.sh says so), so for these keys 404 means "none", not "not yet".
 EMPTY_IS_404 = frozenset({"ipv4-prefix", "ipv6-prefix"})
 
-_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
-_SMALL_INT = re.compile(r"[0-9]{1,2}")
+#: DMI files that name Amazon EC2 on Nitro instances (sys_vendor, or the BIOS vendor).
+_DMI_FIELDS = ("sys_vendor", "bios_vendor")
 _ENI = re.compile(r"eni-[0-9a-f]{8,17}")
 _TOKEN = re.compile(r"[\x21-\x7e]{1,1024}")
 _PROBE_KEY = re.compile(r"meta-data/[A-Za-z0-9:._/-]*")
 
-_T = TypeVar("_T")
+
+class Ec2Config(Section):
+    """``[ec2]``: where IMDSv2 answers."""
+
+    endpoint: str = "http://169.254.169.254"
+    #: Tried when the endpoint cannot be reached; "" disables the fallback.
+    fallback_endpoint: str = "http://[fd00:ec2::254]"
+    token_ttl: int = Field(default=21600, ge=60, le=21600)
+
+    _endpoint = field_validator("endpoint", "fallback_endpoint")(check_endpoint)
+
+
+def numbering(device_number: int, network_card: int) -> tuple[int, int]:
+    """(route table, route metric) of an ENI, numbered as amazon-ec2-net-utils does: table
+    10000 + 100 x network card + device number, rules of the same priority; metric 512 + the
+    same offset, above the primary's DHCP route (100) so that the primary stays preferred."""
+    offset = 100 * network_card + device_number
+    return 10000 + offset, 512 + offset
 
 
 def mac_dir(mac: str) -> str:
@@ -115,53 +136,6 @@ def parse_mac_listing(text: str) -> tuple[frozenset[str], tuple[str, ...]]:
     return frozenset(macs), tuple(rejected)
 
 
-def _check_text(key: str, value: str) -> None:
-    bad = _CONTROL.search(value)
-    if bad is not None:
-        raise MetadataError(f"{key}: control character {bad.group()!r} in value")
-
-
-def _scalar(key: str, value: str) -> str:
-    text = value.strip()
-    if "\n" in text:
-        raise MetadataError(f"{key}: more than one line")
-    return text
-
-
-def _small_int(key: str, value: str) -> int:
-    text = _scalar(key, value)
-    if not _SMALL_INT.fullmatch(text):
-        raise MetadataError(f"{key}: not an integer 0..99: {text[:40]!r}")
-    return int(text)
-
-
-def _items(key: str, value: str, kind: Callable[[str], _T], limit: int) -> tuple[_T, ...]:
-    lines = [line.strip() for line in value.split("\n")]
-    entries = [line for line in lines if line]
-    if len(entries) > limit:
-        raise MetadataError(f"{key}: {len(entries)} entries, more than {limit}")
-    out: list[_T] = []
-    for entry in entries:
-        # ipaddress accepts "fe80::1%eth0" (scoped) and "10.0.0.0" as a /32 network; the
-        # metadata never means either.
-        if "%" in entry or (kind in (IPv4Network, IPv6Network) and "/" not in entry):
-            raise MetadataError(f"{key}: invalid entry {entry[:60]!r}")
-        try:
-            item = kind(entry)
-        except ValueError:
-            raise MetadataError(f"{key}: invalid entry {entry[:60]!r}") from None
-        if item not in out:
-            out.append(item)
-    return tuple(out)
-
-
-def _one(key: str, value: str, kind: Callable[[str], _T]) -> _T:
-    items = _items(key, _scalar(key, value), kind, 1)
-    if not items:
-        raise MetadataError(f"{key}: empty value")
-    return items[0]
-
-
 def parse_nic(
     mac: str, listing: str, raw: Mapping[str, str | None], primary_mac: str
 ) -> Observation:
@@ -173,10 +147,10 @@ def parse_nic(
     """
     mac = normalize_mac(mac)
     directory = mac_dir(mac)
-    _check_text(directory, listing)
+    check_text(directory, listing)
     for key, value in raw.items():
         if value is not None:
-            _check_text(key, value)
+            check_text(key, value)
     names = listing_names(listing)
     got = {k: v for k in WANTED if k in names and (v := raw.get(k)) is not None}
 
@@ -189,23 +163,23 @@ def parse_nic(
         interface_id = _scalar("interface-id", got["interface-id"])
         if not _ENI.fullmatch(interface_id):
             raise MetadataError(f"interface-id: not an ENI id: {interface_id[:40]!r}")
-    ipv4s = _items("local-ipv4s", got.get("local-ipv4s", ""), IPv4Address, MAX_ADDRESSES)
+    ipv4s = lines("local-ipv4s", got.get("local-ipv4s", ""), IPv4Address, MAX_ADDRESSES)
     if "local-ipv4s" in got and not ipv4s:
         raise MetadataError("local-ipv4s: empty value")
     subnet4 = None
     gateway = None
     if "subnet-ipv4-cidr-block" in got:
-        subnet4 = _one("subnet-ipv4-cidr-block", got["subnet-ipv4-cidr-block"], IPv4Network)
+        subnet4 = one("subnet-ipv4-cidr-block", got["subnet-ipv4-cidr-block"], IPv4Network)
         if subnet4.prefixlen > 30:
             raise MetadataError(f"subnet-ipv4-cidr-block: /{subnet4.prefixlen} has no gateway")
         # The VPC router is always the subnet's first host address.
         gateway = subnet4.network_address + 1
-    ipv6s = _items("ipv6s", got.get("ipv6s", ""), IPv6Address, MAX_ADDRESSES)
-    subnets6 = _items(
+    ipv6s = lines("ipv6s", got.get("ipv6s", ""), IPv6Address, MAX_ADDRESSES)
+    subnets6 = lines(
         "subnet-ipv6-cidr-blocks", got.get("subnet-ipv6-cidr-blocks", ""), IPv6Network, 16
     )
-    prefixes4 = _items("ipv4-prefix", got.get("ipv4-prefix", ""), IPv4Network, MAX_ADDRESSES)
-    prefixes6 = _items("ipv6-prefix", got.get("ipv6-prefix", ""), IPv6Network, MAX_ADDRESSES)
+    prefixes4 = lines("ipv4-prefix", got.get("ipv4-prefix", ""), IPv4Network, MAX_ADDRESSES)
+    prefixes6 = lines("ipv6-prefix", got.get("ipv6-prefix", ""), IPv6Network, MAX_ADDRESSES)
 
     flags: list[RedFlag] = []
     probe: dict[str, str | None] = {}
@@ -237,26 +211,23 @@ def parse_nic(
     state = None
     complete4 = bool(ipv4s) and subnet4 is not None
     if device_number is not None and (complete4 or (ipv6_only and ipv6s and subnets6)):
-        try:
-            state = NicState(
-                mac=mac,
-                cloud="ec2",
-                primary=is_primary,
-                device_number=device_number,
-                network_card=network_card,
-                interface_id=interface_id,
-                ipv4_addresses=ipv4s,
-                ipv4_subnet=subnet4,
-                ipv4_gateway=gateway,
-                ipv6_addresses=ipv6s,
-                ipv6_subnets=subnets6,
-                ipv4_prefixes=prefixes4,
-                ipv6_prefixes=prefixes6,
-            )
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise MetadataError(f"{mac}: {where}: {first['msg']}") from None
+        table, metric = numbering(device_number, network_card)
+        state = make_state(
+            mac=mac,
+            cloud="ec2",
+            primary=is_primary,
+            device_number=device_number,
+            route_table=table,
+            route_metric=metric,
+            interface_id=interface_id,
+            ipv4_addresses=ipv4s,
+            ipv4_subnet=subnet4,
+            ipv4_gateway=gateway,
+            ipv6_addresses=ipv6s,
+            ipv6_subnets=subnets6,
+            ipv4_prefixes=prefixes4,
+            ipv6_prefixes=prefixes6,
+        )
     return Observation(mac=mac, state=state, flags=tuple(flags), probe=probe)
 
 
@@ -281,9 +252,25 @@ def _ipv6_only(names: frozenset[str]) -> bool:
 class Ec2Source:
     """IMDSv2 client for NIC metadata. Not safe to share between event loops."""
 
-    name: Cloud = "ec2"
+    name: ClassVar[str] = "ec2"
+    Settings: ClassVar[type[Section]] = Ec2Config
+    FLAG_KINDS: ClassVar[frozenset[str]] = COMMON_FLAG_KINDS | {
+        "listed-but-404",
+        "device-number-0",
+        "ipv6-pending",
+    }
     #: Why the last detect() said no (for the "no cloud detected yet" line).
     detect_error: str = "not detected"
+
+    @classmethod
+    def from_config(cls, config: Config, http: HttpClient) -> Ec2Source:
+        return cls(config.section(Ec2Config), http)
+
+    @staticmethod
+    def dmi_says(sys_root: Path) -> bool | None:
+        """Nitro instances name Amazon in DMI; Xen ones may not (then a probe decides)."""
+        vendor = " ".join(filter(None, (sysfs.dmi(f, sys_root) for f in _DMI_FIELDS)))
+        return True if "Amazon EC2" in vendor else None
 
     def __init__(
         self,
@@ -307,8 +294,7 @@ class Ec2Source:
         self._token_expiry = 0.0
         self._token_lock = asyncio.Lock()
         self._primary: str | None = None
-        self._listing: tuple[float, str] | None = None
-        self._listing_task: asyncio.Future[str] | None = None
+        self._listing = SharedAnswer(self._get_listing, listing_ttl, clock)
         #: MAC -> its directory listing and raw answers (None = 404) at its last full read.
         self._raw: OrderedDict[str, tuple[str, dict[str, str | None]]] = OrderedDict()
         self._log = (log if log is not None else _log).bind(source="ec2")
@@ -378,15 +364,7 @@ class Ec2Source:
         raise FetchError(f"GET /latest/{path}: HTTP 401 with a fresh token")
 
     async def _gather(self, paths: Sequence[str]) -> list[str | None]:
-        # Let every request finish (each is bounded by the HTTP timeout), then report the
-        # first failure: partial answers are never used.
-        results = await asyncio.gather(*(self._get(p) for p in paths), return_exceptions=True)
-        out: list[str | None] = []
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-            out.append(result)
-        return out
+        return await gather([self._get(p) for p in paths])
 
     async def detect(self) -> bool:
         try:
@@ -416,25 +394,12 @@ class Ec2Source:
         Whether a MAC is listed is learned here, not from each MAC's own 404: twenty NICs
         that are not ENIs cost one request per look, not twenty.
         """
-        while True:
-            cached = self._listing
-            fresh = cached is not None and self._clock() - cached[0] < self._listing_ttl
-            if cached is not None and fresh and (newer_than is None or cached[0] >= newer_than):
-                return cached[1]
-            task = self._listing_task
-            if task is None or task.done():
-                task = self._listing_task = asyncio.ensure_future(self._get_listing())
-                # Read even when every waiter was cancelled: never "exception never retrieved".
-                task.add_done_callback(lambda t: t.cancelled() or t.exception())
-                return await asyncio.shield(task)
-            await asyncio.shield(task)  # sent earlier: look again, it may be too old
+        return await self._listing.get(newer_than=newer_than)
 
     async def _get_listing(self) -> str:
-        sent = self._clock()
         text = await self._get(MACS_DIR)
         if text is None:
             raise FetchError(f"GET /latest/{MACS_DIR}: HTTP 404")
-        self._listing = (sent, text)
         return text
 
     async def list_macs(self, *, newer_than: float | None = None) -> frozenset[str]:
@@ -445,7 +410,8 @@ class Ec2Source:
 
     def _known(self, mac: str) -> bool:
         """Named by the last ``macs/`` listing fetched, however old it is."""
-        return self._listing is not None and mac in parse_mac_listing(self._listing[1])[0]
+        cached = self._listing.cached
+        return cached is not None and mac in parse_mac_listing(cached[1])[0]
 
     async def fetch(self, mac: str) -> Observation:
         mac = normalize_mac(mac)
@@ -467,7 +433,7 @@ class Ec2Source:
             # propagating when the listing was read) must not wait for the deadline.
             watched = (MACS_DIR, directory)
             flag = RedFlag("listed-but-404", f"listed but 404: {directory}", watched)
-            listed = self._listing[1] if self._listing else ""
+            listed = self._last_listing()
             probe: dict[str, str | None] = {MACS_DIR: listed, directory: None}
             return Observation(mac=mac, state=None, flags=(flag,), probe=probe)
         primary = await self.primary_mac()
@@ -493,9 +459,13 @@ class Ec2Source:
 
     def _unlisted(self, mac: str) -> Observation:
         self._raw.pop(mac, None)
-        listed = self._listing[1] if self._listing else ""
+        listed = self._last_listing()
         flag = RedFlag("not-listed", "MAC not in the metadata", (MACS_DIR,), "unlisted")
         return Observation(mac=mac, state=None, flags=(flag,), probe={MACS_DIR: listed})
+
+    def _last_listing(self) -> str:
+        cached = self._listing.cached
+        return cached[1] if cached is not None else ""
 
     def predict(self, mac: str, answers: Mapping[str, str | None]) -> Observation | None:
         """What MAC's last full read gives with a probe's ANSWERS in place of its own; None

@@ -23,6 +23,7 @@ import yaml
 from nicreconciled.model import NicState
 from nicreconciled.render.netplan import NetplanRenderer
 from nicreconciled.system.netplan import supports_ra_table
+from tests.states import ec2_state
 
 pytestmark = pytest.mark.integration
 
@@ -282,7 +283,7 @@ def nic(**fields: Any) -> NicState:
         "ipv4_gateway": "10.0.1.1",
     }
     base.update(fields)
-    return NicState.model_validate(base)
+    return ec2_state(base)
 
 
 def rendered_states() -> Iterator[tuple[str, NicState]]:

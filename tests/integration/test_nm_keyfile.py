@@ -28,6 +28,7 @@ from nicreconciled.model import NicState
 from nicreconciled.render.netplan import NetplanRenderer
 from nicreconciled.render.networkmanager import NetworkManagerRenderer, connection_uuid
 from tests.integration.conftest import check
+from tests.states import ec2_state
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +59,7 @@ def nic(**fields: Any) -> NicState:
         "ipv4_gateway": "10.0.1.1",
     }
     base.update(fields)
-    return NicState.model_validate(base)
+    return ec2_state(base)
 
 
 DUAL_STACK = nic(

@@ -12,13 +12,14 @@ from typing import Any
 
 import pytest
 
-from nicreconciled.config import CloudStackConfig, Config
+from nicreconciled.config import Config
 from nicreconciled.errors import FetchError, MetadataError
 from nicreconciled.model import NicState
 from nicreconciled.sim.cloudstack import VrSim
 from nicreconciled.sim.imds import LISTED_404
 from nicreconciled.sources import AUTO_ORDER, make_source, select_source
 from nicreconciled.sources.cloudstack import (
+    CloudStackConfig,
     CloudStackSource,
     VrMetadata,
     build_state,
@@ -31,6 +32,7 @@ from nicreconciled.sources.cloudstack import (
 from nicreconciled.sources.http import HttpClient
 from nicreconciled.sources.vr_discovery import Lease, Resolver
 from nicreconciled.system.sysfs import Link
+from tests.states import cloudstack_state
 from tests.unit.test_vr_discovery import MAC0, MAC1, NXDOMAIN, Tree, nmcli_missing, resolver
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cloudstack" / "metadata"
@@ -59,7 +61,8 @@ def raw(name: str) -> dict[str, str | None]:
 
 
 def state(**fields: Any) -> NicState:
-    return NicState(mac=MAC0, cloud="cloudstack", **fields)
+    number = fields.pop("device_number")
+    return cloudstack_state(number, {"mac": MAC0, **fields})
 
 
 @pytest.fixture
@@ -293,7 +296,8 @@ class TestFetch:
             mac=MAC1,
             cloud="cloudstack",
             primary=False,
-            device_number=2,
+            route_table=10002,
+            route_metric=514,
             ipv4_addresses=(IPv4Address("10.2.2.17"),),
             ipv4_subnet=IPv4Network("10.2.2.0/24"),
         )
@@ -445,11 +449,11 @@ class TestFetch:
         cs = source(tree, http, sim.url)
         primary = (await cs.fetch(MAC0)).state
         assert primary is not None
-        assert (primary.primary, primary.device_number) == (True, 0)
+        assert (primary.primary, primary.route_table) == (True, 10000)
         sim.set_vm({"local-ipv4": "10.1.1.99"})
         other = (await cs.fetch(MAC0)).state
         assert other is not None
-        assert (other.primary, other.device_number) == (False, 1)
+        assert (other.primary, other.route_table) == (False, 10001)
 
     async def test_probe_refuses_keys_it_did_not_hand_out(
         self, start_vr: StartVr, tree: Tree, http: HttpClient
@@ -493,7 +497,7 @@ class TestDetect:
 
 class TestRegistry:
     def test_cloudstack_is_registered_and_probed_after_ec2(self, http: HttpClient) -> None:
-        config = Config(cloudstack=CloudStackConfig(endpoint="http://192.0.2.10"))
+        config = Config().with_sections(cloudstack=CloudStackConfig(endpoint="http://192.0.2.10"))
         assert isinstance(make_source("cloudstack", config, http), CloudStackSource)
         assert AUTO_ORDER == ("ec2", "cloudstack")
 

@@ -8,6 +8,8 @@ import pytest
 
 from nicreconciled import config
 from nicreconciled.errors import ConfigError
+from nicreconciled.sources.cloudstack import CloudStackConfig
+from nicreconciled.sources.ec2 import Ec2Config
 
 
 class TestDefaults:
@@ -25,8 +27,8 @@ class TestDefaults:
         assert c.interfaces.exclude_macs == ()
         assert c.interfaces.exclude_device_numbers == ()
         assert c.udev.source == "udev"
-        assert c.ec2.endpoint == "http://169.254.169.254"
-        assert c.cloudstack.endpoint == ""
+        assert c.section(Ec2Config).endpoint == "http://169.254.169.254"
+        assert c.section(CloudStackConfig).endpoint == ""
 
     def test_networkmanager_gets_its_own_default_output_dir(self) -> None:
         c = config.parse({"renderer": "networkmanager"})
@@ -88,7 +90,7 @@ class TestErrors:
         [
             ({"colud": "ec2"}, "colud", "unknown key"),
             ({"interfaces": {"virtaul": True}}, "interfaces.virtaul", "unknown key"),
-            ({"cloud": "azure"}, "cloud", "'ec2', 'cloudstack' or 'auto'"),
+            ({"cloud": "azure"}, "cloud", "must be one of ec2, cloudstack"),
             ({"renderer": "ifupdown"}, "renderer", "'networkd' or 'auto'"),
             ({"apply": "yes"}, "apply", "valid boolean"),
             ({"resync_interval": 0}, "resync_interval", "greater than or equal to 1"),

@@ -34,7 +34,7 @@ class TestCompleteEni:
         assert state.mac == "0e:5c:3a:91:0b:7f"
         assert state.cloud == "ec2"
         assert state.primary is False
-        assert (state.device_number, state.network_card) == (1, 0)
+        assert (state.device_number, state.route_table, state.route_metric) == (1, 10001, 513)
         assert state.interface_id == "eni-0f1e2d3c4b5a69788"
         assert state.ipv4_addresses == tuple(
             IPv4Address(a) for a in ("10.20.1.37", "10.20.1.99", "10.20.1.140")
@@ -65,7 +65,7 @@ class TestCompleteEni:
         cap = capture("late_ipv6")
         state = parse(cap).state
         assert state is not None
-        assert state.network_card == 0
+        assert state.route_table == 10000 + state.device_number
 
     def test_blank_lines_and_duplicates_are_ignored(self, capture: Load) -> None:
         obs = parse(capture("complete_eni"), **{"local-ipv4s": "\n10.20.1.37\n\n10.20.1.37\n"})

@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from nicreconciled.config import Ec2Config
 from nicreconciled.errors import FetchError, MetadataError
 from nicreconciled.sim.imds import ImdsSim
-from nicreconciled.sources.ec2 import MACS_DIR, Ec2Source, mac_dir, parse_nic
+from nicreconciled.sources.ec2 import MACS_DIR, Ec2Config, Ec2Source, mac_dir, parse_nic
 from nicreconciled.sources.http import HttpClient
 from tests.unit.conftest import Ec2Capture
 

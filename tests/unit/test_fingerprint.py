@@ -6,6 +6,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 from nicreconciled.fingerprint import canonical, fingerprint
 from nicreconciled.model import NicState
+from tests.states import ec2_state
 
 
 def state(**changes: object) -> NicState:
@@ -18,7 +19,7 @@ def state(**changes: object) -> NicState:
         "ipv4_subnet": IPv4Network("10.0.1.0/24"),
     }
     base.update(changes)
-    return NicState.model_validate(base)
+    return ec2_state(base)
 
 
 class TestFingerprint:

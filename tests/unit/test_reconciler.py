@@ -27,6 +27,8 @@ def state(*addrs: str) -> NicState:
         cloud="ec2",
         primary=False,
         device_number=1,
+        route_table=10001,
+        route_metric=513,
         ipv4_addresses=tuple(IPv4Address(a) for a in addrs or ("10.0.1.5",)),
         ipv4_subnet=IPv4Network("10.0.1.0/24"),
         ipv4_gateway=IPv4Address("10.0.1.1"),

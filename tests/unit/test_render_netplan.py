@@ -18,6 +18,7 @@ from nicreconciled.model import NicState
 from nicreconciled.render import Renderer
 from nicreconciled.render.netplan import NetplanRenderer
 from nicreconciled.system import netplan as netplan_probe
+from tests.states import ec2_state
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden" / "netplan"
 UPDATE_GOLDEN = os.environ.get("NICR_UPDATE_GOLDEN") == "1"
@@ -40,7 +41,7 @@ def nic(**fields: Any) -> NicState:
         "ipv4_gateway": "10.0.1.1",
     }
     base.update(fields)
-    return NicState.model_validate(base)
+    return ec2_state(base)
 
 
 def dual_stack(**fields: Any) -> NicState:

@@ -25,6 +25,7 @@ from nicreconciled.render.networkmanager import (
     keyfile,
     write_keyfile,
 )
+from tests.states import ec2_state
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden" / "networkmanager"
 UPDATE_GOLDEN = os.environ.get("NICR_UPDATE_GOLDEN") == "1"
@@ -47,7 +48,7 @@ def nic(**fields: Any) -> NicState:
         "ipv4_gateway": "10.0.1.1",
     }
     base.update(fields)
-    return NicState.model_validate(base)
+    return ec2_state(base)
 
 
 def dual_stack(**fields: Any) -> NicState:

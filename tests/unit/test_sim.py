@@ -19,11 +19,10 @@ from pathlib import Path
 import pytest
 
 import nicreconciled
-from nicreconciled.config import Ec2Config
 from nicreconciled.errors import FetchError
 from nicreconciled.sim.client import SimClient, SimControlError
 from nicreconciled.sim.imds import LISTED_404, ImdsSim
-from nicreconciled.sources.ec2 import Ec2Source, mac_dir
+from nicreconciled.sources.ec2 import Ec2Config, Ec2Source, mac_dir
 from nicreconciled.sources.http import Answer, HttpClient
 
 PRIMARY = "0a:00:00:00:00:01"
@@ -268,7 +267,7 @@ class TestControlApi:
         assert await ec2.list_macs() == {PRIMARY, MAC}
         state = (await ec2.fetch(MAC)).state
         assert state is not None
-        assert state.network_card == 1
+        assert state.route_table == 10100 + state.device_number
 
         updated = await sim.update_nic(MAC, {"local_ipv4s": ["10.0.11.25", "10.0.11.26"]})
         assert updated["local_ipv4s"] == ["10.0.11.25", "10.0.11.26"]

@@ -21,12 +21,11 @@ import aiohttp
 import pytest
 
 import nicreconciled
-from nicreconciled.config import CloudStackConfig
 from nicreconciled.errors import FetchError
 from nicreconciled.sim.client import SimClient, SimControlError
 from nicreconciled.sim.cloudstack import DEFAULT_VM, VrSim
 from nicreconciled.sim.imds import LISTED_404
-from nicreconciled.sources.cloudstack import CloudStackSource, metadata_url
+from nicreconciled.sources.cloudstack import CloudStackConfig, CloudStackSource, metadata_url
 from nicreconciled.sources.http import HttpClient
 from tests.unit.test_vr_discovery import MAC0, NXDOMAIN, Tree, nmcli_missing, resolver
 

@@ -20,6 +20,8 @@ def state(*, ipv6: bool = False, device_number: int = 1, addrs: int = 1) -> NicS
         cloud="ec2",
         primary=False,
         device_number=device_number,
+        route_table=10000 + device_number,
+        route_metric=512 + device_number,
         ipv4_addresses=tuple(IPv4Address(f"10.0.1.{10 + i}") for i in range(addrs)),
         ipv4_subnet=IPv4Network("10.0.1.0/24"),
         ipv4_gateway=IPv4Address("10.0.1.1"),
