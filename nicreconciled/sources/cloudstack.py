@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -33,7 +33,8 @@ from pydantic import field_validator
 from nicreconciled.config import Config, Section, check_endpoint
 from nicreconciled.errors import FetchError, MetadataError
 from nicreconciled.model import COMMON_FLAG_KINDS, NicState, Observation, RedFlag, normalize_mac
-from nicreconciled.sources.common import gather, scalar
+from nicreconciled.sources.common import by_mac as _by_mac
+from nicreconciled.sources.common import device_numbers, gather, scalar
 from nicreconciled.sources.http import HttpClient
 from nicreconciled.sources.vr_discovery import Lease, Resolver, VrDiscovery, vr_url
 from nicreconciled.system import proc, sysfs
@@ -134,16 +135,6 @@ def parse_metadata(raw: Mapping[str, str | None]) -> VrMetadata:
     )
 
 
-def _by_mac(links: Iterable[sysfs.Link]) -> dict[str, sysfs.Link]:
-    """One ethernet link per MAC: a VLAN or macvlan on top shares its parent's MAC, so
-    prefer the non-virtual link, then the oldest (lowest ifindex)."""
-    out: dict[str, sysfs.Link] = {}
-    for link in sorted(links, key=lambda x: (x.virtual, x.ifindex)):
-        if link.ethernet:
-            out.setdefault(link.mac, link)
-    return out
-
-
 class CloudStackConfig(Section):
     """``[cloudstack]``: the virtual router, when it is not to be discovered."""
 
@@ -156,30 +147,6 @@ def numbering(number: int) -> tuple[int, int]:
     """(route table, route metric) of the NIC numbered NUMBER by device_numbers(): table
     10000 + number (the EC2 scheme with one network card), metric 512 + number."""
     return 10000 + number, 512 + number
-
-
-def device_numbers(links: Iterable[sysfs.Link], primary: str | None) -> dict[str, int]:
-    """MAC -> device number in 0..99: 0 for PRIMARY, 1..99 for the other ethernet NICs.
-
-    The number feeds the route table and metric, so it must not change while the NIC
-    exists: a rank among present NICs would shift whenever a lower one detaches and force
-    a re-render (new table, dropped flows) of a NIC that did not change. The number is
-    therefore the ifindex folded into 1..99; on a collision (ifindexes 99 apart, i.e. after
-    ~100 hot-plugs) the NIC with the higher ifindex takes the next free number.
-    """
-    out = {primary: 0} if primary is not None else {}
-    taken = {0}
-    for link in sorted(_by_mac(links).values(), key=lambda x: x.ifindex):
-        if link.mac in out:
-            continue
-        slot = (link.ifindex - 2) % 99 + 1  # ifindex 1 is lo
-        for _ in range(99):
-            if slot not in taken:
-                taken.add(slot)
-                out[link.mac] = slot
-                break
-            slot = slot % 99 + 1
-    return out
 
 
 def build_state(

@@ -11,6 +11,8 @@
   request, not N.
 * ``make_state``: a NicState from typed values, a refusal turned into a MetadataError.
 * ``parse_json``: a JSON document of a bounded size and the expected top-level type.
+* ``device_numbers``: numbers for NICs a cloud does not number (CloudStack, OpenStack), from
+  their ifindex, stable while the NIC exists.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pydantic import ValidationError
 
 from nicreconciled.errors import MetadataError
 from nicreconciled.model import NicState
+from nicreconciled.system import sysfs
 
 _T = TypeVar("_T")
 
@@ -193,3 +196,37 @@ class SharedAnswer(Generic[_T]):
 
     def forget(self) -> None:
         self.cached = None
+
+
+def by_mac(links: Iterable[sysfs.Link]) -> dict[str, sysfs.Link]:
+    """One ethernet link per MAC: a VLAN or macvlan on top shares its parent's MAC, so
+    prefer the non-virtual link, then the oldest (lowest ifindex)."""
+    out: dict[str, sysfs.Link] = {}
+    for link in sorted(links, key=lambda x: (x.virtual, x.ifindex)):
+        if link.ethernet:
+            out.setdefault(link.mac, link)
+    return out
+
+
+def device_numbers(links: Iterable[sysfs.Link], primary: str | None) -> dict[str, int]:
+    """MAC -> device number in 0..99: 0 for PRIMARY, 1..99 for the other ethernet NICs.
+
+    The number feeds the route table and metric, so it must not change while the NIC
+    exists: a rank among present NICs would shift whenever a lower one detaches and force
+    a re-render (new table, dropped flows) of a NIC that did not change. The number is
+    therefore the ifindex folded into 1..99; on a collision (ifindexes 99 apart, i.e. after
+    ~100 hot-plugs) the NIC with the higher ifindex takes the next free number.
+    """
+    out = {primary: 0} if primary is not None else {}
+    taken = {0}
+    for link in sorted(by_mac(links).values(), key=lambda x: x.ifindex):
+        if link.mac in out:
+            continue
+        slot = (link.ifindex - 2) % 99 + 1  # ifindex 1 is lo
+        for _ in range(99):
+            if slot not in taken:
+                taken.add(slot)
+                out[link.mac] = slot
+                break
+            slot = slot % 99 + 1
+    return out

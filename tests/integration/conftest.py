@@ -104,6 +104,8 @@ class Stack:
         key = mac.replace(":", "")
         if self.renderer == "networkmanager":
             return self.out / f"nicreconciled-{key}.nmconnection"
+        if self.renderer == "networkd":
+            return self.out / f"05-nicreconciled-{key}.network"
         return self.out / f"90-nicreconciled-{key}.yaml"
 
     def write_config(self, **overrides: Any) -> Path:
@@ -125,8 +127,10 @@ class Stack:
             "[udev]",
             'source = "kernel"',
         ]
+        if self.cloud != "cloudstack":  # the simulator is the cloud's endpoint
+            lines += [f"[{self.cloud}]", f'endpoint = "http://127.0.0.1:{PORT}"']
         if self.cloud == "ec2":
-            lines += ["[ec2]", f'endpoint = "http://127.0.0.1:{PORT}"', 'fallback_endpoint = ""']
+            lines += ['fallback_endpoint = ""']
         lines += ["[polling]"]
         lines += [f"{k} = {v}" for k, v in polling.items()]
         path = self.tmp / "nicreconciled.toml"
