@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import re
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol, cast
 
 from nicreconciled.model import NicState
 
@@ -18,6 +19,9 @@ class Renderer(Protocol):
     suffix: ClassVar[str]
     #: The file mode: 0600, except where the network stack reads as another user (networkd).
     mode: ClassVar[int]
+
+    @classmethod
+    def from_config(cls, config: Config) -> Renderer: ...
 
     def filename(self, mac: str) -> str:
         """The one file name owned for MAC (a function of the MAC alone)."""
@@ -34,20 +38,18 @@ def owned_names(renderer: Renderer) -> re.Pattern[str]:
     return re.compile(re.escape(renderer.prefix) + "[0-9a-f]{12}" + re.escape(renderer.suffix))
 
 
+#: name -> "module:Class", imported when first used; the name is the value of ``renderer``.
+RENDERERS: dict[str, str] = {
+    "netplan": "nicreconciled.render.netplan:NetplanRenderer",
+    "networkmanager": "nicreconciled.render.networkmanager:NetworkManagerRenderer",
+    "networkd": "nicreconciled.render.networkd:NetworkdRenderer",
+}
+
+
 def make_renderer(config: Config) -> Renderer:
-    """The registry: one entry per renderer."""
-    if config.renderer == "netplan":
-        from nicreconciled.render.netplan import NetplanRenderer
-        from nicreconciled.system.netplan import supports_ra_table
-
-        # Asked (once per process) the first time a NIC needs it, never at start.
-        return NetplanRenderer(config.netplan.backend, ra_table=supports_ra_table)
-    if config.renderer == "networkmanager":
-        from nicreconciled.render.networkmanager import NetworkManagerRenderer
-
-        return NetworkManagerRenderer()
-    if config.renderer == "networkd":
-        from nicreconciled.render.networkd import NetworkdRenderer
-
-        return NetworkdRenderer()
-    raise ValueError(f"unsupported renderer {config.renderer!r}")
+    """The configured renderer (``renderer = "auto"`` must be resolved first: wiring)."""
+    if config.renderer not in RENDERERS:
+        raise ValueError(f"unsupported renderer {config.renderer!r}")
+    module, _, name = RENDERERS[config.renderer].partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    return cast(Renderer, cls.from_config(config))

@@ -83,12 +83,15 @@ Why the output looks the way it does:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, Final, Literal, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, get_args
 
 import yaml
 
 from nicreconciled.model import NicState, mac_to_key
 from nicreconciled.render.addressing import addresses, routes_ipv6, rule_sources, unique
+
+if TYPE_CHECKING:
+    from nicreconciled.config import Config
 
 Backend = Literal["networkd", "NetworkManager"]
 _BACKENDS: Final[tuple[str, ...]] = get_args(Backend)
@@ -126,6 +129,13 @@ class NetplanRenderer:
     def ra_table(self) -> bool:
         flag = self._ra_table
         return flag() if callable(flag) else flag
+
+    @classmethod
+    def from_config(cls, config: Config) -> NetplanRenderer:
+        from nicreconciled.system.netplan import supports_ra_table
+
+        # Asked (once per process) the first time a NIC needs it, never at start.
+        return cls(config.netplan.backend, ra_table=supports_ra_table)
 
     def filename(self, mac: str) -> str:
         """``90-nicreconciled-0a1b2c3d4e5f.yaml``; ValueError if MAC is not a MAC."""

@@ -67,10 +67,13 @@ systemd 252 (Debian 12) and was checked in the project's lab on the real systemd
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 from nicreconciled.model import NicState, mac_to_key
 from nicreconciled.render.addressing import addresses, routes_ipv6, rule_sources, unique
+
+if TYPE_CHECKING:
+    from nicreconciled.config import Config
 
 _HEADER: Final = "# Written by nicreconciled for {mac}; do not edit (rewritten on change).\n"
 
@@ -93,6 +96,10 @@ class NetworkdRenderer:
     suffix: ClassVar[str] = ".network"
     #: systemd-networkd reads its files as an unprivileged user (module docstring).
     mode: ClassVar[int] = 0o644
+
+    @classmethod
+    def from_config(cls, config: Config) -> NetworkdRenderer:
+        return cls()
 
     def filename(self, mac: str) -> str:
         """``05-nicreconciled-0a1b2c3d4e5f.network``; ValueError if MAC is not a MAC."""

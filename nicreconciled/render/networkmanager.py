@@ -85,10 +85,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import ClassVar, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 from nicreconciled.model import NicState, mac_to_key, normalize_mac
 from nicreconciled.render.addressing import ipv4_cidr, ipv6_cidr, rule_sources, unique
+
+if TYPE_CHECKING:
+    from nicreconciled.config import Config
 
 #: Fixed forever: changing it changes every profile UUID and orphans existing profiles.
 UUID_NAMESPACE: Final = uuid.UUID("484654a7-89a4-4710-909c-b1de3df92bea")
@@ -125,6 +128,10 @@ class NetworkManagerRenderer:
     prefix: ClassVar[str] = "nicreconciled-"
     suffix: ClassVar[str] = ".nmconnection"
     mode: ClassVar[int] = 0o600
+
+    @classmethod
+    def from_config(cls, config: Config) -> NetworkManagerRenderer:
+        return cls()
 
     def filename(self, mac: str) -> str:
         """``nicreconciled-0a1b2c3d4e5f.nmconnection``; ValueError if MAC is not a MAC."""
