@@ -127,7 +127,7 @@ class Stack:
             "[udev]",
             'source = "kernel"',
         ]
-        if self.cloud != "cloudstack":  # the simulator is the cloud's endpoint
+        if self.cloud not in ("cloudstack", "auto"):  # the simulator is the cloud's endpoint
             lines += [f"[{self.cloud}]", f'endpoint = "http://127.0.0.1:{PORT}"']
         if self.cloud == "ec2":
             lines += ['fallback_endpoint = ""']
