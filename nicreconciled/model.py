@@ -73,6 +73,9 @@ class NicState(BaseModel):
     ipv4_gateway: IPv4Address | None = None
     ipv6_addresses: tuple[IPv6Address, ...] = Field(default=(), max_length=MAX_ADDRESSES)
     ipv6_subnets: tuple[IPv6Network, ...] = Field(default=(), max_length=16)
+    #: The IPv6 router where the metadata names it (OCI, OpenStack): a static default route
+    #: in table T. None where routers are learnt from RAs only (EC2).
+    ipv6_gateway: IPv6Address | None = None
     #: Delegated prefixes (EC2 prefix delegation): routed to this NIC, not assigned to it.
     ipv4_prefixes: tuple[IPv4Network, ...] = Field(default=(), max_length=MAX_ADDRESSES)
     ipv6_prefixes: tuple[IPv6Network, ...] = Field(default=(), max_length=MAX_ADDRESSES)

@@ -201,4 +201,6 @@ def _policy_routes(state: NicState) -> list[dict[str, Any]]:
     if routes_ipv6(state):
         # On-subnet replies; the default route comes from RAs, where netplan can say so.
         routes.extend({"to": str(subnet), "table": table} for subnet in state.ipv6_subnets)
+        if state.ipv6_gateway is not None:  # named by the metadata: no RA needed
+            routes.append({"to": "::/0", "via": str(state.ipv6_gateway), "table": table})
     return routes

@@ -169,6 +169,9 @@ def _routes(state: NicState) -> list[Section]:
             ("Route", [("Destination", str(subnet)), ("Table", table)])
             for subnet in unique(state.ipv6_subnets)
         ]
+        if state.ipv6_gateway is not None:
+            default6 = [("Destination", "::/0"), ("Gateway", str(state.ipv6_gateway))]
+            routes.append(("Route", [*default6, ("Table", table)]))
     return routes
 
 

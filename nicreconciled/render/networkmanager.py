@@ -213,6 +213,8 @@ def _ipv6(state: NicState) -> Section:
         return entries
     table, subnets = state.route_table, [str(s) for s in unique(state.ipv6_subnets)]
     routes = [(s, table) for s in subnets]
+    if state.ipv6_gateway is not None and (ipv6 or state.ipv6_prefixes):
+        routes.append((f"::/0,{state.ipv6_gateway}", table))
     if ipv6:
         # RA routes into T; what route-table takes out of main is put back (docstring).
         entries += [("route-metric", str(state.route_metric)), ("route-table", str(table))]
