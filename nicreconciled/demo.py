@@ -213,8 +213,10 @@ class Demo:
     # -- any other cloud: its simulator, on systemd-networkd --------------------------------
     def run_listed(self, lab: Lab, cloud: str) -> bool:
         """A cloud whose simulator lists NICs (``lab_spec``): hot-plug, converge, kernel and
-        wire, then an upstream change (a new secondary IPv4) after SIGHUP."""
-        to_spec = simulator_class(cloud).lab_spec
+        wire, then an upstream change after SIGHUP: a new secondary IPv4, or a second IPv6
+        address where the cloud's metadata has no secondary IPv4 (``LAB_SECONDARIES = 0``)."""
+        sim_class = simulator_class(cloud)
+        to_spec = sim_class.lab_spec
         lab.plug_primary(PRIMARY, "10.0.0.10")
         self.say("primary NIC eth0 up, configured by a foreign /etc/netplan/50-cloud-init.yaml")
         sim = lab.start_sim(cloud=cloud)
@@ -223,7 +225,7 @@ class Demo:
         self.say(f"{cloud} metadata simulator on the instance's 127.0.0.1:8080")
         daemon = lab.start_daemon(cloud=cloud, polling={"deadline": 60})
         self.follow(daemon.log)
-        eni = Eni.plan(1)
+        eni = Eni.plan(1, secondaries=getattr(sim_class, "LAB_SECONDARIES", 2))
         sim.add_nic(to_spec(eni.plan_dict()))
         eni.nic = lab.plug(eni.mac, eni.ipv4s[0], 24, eni.subnet6)
         self.say(
@@ -232,29 +234,39 @@ class Demo:
         )
         plugged = time.monotonic()
 
-        def complete(ipv4s: list[str]) -> bool:
+        def complete() -> bool:
             # The table is the source's to number: learn it from the first address's rule.
             tables = [r.table for r in lab.rules(4) if r.src == eni.ipv4s[0]]
             if not tables or not tables[0].isdigit():
                 return False
             eni.route_table = int(tables[0])
-            return not missing_state(lab, eni, ipv4s=ipv4s)
+            return not missing_state(lab, eni)
 
-        if not self.wait(lab, daemon.log, lambda: complete(eni.ipv4s), 30):
+        if not self.wait(lab, daemon.log, complete, 30):
             return False
         self.say(
             f"complete in the kernel {time.monotonic() - plugged:.2f} s after the hot-plug:"
             " every address, a rule from each to its table, the table's routes"
         )
         self.show_kernel(lab, eni.ifname, eni.table)
-        self.say(f"the remote peer {PEER4} pings each address of the NIC (strict rp_filter):")
-        pings_ok = all(self.ping(lab, a, eni.nic.port) for a in eni.ipv4s)
-        more = [*eni.ipv4s, f"{eni.ipv4s[0][:-2]}30"]
-        self.say(f"upstream change: secondary {more[-1]} assigned in the metadata; SIGHUP")
-        sim.update_nic(eni.mac, to_spec({**eni.plan_dict(), "ipv4s": more}))
+        self.say("the remote peers ping each address of the NIC (strict rp_filter):")
+        pings_ok = all(self.ping(lab, a, eni.nic.port) for a in [*eni.ipv4s, *eni.ipv6s])
+        if eni.ipv4s[1:]:
+            added = f"{eni.ipv4s[0][:-2]}30"
+            eni.ipv4s.append(added)
+            what = f"secondary {added}"
+        else:
+            added = f"{eni.ipv6s[0][:-2]}11"
+            eni.ipv6s.append(added)
+            what = f"a second IPv6 address {added} (the metadata has no secondary IPv4s)"
+        self.say(f"upstream change: {what} assigned in the metadata; SIGHUP")
+        sim.update_nic(eni.mac, to_spec(eni.plan_dict()))
+        changed = time.monotonic()
         daemon.hup()
-        change_ok = self.wait(lab, daemon.log, lambda: complete(more), 20)
-        change_ok = change_ok and self.ping(lab, more[-1], eni.nic.port)
+        change_ok = self.wait(lab, daemon.log, complete, 20)
+        if change_ok:
+            self.say(f"in the kernel {time.monotonic() - changed:.2f} s after the SIGHUP")
+            change_ok = self.ping(lab, added, eni.nic.port)
         code = lab.stop_daemon()
         self.say(f"SIGTERM: daemon exited with status {code}")
         self.show_file(lab.path(lab.output_file(eni.mac)))

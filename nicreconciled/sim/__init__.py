@@ -20,6 +20,7 @@ from nicreconciled.sim.imds import FAULTS, LISTED_404, ImdsSim, NicSpec
 SIMULATORS: dict[str, str] = {
     "ec2": "nicreconciled.sim.imds:ImdsSim",
     "cloudstack": "nicreconciled.sim.cloudstack:VrSim",
+    "oci": "nicreconciled.sim.oci:OciSim",
 }
 
 

@@ -33,11 +33,12 @@ log = structlog.get_logger(__name__)
 SOURCES: dict[str, str] = {
     "ec2": "nicreconciled.sources.ec2:Ec2Source",
     "cloudstack": "nicreconciled.sources.cloudstack:CloudStackSource",
+    "oci": "nicreconciled.sources.oci:OciSource",
 }
 
 #: The order in which ``cloud = "auto"`` probes the network when no DMI check settled it.
 #: Cheap, fixed-address probes first; CloudStack's may walk the whole VR discovery chain.
-AUTO_ORDER: tuple[str, ...] = ("ec2", "cloudstack")
+AUTO_ORDER: tuple[str, ...] = ("ec2", "oci", "cloudstack")
 
 
 class Source(Protocol):
