@@ -21,6 +21,7 @@ SIMULATORS: dict[str, str] = {
     "ec2": "nicreconciled.sim.imds:ImdsSim",
     "cloudstack": "nicreconciled.sim.cloudstack:VrSim",
     "oci": "nicreconciled.sim.oci:OciSim",
+    "openstack": "nicreconciled.sim.openstack:OpenStackSim",
 }
 
 

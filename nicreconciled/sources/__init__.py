@@ -34,11 +34,12 @@ SOURCES: dict[str, str] = {
     "ec2": "nicreconciled.sources.ec2:Ec2Source",
     "cloudstack": "nicreconciled.sources.cloudstack:CloudStackSource",
     "oci": "nicreconciled.sources.oci:OciSource",
+    "openstack": "nicreconciled.sources.openstack:OpenStackSource",
 }
 
 #: The order in which ``cloud = "auto"`` probes the network when no DMI check settled it.
 #: Cheap, fixed-address probes first; CloudStack's may walk the whole VR discovery chain.
-AUTO_ORDER: tuple[str, ...] = ("ec2", "oci", "cloudstack")
+AUTO_ORDER: tuple[str, ...] = ("ec2", "oci", "openstack", "cloudstack")
 
 
 class Source(Protocol):

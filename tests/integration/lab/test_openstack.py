@@ -1,0 +1,54 @@
+"""OpenStack on the real systemd-networkd: a hot-attached port's complete kernel state and
+the remote peer's ping answered through the port's own router port."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from nicreconciled.lab import Eni, Lab, missing_state, missing_tools
+from nicreconciled.sim.openstack import OpenStackSim
+from tests.conftest import require_tool
+from tests.integration.lab.conftest import PRIMARY_IPV4, PRIMARY_MAC, record_timing
+
+pytestmark = pytest.mark.integration
+
+
+def test_hot_attached_port_complete_on_networkd(tmp_path: Path) -> None:
+    for tool in missing_tools("networkd"):
+        require_tool(tool)
+    with Lab("networkd", tmp_path / "lab", tag="os") as lab:
+        lab.plug_primary(PRIMARY_MAC, PRIMARY_IPV4)
+        sim = lab.start_sim(cloud="openstack")
+        primary = Eni(0, PRIMARY_MAC, [PRIMARY_IPV4], "10.0.0.0/24", [], None)
+        sim.add_nic(OpenStackSim.lab_spec({**primary.plan_dict(), "primary": True}))
+        lab.start_daemon(cloud="openstack")
+        eni = Eni.plan(1, secondaries=1)
+        sim.add_nic(OpenStackSim.lab_spec(eni.plan_dict()))
+        eni.nic = lab.plug(eni.mac, eni.ipv4s[0], 24, eni.subnet6)
+        last: list[str] = []
+
+        def complete() -> bool:
+            # The table comes from the port's ifindex (sources/openstack.py numbering()):
+            # read it from the kernel's rule for the first address.
+            tables = [r.table for r in lab.rules(4) if r.src == eni.ipv4s[0]]
+            if not tables or not tables[0].isdigit():
+                last[:] = ["rule from the first address"]
+                return False
+            eni.route_table = int(tables[0])
+            last[:] = missing_state(lab, eni)
+            return not last
+
+        lab.wait_for(complete, 30, f"{eni.mac} in the kernel", describe=lambda: f"missing: {last}")
+        elapsed = time.monotonic() - lab.plugged_at[eni.mac]
+        record_timing(f"[networkd] openstack hot-plug -> complete kernel state: {elapsed:.2f} s")
+        assert 10001 <= eni.table <= 10099
+        # The gateway of the port's "::" route is the IPv6 default route of its table.
+        assert lab.route_destinations(6, eni.table).get("default") == eni.gateway6
+        for address in [*eni.ipv4s, *eni.ipv6s]:
+            result = lab.ping_from_peer(address)
+            assert result.received == result.sent, (str(result), lab.describe())
+            assert result.replies_by_port.get(eni.nic.port) == result.sent, str(result)
+        assert lab.stop_daemon() == 0
