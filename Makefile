@@ -1,5 +1,5 @@
-# The two entry points: `make demo` (the embedded demos, EC2 then CloudStack) and `make test`
-# (ruff, mypy, pytest).
+# The two entry points: `make demo` (the embedded demos: EC2, OCI, OpenStack, CloudStack)
+# and `make test` (ruff, mypy, pytest).
 # Both set everything up on a fresh Debian machine (root: apt-get, network namespaces).
 .PHONY: demo test lint bench setup
 
@@ -8,6 +8,8 @@ setup:
 
 demo: setup
 	.venv/bin/nicreconciled demo --cloud ec2
+	.venv/bin/nicreconciled demo --cloud oci
+	.venv/bin/nicreconciled demo --cloud openstack
 	.venv/bin/nicreconciled demo --cloud cloudstack
 
 lint: setup

@@ -73,7 +73,8 @@ def check_endpoint(value: str) -> str:
     return value.rstrip("/")
 
 
-#: EC2 device numbers go up to this (NicState.device_number).
+#: Device numbers (EC2 device-number, OCI nicIndex, OpenStack port position) go up to this
+#: (NicState.device_number).
 MAX_DEVICE_NUMBER = 99
 
 #: An inclusive range of device numbers: (2, 7) for "2-7", (3, 3) for 3 or "3".
