@@ -157,11 +157,12 @@ def test_every_golden_file_is_read_by_networkd_without_a_warning(lab: Lab) -> No
     unknown key and a bad address is reported in networkd's log, by file and line)."""
     log = lab.workdir / "networkd.log"
     directory = lab.path(NETWORK_DIR)
-    goldens = sorted(GOLDEN_DIR.glob("*.network"))
-    assert len(goldens) >= 6
+    goldens = sorted(GOLDEN_DIR.rglob("*.network"))  # each cloud's subfolder too
+    assert len(goldens) >= 10
+    assert any(g.parent != GOLDEN_DIR for g in goldens)
     control = "03-nicr-control.network"
     (directory / control).write_text("[Match]\nName=nomatch\n[Network]\nFoo=1\nAddress=bad\n")
-    copies = [f"04-golden-{g.name}" for g in goldens]
+    copies = [f"04-golden-{'-'.join(g.relative_to(GOLDEN_DIR).parts)}" for g in goldens]
     for golden, copy in zip(goldens, copies, strict=True):
         shutil.copyfile(golden, directory / copy)
     for name in (control, *copies):
