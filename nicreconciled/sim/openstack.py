@@ -145,9 +145,13 @@ class OpenStackSim(FaultyServer):
     @staticmethod
     def lab_spec(plan: Mapping[str, Any]) -> dict[str, Any]:
         """A cloud-neutral lab plan -> the POST /nics body: one ``ipv4`` network per fixed
-        IPv4 (the first is the port's primary), one ``ipv6`` network per IPv6 address."""
+        IPv4 (the first is the port's primary), one ``ipv6`` network per IPv6 address. With
+        ``"dhcp4": true`` one ``ipv4_dhcp`` network instead of the IPv4 ones (nova on a subnet
+        with DHCP enabled): the address then comes from the lab's DHCP server."""
         nets: list[dict[str, Any]] = []
-        for address in plan.get("ipv4s", []):
+        if plan.get("dhcp4"):
+            nets.append({"type": "ipv4_dhcp"})
+        for address in [] if plan.get("dhcp4") else plan.get("ipv4s", []):
             route = {"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": plan["gateway4"]}
             routes = [route] if plan.get("gateway4") else []
             nets.append(

@@ -36,7 +36,8 @@ from nicreconciled.model import COMMON_FLAG_KINDS, NicState, Observation, RedFla
 from nicreconciled.sources.common import by_mac as _by_mac
 from nicreconciled.sources.common import device_numbers, gather, scalar
 from nicreconciled.sources.http import HttpClient
-from nicreconciled.sources.vr_discovery import Lease, Resolver, VrDiscovery, vr_url
+from nicreconciled.sources.leases import LEASE_KEY, Lease, lease_key
+from nicreconciled.sources.vr_discovery import Resolver, VrDiscovery, vr_url
 from nicreconciled.system import proc, sysfs
 
 _log = structlog.get_logger(__name__)
@@ -65,7 +66,6 @@ DETECT_TIMEOUT = 3.0
 LIVENESS_TIMEOUT = 1.0
 MAX_TEXT = 255
 LINK_KEY = "link:"
-LEASE_KEY = "lease:"
 META = "/latest/meta-data/"
 
 _KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -89,10 +89,6 @@ def metadata_url(vr: str, key: str) -> str:
 
 def link_key(mac: str) -> str:
     return f"{LINK_KEY}{normalize_mac(mac)}"
-
-
-def lease_key(mac: str) -> str:
-    return f"{LEASE_KEY}{normalize_mac(mac)}"
 
 
 def _text(key: str, value: str | None) -> str | None:

@@ -10,8 +10,11 @@ Why it looks the way it does (facts cited where they are used; see docs/clouds/o
   seconds (default 15; nova/conf/api.py), so a port attached a moment ago can be missing
   from the document: a "not-listed" flag (grace "unlisted") like EC2's unlisted MAC.
 * Only static networks carry addresses. ``ipv4_dhcp`` / ``ipv6_dhcp`` name no address
-  (nova writes them for subnets with ``enable_dhcp`` or a DHCP port), so such a port is
-  rendered DHCP-only: no table, no rules (the renderers need an address for a rule).
+  (nova writes them for subnets with ``enable_dhcp`` or a DHCP port, which is most Neutron
+  deployments). Such a port is written DHCP-only at once, so that its DHCP client runs, and
+  completed from the port's own lease (address, prefix, router: ``sources/leases.py``)
+  with its table and rules when the lease appears, as CloudStack NICs are. Without the rule,
+  replies from a second port's address leave by the first, whose port security drops them.
 * The config drive is written once, when the instance boots (nova
   doc/source/user/metadata.rst, "Config drives"): it never shows a port attached later. It
   is read only when the service gives no usable answer; a hot-attached port is then
@@ -37,8 +40,8 @@ from nicreconciled.model import COMMON_FLAG_KINDS, Observation, RedFlag, normali
 from nicreconciled.sources.common import SharedAnswer, device_numbers, make_state, parse_json
 from nicreconciled.sources.common import scalar as _scalar
 from nicreconciled.sources.http import HttpClient
-from nicreconciled.sources.vr_discovery import parse_default_routes
-from nicreconciled.system import sysfs
+from nicreconciled.sources.leases import LEASE_KEY, Lease, LocalLeases, lease_key
+from nicreconciled.system import proc, sysfs
 
 _log = structlog.get_logger(__name__)
 
@@ -268,11 +271,17 @@ def parse_document(text: str) -> Document:
 
 
 def build_observation(
-    mac: str, document: Document, primary_mac: str | None, number: int, raw: str
+    mac: str,
+    document: Document,
+    primary_mac: str | None,
+    number: int,
+    raw: str,
+    lease: Lease | None = None,
 ) -> Observation:
     """One MAC's Observation from the parsed DOCUMENT (RAW: its text, for the probe). Pure.
 
-    NUMBER: the port's local number (numbering()); PRIMARY_MAC: the instance's primary port.
+    NUMBER: the port's local number (numbering()); PRIMARY_MAC: the instance's primary port;
+    LEASE: the port's own DHCP lease, what completes an ``ipv4_dhcp`` port.
     """
     mac = normalize_mac(mac)
     port = document.ports.get(mac)
@@ -280,10 +289,24 @@ def build_observation(
         flag = RedFlag("not-listed", "MAC not in network_data.json", (NETWORK_DATA,), "unlisted")
         return Observation(mac=mac, state=None, flags=(flag,), probe={NETWORK_DATA: raw})
     ipv6 = port.ipv6
+    ipv4, subnet4, gateway4 = tuple(port.ipv4), port.subnet4, port.gateway4
+    flags: list[RedFlag] = []
+    probe: dict[str, str | None] = {NETWORK_DATA: raw}
     if port.dhcp4 and not port.ipv4:
-        # A state with IPv6 and no IPv4 renders as IPv6-only (no DHCPv4 client): the DHCP
-        # IPv4 matters more than static IPv6 the renderers cannot combine with it (docs).
-        ipv6 = []
+        network = lease.network if lease is not None else None
+        if lease is not None and lease.address is not None and network is not None:
+            ipv4, subnet4 = (lease.address,), network
+            # A router outside the subnet cannot be a next hop of the table's default route.
+            router = lease.router
+            gateway4 = router if router is not None and router in network else None
+        else:
+            # DHCP-only until the lease comes (only a matching configuration makes networkd
+            # run a DHCP client); a state with IPv6 and no IPv4 would render as IPv6-only
+            # (no DHCPv4 client), so the static IPv6 waits for the lease too.
+            ipv6 = []
+            detail = "no DHCP lease yet: address unknown"
+            flags.append(RedFlag("incomplete", detail, (lease_key(mac),), "lease"))
+            probe[lease_key(mac)] = lease.describe() if lease is not None else None
     table, metric = numbering(number)
     state = make_state(
         mac=mac,
@@ -293,14 +316,14 @@ def build_observation(
         route_table=table,
         route_metric=metric,
         interface_id=port.link_id,
-        ipv4_addresses=tuple(port.ipv4),
-        ipv4_subnet=port.subnet4,
-        ipv4_gateway=port.gateway4,
+        ipv4_addresses=ipv4,
+        ipv4_subnet=subnet4,
+        ipv4_gateway=gateway4,
         ipv6_addresses=tuple(ipv6),
         ipv6_subnets=tuple(port.subnets6) if ipv6 else (),
         ipv6_gateway=port.gateway6 if ipv6 else None,
     )
-    return Observation(mac=mac, state=state, flags=(), probe={NETWORK_DATA: raw})
+    return Observation(mac=mac, state=state, flags=tuple(flags), probe=probe)
 
 
 # --- I/O ----------------------------------------------------------------------------------
@@ -333,6 +356,7 @@ class OpenStackSource:
         http: HttpClient,
         *,
         root: Path = Path("/"),
+        runner: proc.Runner = proc.run,
         clock: Callable[[], float] = time.monotonic,
         ttl: float = DOCUMENT_TTL,
     ) -> None:
@@ -341,6 +365,7 @@ class OpenStackSource:
         self._drive = Path(config.config_drive) if config.config_drive else None
         self._root = root
         self._clock = clock
+        self._leases = LocalLeases(root=root, runner=runner, clock=clock)
         self._document = SharedAnswer(self._load, ttl, clock)
         self._numbers: dict[str, int] = {}
         self._warned: set[str] = set()
@@ -382,13 +407,8 @@ class OpenStackSource:
 
     def _primary(self, document: Document) -> str | None:
         """The port carrying the kernel's IPv4 default route, else the document's first."""
-        links = sysfs.list_links(self._root / "sys")
-        try:
-            routes = parse_default_routes((self._root / "proc/net/route").read_text())
-        except (OSError, UnicodeDecodeError):
-            routes = []
-        names = {link.name: link.mac for link in links}
-        for route in routes:
+        names = {link.name: link.mac for link in self._leases.links()}
+        for route in self._leases.default_routes():
             if names.get(route.ifname) in document.ports:
                 return names[route.ifname]
         return document.order[0] if document.order else None
@@ -406,17 +426,30 @@ class OpenStackSource:
         for note in port.notes if port is not None else ():
             self._log.info("openstack_not_rendered", mac=mac, what=note)
         primary = self._primary(document)
-        numbers = device_numbers(sysfs.list_links(self._root / "sys"), primary)
+        numbers = device_numbers(self._leases.links(), primary)
         self._numbers.update(numbers)
         number = numbers.get(mac, self._numbers.get(mac, 99))
-        return build_observation(mac, document, primary, number, text)
+        lease = None
+        if port is not None and port.dhcp4 and not port.ipv4:
+            lease = await self._lease(mac)
+        return build_observation(mac, document, primary, number, text, lease)
+
+    async def _lease(self, mac: str) -> Lease | None:
+        """MAC's own DHCP lease (None: no such NIC here, or no lease yet)."""
+        names = [link.name for link in self._leases.links() if link.mac == mac]
+        return await self._leases.leases_for(names[0]) if names else None
 
     async def probe(self, keys: Sequence[str]) -> dict[str, str | None]:
+        out: dict[str, str | None] = {}
         for key in keys:
-            if key != NETWORK_DATA:
+            if key.startswith(LEASE_KEY):
+                lease = await self._lease(normalize_mac(key.removeprefix(LEASE_KEY)))
+                out[key] = lease.describe() if lease is not None else None
+            elif key == NETWORK_DATA:
+                out[key], _ = await self._document.get()
+            else:
                 raise ValueError(f"not an OpenStack probe key: {key[:80]!r}")
-        text, _ = await self._document.get()
-        return dict.fromkeys(keys, text)
+        return out
 
     def predict(self, mac: str, answers: Mapping[str, str | None]) -> Observation | None:
         """MAC's Observation from a probed document text (None: garbage or no answer)."""
@@ -426,9 +459,12 @@ class OpenStackSource:
             return None
         try:
             document = parse_document(text)
-            return build_observation(mac, document, self._primary(document), number, text)
         except MetadataError:
             return None
+        port = document.ports.get(normalize_mac(mac))
+        if port is not None and port.dhcp4 and not port.ipv4:
+            return None  # its state needs the lease: the full fetch that follows reads it
+        return build_observation(mac, document, self._primary(document), number, text)
 
     async def close(self) -> None:
         await self._http.close()

@@ -17,6 +17,7 @@ from nicreconciled.errors import ConfigError, FetchError, MetadataError
 from nicreconciled.sim.openstack import OpenStackSim
 from nicreconciled.sources import select_source
 from nicreconciled.sources.http import HttpClient
+from nicreconciled.sources.leases import Lease, lease_key
 from nicreconciled.sources.openstack import (
     NETWORK_DATA,
     OpenStackConfig,
@@ -25,6 +26,7 @@ from nicreconciled.sources.openstack import (
     numbering,
     parse_document,
 )
+from tests.unit.test_vr_discovery import Tree, nmcli_missing
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "openstack"
 PRIMARY, SECOND, DHCP = "fa:16:3e:11:22:01", "fa:16:3e:11:22:02", "fa:16:3e:11:22:03"
@@ -61,11 +63,34 @@ class TestParse:
         assert state.primary is True
         assert state.device_number == 0
 
-    def test_a_dhcp_port_is_dhcp_only(self) -> None:
-        state = observe("dhcp.json", DHCP).state
+    def test_a_dhcp_port_without_a_lease_is_dhcp_only_and_waits_for_the_lease(self) -> None:
+        obs = observe("dhcp.json", DHCP)
+        state = obs.state
         assert state.ipv4_addresses == ()
         assert state.ipv4_subnet is None
         assert not state.ipv6_only
+        (flag,) = obs.flags
+        key = lease_key(DHCP)
+        assert (flag.kind, flag.keys, flag.grace) == ("incomplete", (key,), "lease")
+        assert obs.probe[key] is None
+
+    def test_the_lease_completes_a_dhcp_port_with_its_table_and_gateway(self) -> None:
+        raw = text("dhcp.json")
+        lease = Lease("eth1", "networkd", IPv4Address("10.0.13.7"), 24, IPv4Address("10.0.13.1"))
+        obs = build_observation(DHCP, parse_document(raw), PRIMARY, 3, raw, lease)
+        state = obs.state
+        assert obs.flags == ()
+        assert state.ipv4_addresses == (IPv4Address("10.0.13.7"),)
+        assert str(state.ipv4_subnet) == "10.0.13.0/24"
+        assert state.ipv4_gateway == IPv4Address("10.0.13.1")
+        assert (state.route_table, state.route_metric) == numbering(3)
+
+    def test_a_leased_router_outside_the_subnet_is_no_gateway(self) -> None:
+        raw = text("dhcp.json")
+        lease = Lease("eth1", "dhclient", IPv4Address("10.0.13.7"), 24, IPv4Address("10.9.9.1"))
+        state = build_observation(DHCP, parse_document(raw), PRIMARY, 3, raw, lease).state
+        assert state.ipv4_addresses == (IPv4Address("10.0.13.7"),)
+        assert state.ipv4_gateway is None
 
     def test_an_ipv6_slaac_network_gives_its_address_and_subnet(self) -> None:
         state = observe("ipv6_slaac.json", SECOND).state
@@ -100,8 +125,12 @@ class TestParse:
         )
         raw = json.dumps(doc)
         state = build_observation(DHCP, parse_document(raw), PRIMARY, 1, raw).state
-        assert state.ipv6_addresses == ()
+        assert state.ipv6_addresses == ()  # until the lease comes
         assert not state.ipv6_only  # DHCPv4 keeps running
+        lease = Lease("eth1", "networkd", IPv4Address("10.0.13.7"), 24, None)
+        state = build_observation(DHCP, parse_document(raw), PRIMARY, 1, raw, lease).state
+        assert state.ipv6_addresses == (IPv6Address("2001:db8::5"),)
+        assert state.ipv4_addresses == (IPv4Address("10.0.13.7"),)
 
     def test_every_emitted_flag_kind_is_declared(self) -> None:
         kinds = set()
@@ -318,4 +347,37 @@ class TestAgainstTheSimulator:
             assert src.detect_error == "timeout"
         finally:
             sim.set_fault("none")
+            await src.close()
+
+
+class TestDhcpPortsOnTheMachine:
+    async def test_a_dhcp_port_is_completed_from_its_networkd_lease(
+        self, sim: OpenStackSim, tmp_path: Path
+    ) -> None:
+        tree = Tree(tmp_path).link("eth0", PRIMARY, 2).link("eth1", SECOND, 3)
+        tree.routes(("eth0", "10.0.10.1", 100))
+        sim.add_nic(plan(PRIMARY, 10, primary=True))
+        sim.add_nic(plan(SECOND, 11, dhcp4=True))
+        config = OpenStackConfig(endpoint=sim.url)
+        src = OpenStackSource(config, HttpClient(timeout=2), root=tmp_path, runner=nmcli_missing())
+        try:
+            obs = await src.fetch(SECOND)
+            assert obs.state is not None
+            assert obs.state.ipv4_addresses == ()
+            assert [f.kind for f in obs.flags] == ["incomplete"]
+            key = lease_key(SECOND)
+            assert await src.probe([key]) == {key: None}
+            tree.networkd(3, address="10.0.11.57", netmask="255.255.255.0", router="10.0.11.1")
+            (answer,) = (await src.probe([key])).values()
+            assert answer is not None
+            assert "10.0.11.57/24" in answer
+            # A lease is not in the document: no prediction from a probe, a full fetch.
+            assert src.predict(SECOND, {key: answer}) is None
+            obs = await src.fetch(SECOND)
+            assert obs.flags == ()
+            assert obs.state is not None
+            assert obs.state.ipv4_addresses == (IPv4Address("10.0.11.57"),)
+            assert obs.state.ipv4_gateway == IPv4Address("10.0.11.1")
+            assert not obs.state.primary
+        finally:
             await src.close()

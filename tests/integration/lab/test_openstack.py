@@ -52,3 +52,51 @@ def test_hot_attached_port_complete_on_networkd(tmp_path: Path) -> None:
             assert result.received == result.sent, (str(result), lab.describe())
             assert result.replies_by_port.get(eni.nic.port) == result.sent, str(result)
         assert lab.stop_daemon() == 0
+
+
+def test_a_dhcp_port_is_completed_from_its_lease_on_networkd(tmp_path: Path) -> None:
+    """The common Neutron case: nova lists the port as ``ipv4_dhcp`` (no address). The daemon
+    writes it DHCP-only at once, networkd's DHCP client gets the lease from the router's
+    dnsmasq, and the daemon completes the port from that lease: a rule from the leased
+    address to the port's table, the subnet and default routes there. The remote peer's
+    pings are answered through the port's own router port; without the rule (negative
+    control) they are not."""
+    for tool in missing_tools("networkd"):
+        require_tool(tool)
+    with Lab("networkd", tmp_path / "lab", tag="osd") as lab:
+        primary_nic = lab.plug_primary(PRIMARY_MAC, PRIMARY_IPV4)
+        sim = lab.start_sim(cloud="openstack")
+        primary = Eni(0, PRIMARY_MAC, [PRIMARY_IPV4], "10.0.0.0/24", [], None)
+        sim.add_nic(OpenStackSim.lab_spec({**primary.plan_dict(), "primary": True}))
+        lab.start_daemon(cloud="openstack")
+        eni = Eni.plan(2, secondaries=0, ipv6=False)
+        sim.add_nic(OpenStackSim.lab_spec({**eni.plan_dict(), "dhcp4": True}))
+        eni.nic = lab.plug(eni.mac, eni.ipv4s[0], 24)
+        last: list[str] = []
+
+        def complete() -> bool:
+            tables = [r.table for r in lab.rules(4) if r.src == eni.ipv4s[0]]
+            if not tables or not tables[0].isdigit():
+                last[:] = ["rule from the leased address"]
+                return False
+            eni.route_table = int(tables[0])
+            last[:] = missing_state(lab, eni, ipv6=False)
+            return not last
+
+        lab.wait_for(
+            complete, 30, f"{eni.mac} completed from its lease", describe=lambda: f"{last}"
+        )
+        elapsed = time.monotonic() - lab.plugged_at[eni.mac]
+        record_timing(f"[networkd] openstack DHCP port -> complete from its lease: {elapsed:.2f} s")
+        assert 10001 <= eni.table <= 10099
+        result = lab.ping_from_peer(eni.ipv4s[0])
+        assert result.received == result.sent, (str(result), lab.describe())
+        assert result.replies_by_port.get(eni.nic.port) == result.sent, str(result)
+
+        # Negative control: without the rule the replies leave by the primary port.
+        lab.stop_daemon()
+        gateway = primary_nic.gateway4
+        lab.run(["ping", "-c", "1", "-W", "2", "-I", PRIMARY_IPV4, gateway])
+        lab.run(["ip", "rule", "del", "from", eni.ipv4s[0], "table", str(eni.table)])
+        result = lab.ping_from_peer(eni.ipv4s[0])
+        assert result.replies_by_port.get(eni.nic.port, 0) == 0, str(result)
