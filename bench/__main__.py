@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
-from bench import burst, convergence, fleet, footprint, issue12, kernel, load, peers
+from bench import burst, clouds, convergence, fleet, footprint, issue12, kernel, load, peers
 from bench.harness import BenchError
 from bench.report import table, verdict, write_json
 
@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "load": lambda _args: load.run(),
     "peers": lambda args: peers.run(delays=tuple(args.peer_delays)),
     "fleet": lambda args: fleet.run(vms=args.vms, outage=args.outage),
+    "clouds": lambda _args: clouds.run(),
     "kernel": lambda args: kernel.run(
         trials=args.kernel_trials[0],
         late_trials=args.kernel_trials[1],

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nicreconciled.sim import simulator_class
 from nicreconciled.sim.client import SimClient
 
 PYTHON = sys.executable
@@ -50,10 +51,11 @@ def netplan_file(mac: str) -> str:
     return f"90-nicreconciled-{mac.replace(':', '')}.yaml"
 
 
-def daemon_config(tmp: Path, *, resync_interval: float | None = None) -> str:
-    """The configuration every benchmark uses: defaults, save what a netns run needs."""
+def daemon_config(tmp: Path, *, resync_interval: float | None = None, cloud: str = "ec2") -> str:
+    """The configuration every benchmark uses: defaults, save what a netns run needs (the
+    CLOUD's table points at the simulator)."""
     lines = [
-        'cloud = "ec2"',
+        f'cloud = "{cloud}"',
         'renderer = "netplan"',
         f'output_dir = "{tmp}/out"',
         f'state_dir = "{tmp}/state"',
@@ -66,10 +68,11 @@ def daemon_config(tmp: Path, *, resync_interval: float | None = None) -> str:
         "virtual = true",
         "[udev]",
         'source = "kernel"',
-        "[ec2]",
+        f"[{cloud}]",
         f'endpoint = "http://127.0.0.1:{PORT}"',
-        'fallback_endpoint = ""',
     ]
+    if cloud == "ec2":
+        lines.append('fallback_endpoint = ""')
     return "\n".join(lines) + "\n"
 
 
@@ -163,8 +166,10 @@ def proc_cmdline(pid: int) -> list[str]:
 class Stack:
     """One benchmark's namespaces, simulator and daemon(s)."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, cloud: str = "ec2") -> None:
         n = next(_counter)
+        #: Which simulator runs and which cloud the daemon is configured for.
+        self.cloud = cloud
         self.ns = f"nicr-bench-{os.getpid()}-{n}"
         self.peer_ns = f"{self.ns}-peer"
         self.tmp = Path(tempfile.mkdtemp(prefix=f"nicr-bench-{label}-"))
@@ -246,12 +251,17 @@ class Stack:
         await self.ip("link", "set", "lo", "up")
         ctl = self.tmp / "sim.sock"
         await self._spawn(
-            [PYTHON, "-m", "nicreconciled.sim", "--listen", f"127.0.0.1:{PORT}",
-             "--control", str(ctl)],
+            [PYTHON, "-m", "nicreconciled.sim", "--cloud", self.cloud,
+             "--listen", f"127.0.0.1:{PORT}", "--control", str(ctl)],
             self.tmp / "sim.log",
         )  # fmt: skip
         self._sim = SimClient(str(ctl))
         await self._sim.wait_ready(15)
+        if self.cloud != "ec2":  # a simulator that lists NICs from a cloud-neutral plan
+            plan = {"mac": PRIMARY, "device_number": 0, "ipv4s": ["10.0.0.10"],
+                    "subnet4": "10.0.0.0/24", "gateway4": "10.0.0.1", "primary": True}  # fmt: skip
+            await self._sim.add_nic(simulator_class(self.cloud).lab_spec(plan))
+            return
         await self._sim.add_nic(
             {"mac": PRIMARY, "device_number": 0, "local_ipv4s": ["10.0.0.10"],
              "subnet_ipv4_cidr": "10.0.0.0/24"}
@@ -260,7 +270,7 @@ class Stack:
 
     def write_config(self, *, resync_interval: float | None = None) -> Path:
         path = self.tmp / "nicreconciled.toml"
-        path.write_text(daemon_config(self.tmp, resync_interval=resync_interval))
+        path.write_text(daemon_config(self.tmp, resync_interval=resync_interval, cloud=self.cloud))
         return path
 
     async def start_daemon(
@@ -371,9 +381,9 @@ class Stack:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def run_with_stack(label: str, body: Callable[[Stack], Awaitable[_T]]) -> _T:
-    """Run BODY on a fresh stack; the stack is torn down whatever happens (Ctrl-C too)."""
-    stack = Stack(label)
+def run_with_stack(label: str, body: Callable[[Stack], Awaitable[_T]], cloud: str = "ec2") -> _T:
+    """Run BODY on a fresh stack of CLOUD; torn down whatever happens (Ctrl-C too)."""
+    stack = Stack(label, cloud)
 
     async def main() -> _T:
         try:
