@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 import random
 import time
 from collections.abc import Callable
@@ -60,6 +61,9 @@ class Context:
     #: updates its STATUS= summary and tracks SIGHUP resyncs from here, without a timer.
     on_pass: Callable[[str], None] = lambda mac: None
     rng: random.Random = field(default_factory=random.Random)
+    #: Where in each resync_interval the aligned re-checks fall (0..1), drawn once per
+    #: daemon: the NICs of one instance re-check together, instances stay spread.
+    resync_phase: float = field(default_factory=random.random)
     clock: Callable[[], float] = time.monotonic
     boot_id: str = field(default_factory=sysfs.boot_id)
 
@@ -155,7 +159,17 @@ class Reconciler:
         return step.phase is not Phase.CONVERGING and self._synced
 
     def _resync_delay(self) -> float:
-        return self.ctx.resync_interval * self.tracker.rng.uniform(0.8, 1.2)
+        interval = self.ctx.resync_interval
+        if not getattr(self.ctx.source, "ONE_ANSWER", False):
+            return interval * self.tracker.rng.uniform(0.8, 1.2)
+        # One answer serves every NIC: re-check on the daemon-wide ticks, so that the NICs'
+        # re-checks share a fetch; the next tick at least half an interval away.
+        now = self.ctx.clock()
+        phase = self.ctx.resync_phase * interval
+        tick = phase + math.ceil((now - phase) / interval) * interval
+        while tick - now < interval / 2:
+            tick += interval
+        return tick - now
 
     def _delay(self, step: Step) -> float:
         delay = self._resync_delay() if step.idle else step.delay

@@ -55,6 +55,10 @@ class Source(Protocol):
     Settings: ClassVar[type[Section]]
     #: Every RedFlag kind it reports (model.COMMON_FLAG_KINDS and its own).
     FLAG_KINDS: ClassVar[frozenset[str]]
+    #: True when one answer describes every NIC (a SharedAnswer: OCI, OpenStack). The NICs'
+    #: periodic re-checks then fall on one daemon-wide schedule, so that one fetch serves
+    #: them all; False: each NIC's re-check is jittered on its own (EC2 asks per NIC).
+    ONE_ANSWER: ClassVar[bool]
     #: Why the last detect() said no, in a few words ("timeout", "no virtual router: ...").
     detect_error: str
 

@@ -219,6 +219,7 @@ class CloudStackSource:
     name: ClassVar[str] = "cloudstack"
     Settings: ClassVar[type[Section]] = CloudStackConfig
     FLAG_KINDS: ClassVar[frozenset[str]] = COMMON_FLAG_KINDS
+    ONE_ANSWER: ClassVar[bool] = False
     #: Why the last detect() said no (for the "no cloud detected yet" line).
     detect_error: str = "not detected"
 

@@ -259,6 +259,8 @@ class Ec2Source:
         "device-number-0",
         "ipv6-pending",
     }
+    #: Each NIC has its own keys: re-checks are jittered per NIC (sources.Source).
+    ONE_ANSWER: ClassVar[bool] = False
     #: Why the last detect() said no (for the "no cloud detected yet" line).
     detect_error: str = "not detected"
 

@@ -284,6 +284,7 @@ class OciSource:
     name: ClassVar[str] = "oci"
     Settings: ClassVar[type[Section]] = OciConfig
     FLAG_KINDS: ClassVar[frozenset[str]] = COMMON_FLAG_KINDS | {"ipv6-pending"}
+    ONE_ANSWER: ClassVar[bool] = True
     detect_error: str = "not detected"
 
     @classmethod

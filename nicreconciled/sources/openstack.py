@@ -335,6 +335,7 @@ class OpenStackSource:
     name: ClassVar[str] = "openstack"
     Settings: ClassVar[type[Section]] = OpenStackConfig
     FLAG_KINDS: ClassVar[frozenset[str]] = COMMON_FLAG_KINDS
+    ONE_ANSWER: ClassVar[bool] = True
     detect_error: str = "not detected"
 
     @classmethod

@@ -314,3 +314,44 @@ class TestPrediction:
         # One full fetch after the prediction (no second poll initial_interval = 1 s later).
         assert source.fetched_after is not None
         assert source.fetches == source.fetched_after + 1
+
+
+class OneAnswerSource(ScriptedSource):
+    """A source whose one answer describes every NIC (OCI, OpenStack)."""
+
+    ONE_ANSWER = True
+
+
+class TestResyncSchedule:
+    def context(self, tmp_path: Path, source: ScriptedSource, clock: list[float]) -> Context:
+        return Context(
+            source=source,
+            renderer=NetplanRenderer(),
+            applier=None,
+            policy=FAST,
+            output_dir=tmp_path / "out",
+            status=StatusStore(tmp_path / "state"),
+            resync_interval=60.0,
+            rng=random.Random(7),
+            resync_phase=0.25,
+            clock=lambda: clock[0],
+        )
+
+    def test_one_answer_nics_recheck_on_the_same_ticks(self, tmp_path: Path) -> None:
+        clock = [0.0]
+        ctx = self.context(tmp_path, OneAnswerSource(None), clock)
+        # Three NICs converging at different moments: each next re-check lands on a tick
+        # (phase 15 s + k * 60 s), at least half an interval away.
+        ends = []
+        for i, now in enumerate((100.0, 117.5, 130.0)):
+            clock[0] = now
+            delay = Reconciler(ctx, f"0a:00:00:00:00:1{i}", "eth1")._resync_delay()
+            assert delay >= 30.0
+            ends.append(now + delay)
+        assert ends == [135.0, 195.0, 195.0]
+
+    def test_other_sources_jitter_each_nic_apart(self, tmp_path: Path) -> None:
+        ctx = self.context(tmp_path, ScriptedSource(None), [100.0])
+        delays = {Reconciler(ctx, f"0a:00:00:00:00:2{i}", "eth1")._resync_delay() for i in range(5)}
+        assert len(delays) == 5
+        assert all(48.0 <= d <= 72.0 for d in delays)

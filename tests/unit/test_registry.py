@@ -45,6 +45,7 @@ class TestEveryRegisteredCloud:
         assert issubclass(cls.Settings, Section)
         assert cls.Settings() == cls.Settings(), "every key of its table has a default"
         assert COMMON_FLAG_KINDS <= cls.FLAG_KINDS
+        assert isinstance(cls.ONE_ANSWER, bool)
         for method in ("from_config", "dmi_says", "detect", "fetch", "probe", "close"):
             assert callable(getattr(cls, method)), method
         assert inspect.iscoroutinefunction(cls.fetch)

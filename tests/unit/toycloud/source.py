@@ -33,6 +33,7 @@ class ToySource:
     name: ClassVar[str] = "toy"
     Settings: ClassVar[type[Section]] = ToyConfig
     FLAG_KINDS: ClassVar[frozenset[str]] = COMMON_FLAG_KINDS
+    ONE_ANSWER: ClassVar[bool] = False
     detect_error: str = "not detected"
 
     def __init__(self, config: ToyConfig, http: HttpClient) -> None:
