@@ -407,11 +407,19 @@ class OpenStackSource:
         return True
 
     def _primary(self, document: Document) -> str | None:
-        """The port carrying the kernel's IPv4 default route, else the document's first."""
+        """The port carrying the kernel's IPv4 default route (lowest metric first), else the
+        document's first. A default route with the very metric our own file gave a port (its
+        DHCP route, metric 512 + n) says nothing: that port would promote itself to primary
+        the moment its lease came, on a host whose primary carries no IPv4 default route."""
         names = {link.name: link.mac for link in self._leases.links()}
         for route in self._leases.default_routes():
-            if names.get(route.ifname) in document.ports:
-                return names[route.ifname]
+            mac = names.get(route.ifname)
+            if mac not in document.ports:
+                continue
+            number = self._numbers.get(mac)
+            if number is not None and number > 0 and route.metric == numbering(number)[1]:
+                continue
+            return mac
         return document.order[0] if document.order else None
 
     async def fetch(self, mac: str) -> Observation:

@@ -381,3 +381,32 @@ class TestDhcpPortsOnTheMachine:
             assert not obs.state.primary
         finally:
             await src.close()
+
+    async def test_its_own_dhcp_default_route_does_not_make_a_port_the_primary(
+        self, sim: OpenStackSim, tmp_path: Path
+    ) -> None:
+        # The primary carries no IPv4 default route; the DHCP port's lease brings one with
+        # the metric our file gave it: it stays a secondary (table, rules), never "primary".
+        tree = Tree(tmp_path).link("eth0", PRIMARY, 2).link("eth1", SECOND, 3)
+        tree.routes()
+        sim.add_nic(plan(PRIMARY, 10, primary=True))
+        sim.add_nic(plan(SECOND, 11, dhcp4=True))
+        config = OpenStackConfig(endpoint=sim.url)
+        src = OpenStackSource(config, HttpClient(timeout=2), root=tmp_path, runner=nmcli_missing())
+        try:
+            first = await src.fetch(SECOND)
+            assert first.state is not None
+            assert not first.state.primary
+            tree.networkd(3, address="10.0.11.57", netmask="255.255.255.0", router="10.0.11.1")
+            tree.routes(("eth1", "10.0.11.1", first.state.route_metric))
+            obs = await src.fetch(SECOND)
+            assert obs.state is not None
+            assert not obs.state.primary
+            assert obs.state.route_table == first.state.route_table
+            # Another metric on that port (not ours) is the primary's sign, as before.
+            tree.routes(("eth1", "10.0.11.1", 100))
+            last = (await src.fetch(SECOND)).state
+            assert last is not None
+            assert last.primary
+        finally:
+            await src.close()

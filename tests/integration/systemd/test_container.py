@@ -13,19 +13,22 @@ daemon in the state it needs (``Booted.ensure``), so any one can also run alone.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from nicreconciled.sim.client import SimClient
+from nicreconciled.sim.openstack import OpenStackSim
 from tests.conftest import wait_for
-from tests.integration.systemd.conftest import Booted, Nic
-from tests.sdcontainer import UNIT
+from tests.integration.systemd.conftest import PRIMARY, Booted, Nic
+from tests.sdcontainer import CONFIG, UNIT, VENV_PYTHON, daemon_config
 
 pytestmark = pytest.mark.integration
 
@@ -322,6 +325,78 @@ class TestNetworkManager:
         active = booted.box.run(["nmcli", "-g", "GENERAL.CONNECTION", "device", "show", "eth2"])
         assert active.stdout.strip() == name.group(1)
         print(f"NetworkManager: kernel state complete {took:.2f} s after the plug", file=sys.stderr)
+
+
+OS_NIC = Nic("fa:16:3e:00:03:03", 3)
+OS_SIM_UNIT = "nicr-openstack.service"
+OS_SIM_SOCKET = "/run/nicr-openstack.sock"
+OS_SIM_LISTEN = "127.0.0.1:8081"
+
+
+class TestOpenStackDhcpPort:
+    def test_a_dhcp_port_is_completed_from_its_lease_under_the_unit(self, booted: Booted) -> None:
+        """OpenStack under the shipped unit's confinement: the port is ``ipv4_dhcp`` in
+        network_data.json (no address), so its address, table and rule come from networkd's
+        lease file under /run/systemd/netif/leases, read by the confined service."""
+        box = booted.box
+        box.run(
+            ["systemd-run", f"--unit={OS_SIM_UNIT}", "--property=Type=exec", "--quiet",
+             VENV_PYTHON, "-m", "nicreconciled.sim", "--cloud", "openstack",
+             "--listen", OS_SIM_LISTEN, "--control", OS_SIM_SOCKET]
+        )  # fmt: skip
+        try:
+            wait_for(box.path(OS_SIM_SOCKET).exists, 30, "the OpenStack simulator")
+
+            async def ports(sim: SimClient) -> None:
+                await sim.wait_ready(20)
+                await sim.add_nic(
+                    OpenStackSim.lab_spec(
+                        {"mac": PRIMARY, "ipv4s": ["10.0.10.10"], "subnet4": "10.0.10.0/24",
+                         "gateway4": "10.0.10.1", "primary": True}
+                    )
+                )  # fmt: skip
+                await sim.add_nic(OpenStackSim.lab_spec({"mac": OS_NIC.mac, "dhcp4": True}))
+
+            async def run(call: Callable[[SimClient], Awaitable[None]]) -> None:
+                async with SimClient(box.path(OS_SIM_SOCKET)) as client:
+                    await call(client)
+
+            asyncio.run(run(ports))
+            booted.configure("netplan")
+            text = daemon_config("netplan").replace('cloud = "ec2"', 'cloud = "openstack"')
+            text = text.replace(
+                '[ec2]\nendpoint = "http://127.0.0.1:8080"\nfallback_endpoint = ""',
+                f'[openstack]\nendpoint = "http://{OS_SIM_LISTEN}"',
+            )
+            assert "[openstack]" in text, text
+            box.write(CONFIG, text)
+            booted.config = text  # the next ensure() writes the EC2 configuration back
+            box.systemctl("restart", UNIT)
+            booted.plug(OS_NIC)  # veth + the router's dnsmasq (its lease: ipv4s[0])
+            address = OS_NIC.ipv4s[0]
+
+            def complete() -> dict[str, set[str]] | None:
+                rules = [r for r in booted.ip_json("-4", "rule", "show") if r.get("src") == address]
+                if len(rules) != 1 or not 10001 <= int(rules[0]["table"]) <= 10099:
+                    return None
+                table = rules[0]["table"]
+                routes = {
+                    f"{r['dst']} via {r.get('gateway', '-')}"
+                    for r in booted.ip_json("-4", "route", "show", "table", str(table))
+                }
+                want = {f"default via {OS_NIC.gateway}", f"10.0.{OS_NIC.octet}.0/24 via -"}
+                return routes if want <= routes else None
+
+            try:
+                wait_for(complete, 30, f"{OS_NIC.ifname} completed from its lease")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{booted.diagnose()}") from None
+            took = time.monotonic() - booted.plugged_at[OS_NIC.mac]
+            assert booted.prop("ActiveState") == "active"
+            print(f"openstack DHCP port: complete from its lease {took:.2f} s after the plug",
+                  file=sys.stderr)  # fmt: skip
+        finally:
+            box.systemctl("stop", OS_SIM_UNIT, check=False)
 
 
 DROP_IN = "/run/systemd/system/nicreconciled.service.d/50-test-watchdog.conf"
