@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
 
@@ -43,6 +43,27 @@ Cloud = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{1,15}$")]
 MIN_TABLE, MAX_TABLE = 1000, 32765
 
 
+#: Routes beyond the default a NIC's metadata may name (OpenStack: Neutron's host_routes).
+MAX_ROUTES = 64
+
+
+class StaticRoute(BaseModel):
+    """A route the metadata names: TO via the on-link router VIA (same family)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    to: IPv4Network | IPv6Network
+    via: IPv4Address | IPv6Address
+
+    @model_validator(mode="after")
+    def _same_family(self) -> StaticRoute:
+        if self.to.version != self.via.version:
+            raise ValueError(f"{self.to} via {self.via}: the families differ")
+        if self.to.prefixlen == 0:
+            raise ValueError("a default route is the gateway's, not a static route")
+        return self
+
+
 class NicState(BaseModel):
     """Everything a renderer needs to know about one NIC, and nothing it does not.
 
@@ -76,6 +97,9 @@ class NicState(BaseModel):
     #: The IPv6 router where the metadata names it (OCI, OpenStack): a static default route
     #: in table T. None where routers are learnt from RAs only (EC2).
     ipv6_gateway: IPv6Address | None = None
+    #: Routes beyond the default, each via a router on the NIC's link: in main with
+    #: route_metric (traffic to TO goes this way), and in table T for a non-primary NIC.
+    routes: tuple[StaticRoute, ...] = Field(default=(), max_length=MAX_ROUTES)
     #: Delegated prefixes (EC2 prefix delegation): routed to this NIC, not assigned to it.
     ipv4_prefixes: tuple[IPv4Network, ...] = Field(default=(), max_length=MAX_ADDRESSES)
     ipv6_prefixes: tuple[IPv6Network, ...] = Field(default=(), max_length=MAX_ADDRESSES)

@@ -179,8 +179,14 @@ class NetplanRenderer:
         if found:
             eth["addresses"] = found
 
+        # The metadata's routes go to main (with the NIC's metric) and, below, to table T.
+        main = [
+            {"to": str(r.to), "via": str(r.via), "metric": state.route_metric} for r in state.routes
+        ]
+        if main:
+            eth["routes"] = main
         if policy:
-            routes = _policy_routes(state)
+            routes = main + _policy_routes(state)
             if routes:
                 eth["routes"] = routes
             table, priority = state.route_table, state.rule_priority
@@ -203,4 +209,5 @@ def _policy_routes(state: NicState) -> list[dict[str, Any]]:
         routes.extend({"to": str(subnet), "table": table} for subnet in state.ipv6_subnets)
         if state.ipv6_gateway is not None:  # named by the metadata: no RA needed
             routes.append({"to": "::/0", "via": str(state.ipv6_gateway), "table": table})
+    routes.extend({"to": str(r.to), "via": str(r.via), "table": table} for r in state.routes)
     return routes

@@ -132,6 +132,10 @@ def network(state: NicState) -> list[Section]:
         if not state.ipv6_addresses:
             ra.append(("DHCPv6Client", "no"))
         sections.append(("IPv6AcceptRA", ra))
+    sections += [
+        ("Route", [("Destination", str(r.to)), ("Gateway", str(r.via)), ("Metric", metric)])
+        for r in state.routes
+    ]  # the metadata's routes, in main
     if policy:
         sections += _routes(state)
         table, priority = str(state.route_table), str(state.rule_priority)
@@ -172,6 +176,10 @@ def _routes(state: NicState) -> list[Section]:
         if state.ipv6_gateway is not None:
             default6 = [("Destination", "::/0"), ("Gateway", str(state.ipv6_gateway))]
             routes.append(("Route", [*default6, ("Table", table)]))
+    routes += [
+        ("Route", [("Destination", str(r.to)), ("Gateway", str(r.via)), ("Table", table)])
+        for r in state.routes
+    ]
     return routes
 
 

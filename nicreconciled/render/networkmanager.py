@@ -185,14 +185,14 @@ def _ipv4(state: NicState) -> Section:
     entries: Section = [("method", "auto")]
     entries += _numbered("address", [ipv4_cidr(state, a) for a in ipv4])
     if state.primary:
-        return entries
+        return entries + _routes(_static(state, 4))
     entries += [("never-default", "true"), ("route-metric", str(state.route_metric))]
     routes: list[tuple[str, int]] = []
     if state.ipv4_subnet is not None:
         routes.append((str(state.ipv4_subnet), state.route_table))
     if state.ipv4_gateway is not None:
         routes.append((f"{_IPV4_DEFAULT},{state.ipv4_gateway}", state.route_table))
-    entries += _routes(routes)
+    entries += _routes(routes + _static(state, 4))
     entries += _rules(state, [s for s in rule_sources(state) if ":" not in s])
     return entries
 
@@ -210,7 +210,7 @@ def _ipv6(state: NicState) -> Section:
     entries: Section = [("method", method)]
     entries += _numbered("address", [ipv6_cidr(state, a) for a in ipv6])
     if state.primary:
-        return entries
+        return entries + _routes(_static(state, 6))
     table, subnets = state.route_table, [str(s) for s in unique(state.ipv6_subnets)]
     routes = [(s, table) for s in subnets]
     if state.ipv6_gateway is not None and (ipv6 or state.ipv6_prefixes):
@@ -221,9 +221,21 @@ def _ipv6(state: NicState) -> Section:
         routes += [(s, MAIN_TABLE) for s in [*subnets, _IPV6_LINK_LOCAL]]
     else:
         entries += [("never-default", "true"), ("route-metric", str(state.route_metric))]
-    entries += _routes(routes)
+    entries += _routes(routes + _static(state, 6))
     entries += _rules(state, [s for s in rule_sources(state) if ":" in s])
     return entries
+
+
+def _static(state: NicState, family: int) -> list[tuple[str, int]]:
+    """The metadata's routes of FAMILY: in main (metric: ipvN.route-metric) and, for a
+    non-primary NIC, in table T too."""
+    tables = [MAIN_TABLE] if state.primary else [MAIN_TABLE, state.route_table]
+    return [
+        (f"{r.to},{r.via}", table)
+        for r in state.routes
+        if r.to.version == family
+        for table in tables
+    ]
 
 
 def _routes(routes: list[tuple[str, int]]) -> Section:

@@ -145,15 +145,20 @@ class OpenStackSim(FaultyServer):
     @staticmethod
     def lab_spec(plan: Mapping[str, Any]) -> dict[str, Any]:
         """A cloud-neutral lab plan -> the POST /nics body: one ``ipv4`` network per fixed
-        IPv4 (the first is the port's primary), one ``ipv6`` network per IPv6 address. With
+        IPv4 (the first is the port's primary), one ``ipv6`` network per IPv6 address;
+        ``routes4``, [CIDR, router] pairs, are host routes on every ``ipv4`` network. With
         ``"dhcp4": true`` one ``ipv4_dhcp`` network instead of the IPv4 ones (nova on a subnet
         with DHCP enabled): the address then comes from the lab's DHCP server."""
         nets: list[dict[str, Any]] = []
         if plan.get("dhcp4"):
             nets.append({"type": "ipv4_dhcp"})
+        hosts = [
+            {"network": str(ip_network(to).network_address), "netmask": _mask(to), "gateway": via}
+            for to, via in plan.get("routes4", [])
+        ]  # Neutron's host_routes: [destination CIDR, router] pairs
         for address in [] if plan.get("dhcp4") else plan.get("ipv4s", []):
             route = {"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": plan["gateway4"]}
-            routes = [route] if plan.get("gateway4") else []
+            routes = ([route] if plan.get("gateway4") else []) + hosts
             nets.append(
                 {"ip_address": address, "netmask": _mask(plan["subnet4"]), "routes": routes}
             )

@@ -36,7 +36,14 @@ from pydantic import field_validator
 
 from nicreconciled.config import Config, Section, check_endpoint
 from nicreconciled.errors import FetchError, MetadataError
-from nicreconciled.model import COMMON_FLAG_KINDS, Observation, RedFlag, normalize_mac
+from nicreconciled.model import (
+    COMMON_FLAG_KINDS,
+    Observation,
+    RedFlag,
+    StaticRoute,
+    normalize_mac,
+)
+from nicreconciled.model import MAX_ROUTES as MAX_STATIC_ROUTES
 from nicreconciled.sources.common import SharedAnswer, device_numbers, make_state, parse_json
 from nicreconciled.sources.common import scalar as _scalar
 from nicreconciled.sources.http import HttpClient
@@ -106,6 +113,7 @@ class Port:
     ipv6: list[IPv6Address] = field(default_factory=list)
     subnets6: list[IPv6Network] = field(default_factory=list)
     gateway6: IPv6Address | None = None
+    routes: list[StaticRoute] = field(default_factory=list)
     dhcp4: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -172,20 +180,47 @@ def _address(where: str, value: object, v6: bool) -> IPv4Address | IPv6Address:
         raise MetadataError(f"{where}: not an IPv{6 if v6 else 4} address: {text[:45]!r}") from None
 
 
-def _default_gateway(where: str, routes: object, v6: bool) -> IPv4Address | IPv6Address | None:
-    """The gateway of the default route of the family (network 0.0.0.0 or ::, netmask of
-    length 0, nova's ``_get_default_route``); the other routes are validated, not used
-    (docs: not handled)."""
+_Routes = list[tuple[IPv4Network | IPv6Network, IPv4Address | IPv6Address]]
+
+
+def _routes(
+    where: str, routes: object, v6: bool
+) -> tuple[IPv4Address | IPv6Address | None, _Routes]:
+    """The gateway of the family's default route (network 0.0.0.0 or ::, netmask of length
+    0, nova's ``_get_default_route``), and the other routes (Neutron's host_routes, nova's
+    ``_get_nets`` ``routes``) as (destination, router)."""
     gateway: IPv4Address | IPv6Address | None = None
+    others: _Routes = []
     for i, raw in enumerate(_list(f"{where}.routes", routes, MAX_ROUTES)):
         route = _dict(f"{where}.routes[{i}]", raw)
         net = _text(f"{where}.routes[{i}].network", route.get("network"), 64)
         mask = route.get("netmask")
         via = _address(f"{where}.routes[{i}].gateway", route.get("gateway"), ":" in net)
         subnet = _network(f"{where}.routes[{i}]", net, mask, ":" in net)
-        if subnet.prefixlen == 0 and via is not None and (via.version == 6) == v6:
+        if via is None or (via.version == 6) != v6:
+            continue
+        if subnet.prefixlen == 0:
             gateway = gateway or via
-    return gateway
+        elif (subnet, via) not in others:
+            others.append((subnet, via))
+    return gateway, others
+
+
+def _add_routes(port: Port, found: _Routes, subnets: Sequence[IPv4Network | IPv6Network]) -> None:
+    """FOUND's routes whose router is on the port's link: in one of SUBNETS, or an IPv6
+    link-local address (the kernel refuses a router it cannot reach on the link)."""
+    for to, via in found:
+        on_link = (via.version == 6 and via.is_link_local) or any(
+            via.version == s.version and via in s for s in subnets
+        )
+        if not on_link:
+            port.notes.append(f"route {to} via {via}: the router is not on the port's subnet")
+        elif len(port.routes) >= MAX_STATIC_ROUTES:
+            port.notes.append(f"route {to} via {via}: more than {MAX_STATIC_ROUTES} routes")
+        else:
+            route = StaticRoute(to=to, via=via)
+            if route not in port.routes:
+                port.routes.append(route)
 
 
 def parse_document(text: str) -> Document:
@@ -239,7 +274,7 @@ def parse_document(text: str) -> Document:
         if kind == "ipv4":
             address = _address(f"{where}.ip_address", net.get("ip_address"), False)
             subnet = _network(where, str(address), net.get("netmask"), False)
-            gateway = _default_gateway(where, net.get("routes", []), False)
+            gateway, found = _routes(where, net.get("routes", []), False)
             if not isinstance(address, IPv4Address) or not isinstance(subnet, IPv4Network):
                 raise MetadataError(f"{where}: not IPv4")  # _address/_network checked it
             if address not in port.ipv4:
@@ -249,10 +284,11 @@ def parse_document(text: str) -> Document:
                 port.gateway4 = gateway if isinstance(gateway, IPv4Address) else None
             elif subnet != port.subnet4:
                 port.notes.append(f"{address} is outside {port.subnet4}: added as /32")
+            _add_routes(port, found, [port.subnet4])
         elif kind in STATIC6 and "ip_address" in net:
             address = _address(f"{where}.ip_address", net.get("ip_address"), True)
             subnet = _network(where, str(address), net.get("netmask"), True)
-            gateway6 = _default_gateway(where, net.get("routes", []), True)
+            gateway6, found = _routes(where, net.get("routes", []), True)
             if not isinstance(address, IPv6Address) or not isinstance(subnet, IPv6Network):
                 raise MetadataError(f"{where}: not IPv6")  # _address/_network checked it
             if port.gateway6 is None and isinstance(gateway6, IPv6Address):
@@ -261,6 +297,7 @@ def parse_document(text: str) -> Document:
                 port.ipv6.append(address)
             if subnet not in port.subnets6:
                 port.subnets6.append(subnet)
+            _add_routes(port, found, port.subnets6)
         elif kind == "ipv4_dhcp":
             port.dhcp4 = True
         elif kind in DHCP_ONLY or kind in STATIC6:
@@ -322,6 +359,7 @@ def build_observation(
         ipv6_addresses=tuple(ipv6),
         ipv6_subnets=tuple(port.subnets6) if ipv6 else (),
         ipv6_gateway=port.gateway6 if ipv6 else None,
+        routes=tuple(r for r in port.routes if r.to.version == 4 or ipv6),
     )
     return Observation(mac=mac, state=state, flags=tuple(flags), probe=probe)
 

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from nicreconciled import config as config_mod
 from nicreconciled.errors import ConfigError, FetchError, MetadataError
+from nicreconciled.model import StaticRoute
 from nicreconciled.sim.openstack import OpenStackSim
 from nicreconciled.sources import select_source
 from nicreconciled.sources.http import HttpClient
@@ -55,6 +57,15 @@ class TestParse:
         assert state.ipv6_addresses == (IPv6Address("2001:db8:11::10"),)
         assert state.ipv6_subnets == (IPv6Network("2001:db8:11::/64"),)
         assert state.ipv6_gateway == IPv6Address("2001:db8:11::1")  # its "::" route
+        # Host routes whose router is on the link; 172.16.0.0/12 via 10.9.9.9 is not.
+        assert [(str(r.to), str(r.via)) for r in state.routes] == [
+            ("192.168.77.0/24", "10.0.11.254"),
+            ("2001:db8:77::/48", "fe80::f816:3eff:fe00:1"),
+        ]
+        (port,) = [
+            p for m, p in parse_document(obs.probe[NETWORK_DATA]).ports.items() if m == SECOND
+        ]
+        assert any("172.16.0.0/12 via 10.9.9.9" in n for n in port.notes), port.notes
         assert state.interface_id == "tap2c1d8e3f-9b"
         assert obs.probe == {NETWORK_DATA: text("static_dual_stack.json")}
 
@@ -410,3 +421,12 @@ class TestDhcpPortsOnTheMachine:
             assert last.primary
         finally:
             await src.close()
+
+
+class TestStaticRoute:
+    def test_a_route_is_one_family_and_never_the_default(self) -> None:
+        assert str(StaticRoute(to="192.168.77.0/24", via="10.0.11.254").to) == "192.168.77.0/24"
+        with pytest.raises(ValidationError, match="families differ"):
+            StaticRoute(to="192.168.77.0/24", via="fe80::1")
+        with pytest.raises(ValidationError, match="default route"):
+            StaticRoute(to="0.0.0.0/0", via="10.0.11.1")

@@ -26,7 +26,11 @@ def test_hot_attached_port_complete_on_networkd(tmp_path: Path) -> None:
         sim.add_nic(OpenStackSim.lab_spec({**primary.plan_dict(), "primary": True}))
         lab.start_daemon(cloud="openstack")
         eni = Eni.plan(1, secondaries=1)
-        sim.add_nic(OpenStackSim.lab_spec(eni.plan_dict()))
+        # A host route (Neutron host_routes) via the port's router, to a network the router
+        # holds an address of: traffic there must leave by this port, not the primary.
+        lab.run_router(["ip", "addr", "add", "192.168.77.1/32", "dev", "lo"])
+        routes4 = [["192.168.77.0/24", eni.gateway4]]
+        sim.add_nic(OpenStackSim.lab_spec({**eni.plan_dict(), "routes4": routes4}))
         eni.nic = lab.plug(eni.mac, eni.ipv4s[0], 24, eni.subnet6)
         last: list[str] = []
 
@@ -39,12 +43,21 @@ def test_hot_attached_port_complete_on_networkd(tmp_path: Path) -> None:
                 return False
             eni.route_table = int(tables[0])
             last[:] = missing_state(lab, eni)
+            if "192.168.77.0/24" not in lab.route_destinations(4, eni.table):
+                last.append("host route 192.168.77.0/24 in the table")
             return not last
 
         lab.wait_for(complete, 30, f"{eni.mac} in the kernel", describe=lambda: f"missing: {last}")
         elapsed = time.monotonic() - lab.plugged_at[eni.mac]
         record_timing(f"[networkd] openstack hot-plug -> complete kernel state: {elapsed:.2f} s")
         assert 10001 <= eni.table <= 10099
+        # The host route: in main with the port's metric, and in the port's table.
+        (route,) = lab.ip_json("route", "show", "192.168.77.0/24")
+        assert (route["gateway"], route["dev"]) == (eni.gateway4, eni.ifname), route
+        assert lab.route_destinations(4, eni.table).get("192.168.77.0/24") == eni.gateway4
+        (chosen,) = lab.ip_json("route", "get", "192.168.77.1")
+        assert chosen["dev"] == eni.ifname, chosen
+        assert lab.run(["ping", "-c", "1", "-W", "2", "192.168.77.1"], check=False).returncode == 0
         # The gateway of the port's "::" route is the IPv6 default route of its table.
         assert lab.route_destinations(6, eni.table).get("default") == eni.gateway6
         for address in [*eni.ipv4s, *eni.ipv6s]:
