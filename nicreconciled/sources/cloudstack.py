@@ -373,7 +373,14 @@ class CloudStackSource:
         lease = await self.discovery.leases_for(link.name)
         by_name = {x.name: x for x in links}
         routes = self.discovery.default_routes()
-        routed = [by_name[r.ifname].mac for r in routes if r.ifname in by_name]
+        # A default route with the metric our own file gave a NIC (its DHCP route, 512 + n)
+        # says nothing about the primary: that NIC would promote itself when its lease came.
+        ours = {m: numbering(n)[1] for m, n in device_numbers(links, None).items()}
+        routed = [
+            by_name[r.ifname].mac
+            for r in routes
+            if r.ifname in by_name and r.metric != ours.get(by_name[r.ifname].mac)
+        ]
         primary_mac = routed[0] if routed else None
         vr, raw, own = await self._read_for(lease, primary=primary_mac == mac)
         if primary_mac is None and lease is not None and lease.address is not None:

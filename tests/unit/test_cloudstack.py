@@ -455,6 +455,25 @@ class TestFetch:
         assert other is not None
         assert (other.primary, other.route_table) == (False, 10001)
 
+    async def test_a_nics_own_dhcp_default_route_does_not_make_it_the_primary(
+        self, start_vr: StartVr, tree: Tree, http: HttpClient
+    ) -> None:
+        # eth1's lease brought a default route with the metric our file gave eth1 (512 + n):
+        # not the primary's sign. The primary stays the NIC the default VR knows.
+        tree.networkd(3, address="10.2.2.17", netmask="255.255.255.0", router="10.2.2.1")
+        sim = await start_vr()
+        cs = source(tree, http, sim.url)
+        metric = (await cs.fetch(MAC1)).state
+        assert metric is not None
+        tree.routes(("eth1", "10.2.2.1", metric.route_metric))
+        state = (await cs.fetch(MAC1)).state
+        assert state is not None
+        assert (state.primary, state.route_table) == (False, metric.route_table)
+        tree.routes(("eth1", "10.2.2.1", 100))  # any other metric: the primary's route
+        again = (await cs.fetch(MAC1)).state
+        assert again is not None
+        assert again.primary
+
     async def test_probe_refuses_keys_it_did_not_hand_out(
         self, start_vr: StartVr, tree: Tree, http: HttpClient
     ) -> None:
