@@ -97,6 +97,10 @@ class NicState(BaseModel):
     #: The IPv6 router where the metadata names it (OCI, OpenStack): a static default route
     #: in table T. None where routers are learnt from RAs only (EC2).
     ipv6_gateway: IPv6Address | None = None
+    #: The link MTU where the metadata names it (OpenStack's links[].mtu: 1450 on VXLAN
+    #: networks, where no DHCP server may be there to say so); None: the DHCP answer's, or
+    #: the kernel's.
+    mtu: int | None = Field(default=None, ge=68, le=65535)
     #: Routes beyond the default, each via a router on the NIC's link: in main with
     #: route_metric (traffic to TO goes this way), and in table T for a non-primary NIC.
     routes: tuple[StaticRoute, ...] = Field(default=(), max_length=MAX_ROUTES)

@@ -162,6 +162,8 @@ class NetplanRenderer:
             "renderer": self.backend,
             "dhcp4": dhcp4,
         }
+        if state.mtu is not None:
+            eth["mtu"] = state.mtu
         if policy and dhcp4:
             eth["dhcp4-overrides"] = dict(metric)
         if ipv6:

@@ -120,13 +120,18 @@ def network(state: NicState) -> list[Section]:
                 ("Kind", " ".join(f"!{kind}" for kind in SHARED_MAC_KINDS)),
             ],
         ),
-        ("Network", _network(state)),
     ]
+    if state.mtu is not None:
+        sections.append(("Link", [("MTUBytes", str(state.mtu))]))
+    sections.append(("Network", _network(state)))
     policy = not state.primary
     metric = str(state.route_metric)
     if not state.ipv6_only:
         dhcp4 = [("RouteMetric", metric)] if policy else []
-        sections.append(("DHCPv4", [*dhcp4, ("UseMTU", "yes")]))
+        # A metadata MTU is the link's ([Link] MTUBytes); networkd refuses both at once.
+        use_mtu = [("UseMTU", "yes")] if state.mtu is None else []
+        if dhcp4 or use_mtu:
+            sections.append(("DHCPv4", [*dhcp4, *use_mtu]))
     if policy and routes_ipv6(state):
         ra = [("RouteMetric", metric), ("RouteTable", str(state.route_table))]
         if not state.ipv6_addresses:

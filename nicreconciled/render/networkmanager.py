@@ -152,7 +152,10 @@ def keyfile(state: NicState) -> Keyfile:
             ("autoconnect-priority", str(AUTOCONNECT_PRIORITY)),
             ("autoconnect-retries", "0"),
         ],
-        "ethernet": [("mac-address", state.mac.upper())],
+        "ethernet": [
+            ("mac-address", state.mac.upper()),
+            *([("mtu", str(state.mtu))] if state.mtu is not None else []),
+        ],
         "ipv4": _ipv4(state),
         "ipv6": _ipv6(state),
         "user": [(ORIGIN_KEY, "nicreconciled")],

@@ -107,6 +107,8 @@ class Port:
 
     link_id: str
     position: int
+    #: links[].mtu: the network's MTU (Neutron: 1450 on VXLAN, 1500 on VLAN/flat).
+    mtu: int | None = None
     ipv4: list[IPv4Address] = field(default_factory=list)
     subnet4: IPv4Network | None = None
     gateway4: IPv4Address | None = None
@@ -260,7 +262,7 @@ def parse_document(text: str) -> Document:
             raise MetadataError(f"links[{i}].ethernet_mac_address: {exc}") from None
         if mac in ports:
             raise MetadataError(f"links[{i}].ethernet_mac_address: duplicate MAC {mac}")
-        ports[mac] = by_id[link_id] = Port(link_id, len(ports))
+        ports[mac] = by_id[link_id] = Port(link_id, len(ports), mtu=mtu)
     for i, raw in enumerate(networks):
         where = f"networks[{i}]"
         net = _dict(where, raw)
@@ -360,6 +362,7 @@ def build_observation(
         ipv6_subnets=tuple(port.subnets6) if ipv6 else (),
         ipv6_gateway=port.gateway6 if ipv6 else None,
         routes=tuple(r for r in port.routes if r.to.version == 4 or ipv6),
+        mtu=port.mtu,
     )
     return Observation(mac=mac, state=state, flags=tuple(flags), probe=probe)
 

@@ -57,6 +57,7 @@ class TestParse:
         assert state.ipv6_addresses == (IPv6Address("2001:db8:11::10"),)
         assert state.ipv6_subnets == (IPv6Network("2001:db8:11::/64"),)
         assert state.ipv6_gateway == IPv6Address("2001:db8:11::1")  # its "::" route
+        assert state.mtu == 1450  # links[].mtu
         # Host routes whose router is on the link; 172.16.0.0/12 via 10.9.9.9 is not.
         assert [(str(r.to), str(r.via)) for r in state.routes] == [
             ("192.168.77.0/24", "10.0.11.254"),

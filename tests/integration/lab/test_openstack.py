@@ -51,6 +51,9 @@ def test_hot_attached_port_complete_on_networkd(tmp_path: Path) -> None:
         elapsed = time.monotonic() - lab.plugged_at[eni.mac]
         record_timing(f"[networkd] openstack hot-plug -> complete kernel state: {elapsed:.2f} s")
         assert 10001 <= eni.table <= 10099
+        # links[].mtu (the simulator's ports say 1450, Neutron's VXLAN MTU) on the link.
+        (link,) = lab.ip_json("link", "show", "dev", eni.ifname)
+        assert link["mtu"] == 1450, link
         # The host route: in main with the port's metric, and in the port's table.
         (route,) = lab.ip_json("route", "show", "192.168.77.0/24")
         assert (route["gateway"], route["dev"]) == (eni.gateway4, eni.ifname), route
