@@ -1,12 +1,14 @@
 """Every cloud whose metadata lists all NICs in one document (OCI, OpenStack), run as a user
 would: the real daemon in a test namespace, the cloud's simulator on its loopback, veths
 hot-plugged there. Two NICs at the same instant, one the metadata lists and one it never
-will (not a VNIC / port of this instance); a detach; a metadata service that goes down."""
+will (not a VNIC / port of this instance); a detach; a metadata service that goes down, in
+every way the simulators can fail."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -126,4 +128,33 @@ async def test_a_detached_nic_loses_its_file_and_a_dead_service_costs_nothing(
     await stack.sim.remove_nic(LISTED)
     await stack.wait_gone(LISTED, timeout=15)
     assert "10.0.12.20/24" in stack.file_for(second).read_text()
+    stack.assert_alive()
+
+
+async def test_every_fault_of_the_service_leaves_the_file_and_the_daemon_alone(
+    listed: Stack,
+) -> None:
+    """5xx, a hang, a reset, a slow answer and a 10 MB one, each met by a SIGHUP resync:
+    a failed fetch each time, the file untouched, the daemon alive; then the service heals
+    and an upstream change lands."""
+    stack = listed
+    await stack.sim.add_nic(spec(stack.cloud, LISTED, 11))
+    stack.ns.plug("lca1", LISTED)
+    stack.start(polling={"request_timeout": 0.5, "max_interval": 0.5})
+    good = await stack.wait_file(LISTED, "10.0.11.20/24", timeout=20)
+    assert stack.daemon is not None
+    for mode in ("5xx", "hang", "reset", "slow", "oversize"):
+        failures = len(stack.events("fetch_failed", mac=LISTED))
+        await stack.sim.set_fault(mode)
+        stack.daemon.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while len(stack.events("fetch_failed", mac=LISTED)) <= failures:
+            stack.assert_alive()
+            assert time.monotonic() < deadline, f"{mode}: no fetch_failed\n{stack.tail()}"
+            await asyncio.sleep(0.05)
+        assert stack.file_for(LISTED).read_text() == good, mode
+        await stack.sim.set_fault("none")
+    await stack.sim.update_nic(LISTED, spec(stack.cloud, LISTED, 11, ipv6s=["2001:db8:11::11"]))
+    stack.daemon.send_signal(signal.SIGHUP)
+    await stack.wait_file(LISTED, "2001:db8:11::11/64", timeout=20)
     stack.assert_alive()
