@@ -133,8 +133,5 @@ class VrSim(FaultyServer):
         if body is None:
             return web.Response(status=404, text="Not Found")
         if fault == "slow":
-            data = body.encode()
-            size = max(1, len(data) // 10)  # about ten pieces over slow_seconds
-            pieces = (data[i : i + size] for i in range(0, len(data), size))
-            return await self._stream(request, pieces, self.slow_seconds / 10, length=len(data))
+            return await self._trickle(request, body)
         return web.Response(text=body, content_type="text/plain")

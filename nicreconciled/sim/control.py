@@ -4,12 +4,13 @@ its own routes use. A simulator adds its routes in ``add_control_routes``."""
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from nicreconciled.model import normalize_mac
 from nicreconciled.sim.server import FaultyServer
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -86,6 +87,70 @@ def add_common_routes(app: web.Application, sim: FaultyServer) -> None:
     app.router.add_put("/fault", fault)
     app.router.add_get("/stats", stats)
     app.router.add_post("/stats/reset", reset_stats)
+
+
+class NicTable(Protocol):
+    """A simulator that keeps its NICs as specs keyed by MAC (EC2, OCI, OpenStack)."""
+
+    def nics(self) -> Sequence[Any]: ...
+
+    def add_nic(self, spec: Mapping[str, Any]) -> BaseModel: ...
+
+    def update_nic(self, mac: str, changes: Mapping[str, Any]) -> BaseModel: ...
+
+    def remove_nic(self, mac: str) -> None: ...
+
+    def set_raw(self, path: str, text: str | None) -> None: ...
+
+
+def add_nic_routes(app: web.Application, sim: NicTable) -> None:
+    """/nics (list, add, change, remove by MAC), /raw (serve a text in place of a
+    document) and, for a simulator with ``set_primary``, /primary."""
+
+    def mac_of(request: web.Request) -> str:
+        mac = normalize_mac(request.match_info["mac"])
+        if not any(spec.mac == mac for spec in sim.nics()):
+            raise KeyError(mac)
+        return mac
+
+    async def list_nics(_request: web.Request) -> web.Response:
+        return web.json_response({"nics": [s.model_dump(mode="json") for s in sim.nics()]})
+
+    async def add_nic(request: web.Request) -> web.Response:
+        spec = sim.add_nic(await body(request))
+        return web.json_response(spec.model_dump(mode="json"), status=201)
+
+    async def update_nic(request: web.Request) -> web.Response:
+        spec = sim.update_nic(mac_of(request), await body(request))
+        return web.json_response(spec.model_dump(mode="json"))
+
+    async def remove_nic(request: web.Request) -> web.Response:
+        mac = mac_of(request)
+        sim.remove_nic(mac)
+        return web.json_response({"removed": mac})
+
+    async def raw(request: web.Request) -> web.Response:
+        data = await body(request)
+        path, text = data.get("path"), data.get("text")
+        if not isinstance(path, str) or not (text is None or isinstance(text, str)):
+            raise ValueError("need {path: str, text: str|null}")
+        sim.set_raw(path, text)
+        return web.json_response({"path": path, "text": text})
+
+    app.router.add_get("/nics", list_nics)
+    app.router.add_post("/nics", add_nic)
+    app.router.add_patch("/nics/{mac}", update_nic)
+    app.router.add_delete("/nics/{mac}", remove_nic)
+    app.router.add_put("/raw", raw)
+    set_primary: Callable[[str], None] | None = getattr(sim, "set_primary", None)
+    if set_primary is not None:
+
+        async def primary(request: web.Request) -> web.Response:
+            mac = str((await body(request)).get("mac", ""))
+            set_primary(mac)
+            return web.json_response({"primary": normalize_mac(mac)})
+
+        app.router.add_put("/primary", primary)
 
 
 def control_app(sim: FaultyServer, ready_key: str, url: str) -> web.Application:

@@ -205,48 +205,7 @@ class ImdsSim(FaultyServer):
 
     def add_control_routes(self, app: web.Application) -> None:
         """Its own control calls (control.control_app adds /ready, faults, stats)."""
-        sim = self
-
-        def mac_of(request: web.Request) -> str:
-            mac = normalize_mac(request.match_info["mac"])
-            if not any(spec.mac == mac for spec in sim.nics()):
-                raise KeyError(mac)
-            return mac
-
-        async def list_nics(_request: web.Request) -> web.Response:
-            return web.json_response({"nics": [s.model_dump(mode="json") for s in sim.nics()]})
-
-        async def add_nic(request: web.Request) -> web.Response:
-            spec = sim.add_nic(await control.body(request))
-            return web.json_response(spec.model_dump(mode="json"), status=201)
-
-        async def update_nic(request: web.Request) -> web.Response:
-            spec = sim.update_nic(mac_of(request), await control.body(request))
-            return web.json_response(spec.model_dump(mode="json"))
-
-        async def remove_nic(request: web.Request) -> web.Response:
-            mac = mac_of(request)
-            sim.remove_nic(mac)
-            return web.json_response({"removed": mac})
-
-        async def primary(request: web.Request) -> web.Response:
-            sim.set_primary(str((await control.body(request)).get("mac", "")))
-            return web.json_response({"primary": sim.primary})
-
-        async def raw(request: web.Request) -> web.Response:
-            body = await control.body(request)
-            path, text = body.get("path"), body.get("text")
-            if not isinstance(path, str) or not (text is None or isinstance(text, str)):
-                raise ValueError("need {path: str, text: str|null}")
-            sim.set_raw(path, text)
-            return web.json_response({"path": path, "text": text})
-
-        app.router.add_get("/nics", list_nics)
-        app.router.add_post("/nics", add_nic)
-        app.router.add_patch("/nics/{mac}", update_nic)
-        app.router.add_delete("/nics/{mac}", remove_nic)
-        app.router.add_put("/primary", primary)
-        app.router.add_put("/raw", raw)
+        control.add_nic_routes(app, self)
 
     def load_scenario(self, data: Mapping[str, Any]) -> None:
         """{"nics": [spec, ...], "primary": mac, "raw": {path: text}, "fault": {mode, duration}}"""
@@ -266,14 +225,7 @@ class ImdsSim(FaultyServer):
             return response
         status, body, headers = self._route(request, fault)
         if fault == "slow":
-            # About ten pieces, spread over slow_seconds.
-            data = body.encode()
-            size = max(1, len(data) // 10)
-            pieces = (data[i : i + size] for i in range(0, len(data), size))
-            pause = self.slow_seconds / 10
-            return await self._stream(
-                request, pieces, pause, status=status, headers=headers, length=len(data)
-            )
+            return await self._trickle(request, body, status=status, headers=headers)
         return web.Response(status=status, text=body, content_type="text/plain", headers=headers)
 
     def _route(self, request: web.Request, fault: str) -> tuple[int, str, dict[str, str]]:

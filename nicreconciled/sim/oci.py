@@ -199,43 +199,7 @@ class OciSim(FaultyServer):
 
     def add_control_routes(self, app: web.Application) -> None:
         """Its own control calls (control.control_app adds /ready, faults, stats)."""
-        sim = self
-
-        async def list_nics(_request: web.Request) -> web.Response:
-            return web.json_response({"nics": [s.model_dump(mode="json") for s in sim.nics()]})
-
-        async def add_nic(request: web.Request) -> web.Response:
-            spec = sim.add_nic(await control.body(request))
-            return web.json_response(spec.model_dump(mode="json"), status=201)
-
-        async def update_nic(request: web.Request) -> web.Response:
-            spec = sim.update_nic(request.match_info["mac"], await control.body(request))
-            return web.json_response(spec.model_dump(mode="json"))
-
-        async def remove_nic(request: web.Request) -> web.Response:
-            mac = normalize_mac(request.match_info["mac"])
-            sim.remove_nic(mac)
-            return web.json_response({"removed": mac})
-
-        async def primary(request: web.Request) -> web.Response:
-            mac = str((await control.body(request)).get("mac", ""))
-            sim.set_primary(mac)
-            return web.json_response({"primary": normalize_mac(mac)})
-
-        async def raw(request: web.Request) -> web.Response:
-            body = await control.body(request)
-            path, text = body.get("path"), body.get("text")
-            if not isinstance(path, str) or not (text is None or isinstance(text, str)):
-                raise ValueError("need {path: str, text: str|null}")
-            sim.set_raw(path, text)
-            return web.json_response({"path": path, "text": text})
-
-        app.router.add_get("/nics", list_nics)
-        app.router.add_post("/nics", add_nic)
-        app.router.add_patch("/nics/{mac}", update_nic)
-        app.router.add_delete("/nics/{mac}", remove_nic)
-        app.router.add_put("/primary", primary)
-        app.router.add_put("/raw", raw)
+        control.add_nic_routes(app, self)
 
     def load_scenario(self, data: Mapping[str, Any]) -> None:
         """{"nics": [spec, ...], "raw": text, "fault": {"mode": ..., "duration": ...}}"""
@@ -273,10 +237,7 @@ class OciSim(FaultyServer):
             return response
         status, body = self._route(request, fault)
         if fault == "slow" and status == 200:
-            data = body.encode()
-            size = max(1, len(data) // 10)  # about ten pieces over slow_seconds
-            pieces = (data[i : i + size] for i in range(0, len(data), size))
-            return await self._stream(request, pieces, self.slow_seconds / 10, length=len(data))
+            return await self._trickle(request, body)
         kind = "application/json" if status == 200 else "text/plain"
         return web.Response(status=status, text=body, content_type=kind)
 

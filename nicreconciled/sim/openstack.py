@@ -176,39 +176,8 @@ class OpenStackSim(FaultyServer):
         return {"mac": plan["mac"], "networks": nets, "primary": bool(plan.get("primary"))}
 
     def add_control_routes(self, app: web.Application) -> None:
-        sim = self
-
-        def dump(spec: PortSpec) -> dict[str, Any]:
-            return spec.model_dump(mode="json")
-
-        async def list_nics(_request: web.Request) -> web.Response:
-            return web.json_response({"nics": [dump(s) for s in sim.nics()]})
-
-        async def add_nic(request: web.Request) -> web.Response:
-            return web.json_response(dump(sim.add_nic(await control.body(request))), status=201)
-
-        async def update_nic(request: web.Request) -> web.Response:
-            changes = await control.body(request)
-            return web.json_response(dump(sim.update_nic(request.match_info["mac"], changes)))
-
-        async def remove_nic(request: web.Request) -> web.Response:
-            mac = normalize_mac(request.match_info["mac"])
-            sim.remove_nic(mac)
-            return web.json_response({"removed": mac})
-
-        async def raw(request: web.Request) -> web.Response:
-            body = await control.body(request)
-            path, text = body.get("path"), body.get("text")
-            if not isinstance(path, str) or not (text is None or isinstance(text, str)):
-                raise ValueError("need {path: str, text: str|null}")
-            sim.set_raw(path, text)
-            return web.json_response({"path": path, "text": text})
-
-        app.router.add_get("/nics", list_nics)
-        app.router.add_post("/nics", add_nic)
-        app.router.add_patch("/nics/{mac}", update_nic)
-        app.router.add_delete("/nics/{mac}", remove_nic)
-        app.router.add_put("/raw", raw)
+        """Its own control calls (control.control_app adds /ready, faults, stats)."""
+        control.add_nic_routes(app, self)
 
     def load_scenario(self, data: Mapping[str, Any]) -> None:
         """{"nics": [spec, ...], "raw": {path: text}, "fault": {mode, duration}}"""
@@ -246,9 +215,6 @@ class OpenStackSim(FaultyServer):
         if body is None:
             return web.Response(status=404, text="Not Found")
         if fault == "slow":
-            data = body.encode()
-            size = max(1, len(data) // 10)  # about ten pieces over slow_seconds
-            pieces = (data[i : i + size] for i in range(0, len(data), size))
-            return await self._stream(request, pieces, self.slow_seconds / 10, length=len(data))
+            return await self._trickle(request, body)
         kind = "application/json" if request.path.endswith(".json") else "text/plain"
         return web.Response(text=body, content_type=kind)

@@ -169,6 +169,27 @@ class FaultyServer:
         else:
             transport.close()
 
+    async def _trickle(
+        self,
+        request: web.Request,
+        body: str,
+        *,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+    ) -> web.StreamResponse:
+        """BODY in about ten pieces spread over slow_seconds (the "slow" fault)."""
+        data = body.encode()
+        size = max(1, len(data) // 10)
+        pieces = (data[i : i + size] for i in range(0, len(data), size))
+        return await self._stream(
+            request,
+            pieces,
+            self.slow_seconds / 10,
+            status=status,
+            headers=headers,
+            length=len(data),
+        )
+
     async def _stream(
         self,
         request: web.Request,

@@ -34,7 +34,7 @@ from nicreconciled.config import Config, Section, check_endpoint
 from nicreconciled.errors import FetchError, MetadataError
 from nicreconciled.model import COMMON_FLAG_KINDS, NicState, Observation, RedFlag, normalize_mac
 from nicreconciled.sources.common import by_mac as _by_mac
-from nicreconciled.sources.common import device_numbers, gather, scalar
+from nicreconciled.sources.common import device_numbers, gather, routed_macs, scalar
 from nicreconciled.sources.http import HttpClient
 from nicreconciled.sources.leases import LEASE_KEY, Lease, lease_key
 from nicreconciled.sources.vr_discovery import Resolver, VrDiscovery, vr_url
@@ -371,16 +371,9 @@ class CloudStackSource:
             flag = RedFlag("not-listed", "no interface with this MAC on this machine", (key,))
             return Observation(mac=mac, state=None, flags=(flag,), probe={key: None})
         lease = await self.discovery.leases_for(link.name)
-        by_name = {x.name: x for x in links}
-        routes = self.discovery.default_routes()
-        # A default route with the metric our own file gave a NIC (its DHCP route, 512 + n)
-        # says nothing about the primary: that NIC would promote itself when its lease came.
+        # The NIC carrying the default route, not counting a NIC's own DHCP route.
         ours = {m: numbering(n)[1] for m, n in device_numbers(links, None).items()}
-        routed = [
-            by_name[r.ifname].mac
-            for r in routes
-            if r.ifname in by_name and r.metric != ours.get(by_name[r.ifname].mac)
-        ]
+        routed = routed_macs(links, self.discovery.default_routes(), ours)
         primary_mac = routed[0] if routed else None
         vr, raw, own = await self._read_for(lease, primary=primary_mac == mac)
         if primary_mac is None and lease is not None and lease.address is not None:

@@ -12,7 +12,8 @@
 * ``make_state``: a NicState from typed values, a refusal turned into a MetadataError.
 * ``parse_json``: a JSON document of a bounded size and the expected top-level type.
 * ``device_numbers``: numbers for NICs a cloud does not number (CloudStack, OpenStack), from
-  their ifindex, stable while the NIC exists.
+  their ifindex, stable while the NIC exists; ``routed_macs``: which NICs carry a default
+  route, for the clouds that find their primary NIC that way.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any, Generic, TypeVar
 
@@ -29,6 +30,7 @@ from pydantic import ValidationError
 
 from nicreconciled.errors import MetadataError
 from nicreconciled.model import NicState
+from nicreconciled.sources.leases import Route
 from nicreconciled.system import sysfs
 
 _T = TypeVar("_T")
@@ -230,3 +232,19 @@ def device_numbers(links: Iterable[sysfs.Link], primary: str | None) -> dict[str
                 break
             slot = slot % 99 + 1
     return out
+
+
+def routed_macs(
+    links: Iterable[sysfs.Link], routes: Iterable[Route], ours: Mapping[str, int]
+) -> list[str]:
+    """MACs of the links carrying an IPv4 default route, in ROUTES' order (lowest metric
+    first). A route with the metric our own file gave that NIC (OURS: MAC -> metric, for
+    the NICs written as secondaries) is its DHCP route, no sign of the primary: counted, it
+    would promote the NIC the moment its lease came, on a host whose primary carries no
+    IPv4 default route."""
+    names = {link.name: link.mac for link in links}
+    return [
+        names[r.ifname]
+        for r in routes
+        if r.ifname in names and r.metric != ours.get(names[r.ifname])
+    ]

@@ -42,7 +42,7 @@ from pydantic import field_validator
 from nicreconciled.config import Config, Section, check_endpoint
 from nicreconciled.errors import FetchError, MetadataError
 from nicreconciled.model import COMMON_FLAG_KINDS, Observation, RedFlag, normalize_mac
-from nicreconciled.sources.common import SharedAnswer, check_text, entries, make_state, parse_json
+from nicreconciled.sources.common import SharedAnswer, entries, make_state, parse_json, scalar
 from nicreconciled.sources.http import HttpClient
 from nicreconciled.system import sysfs
 
@@ -139,10 +139,7 @@ def _text(entry: Mapping[str, Any], position: int, key: str) -> str | None:
         raise MetadataError(
             f"{_where(position, key)}: expected a string, got {type(value).__name__}"
         )
-    check_text(_where(position, key), value)
-    if "\n" in value:
-        raise MetadataError(f"{_where(position, key)}: more than one line")
-    value = value.strip()
+    value = scalar(_where(position, key), value)
     return None if value in ("", NULL_TEXT) else value
 
 

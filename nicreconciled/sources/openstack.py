@@ -44,7 +44,13 @@ from nicreconciled.model import (
     normalize_mac,
 )
 from nicreconciled.model import MAX_ROUTES as MAX_STATIC_ROUTES
-from nicreconciled.sources.common import SharedAnswer, device_numbers, make_state, parse_json
+from nicreconciled.sources.common import (
+    SharedAnswer,
+    device_numbers,
+    make_state,
+    parse_json,
+    routed_macs,
+)
 from nicreconciled.sources.common import scalar as _scalar
 from nicreconciled.sources.http import HttpClient
 from nicreconciled.sources.leases import LEASE_KEY, Lease, LocalLeases, lease_key
@@ -447,20 +453,13 @@ class OpenStackSource:
             return False
         return True
 
-    def _primary(self, document: Document) -> str | None:
+    def _primary(self, document: Document, links: Sequence[sysfs.Link]) -> str | None:
         """The port carrying the kernel's IPv4 default route (lowest metric first), else the
-        document's first. A default route with the very metric our own file gave a port (its
-        DHCP route, metric 512 + n) says nothing: that port would promote itself to primary
-        the moment its lease came, on a host whose primary carries no IPv4 default route."""
-        names = {link.name: link.mac for link in self._leases.links()}
-        for route in self._leases.default_routes():
-            mac = names.get(route.ifname)
-            if mac not in document.ports:
-                continue
-            number = self._numbers.get(mac)
-            if number is not None and number > 0 and route.metric == numbering(number)[1]:
-                continue
-            return mac
+        document's first; a port's own DHCP route does not count (common.routed_macs)."""
+        ours = {m: numbering(n)[1] for m, n in self._numbers.items() if n > 0}
+        for mac in routed_macs(links, self._leases.default_routes(), ours):
+            if mac in document.ports:
+                return mac
         return document.order[0] if document.order else None
 
     async def fetch(self, mac: str) -> Observation:
@@ -475,25 +474,27 @@ class OpenStackSource:
         port = document.ports.get(mac)
         for note in port.notes if port is not None else ():
             self._log.info("openstack_not_rendered", mac=mac, what=note)
-        primary = self._primary(document)
-        numbers = device_numbers(self._leases.links(), primary)
+        links = self._leases.links()
+        primary = self._primary(document, links)
+        numbers = device_numbers(links, primary)
         self._numbers.update(numbers)
         number = numbers.get(mac, self._numbers.get(mac, 99))
         lease = None
         if port is not None and port.dhcp4 and not port.ipv4:
-            lease = await self._lease(mac)
+            lease = await self._lease(mac, links)
         return build_observation(mac, document, primary, number, text, lease)
 
-    async def _lease(self, mac: str) -> Lease | None:
+    async def _lease(self, mac: str, links: Sequence[sysfs.Link]) -> Lease | None:
         """MAC's own DHCP lease (None: no such NIC here, or no lease yet)."""
-        names = [link.name for link in self._leases.links() if link.mac == mac]
+        names = [link.name for link in links if link.mac == mac]
         return await self._leases.leases_for(names[0]) if names else None
 
     async def probe(self, keys: Sequence[str]) -> dict[str, str | None]:
         out: dict[str, str | None] = {}
         for key in keys:
             if key.startswith(LEASE_KEY):
-                lease = await self._lease(normalize_mac(key.removeprefix(LEASE_KEY)))
+                mac = normalize_mac(key.removeprefix(LEASE_KEY))
+                lease = await self._lease(mac, self._leases.links())
                 out[key] = lease.describe() if lease is not None else None
             elif key == NETWORK_DATA:
                 out[key], _ = await self._document.get()
@@ -514,7 +515,8 @@ class OpenStackSource:
         port = document.ports.get(normalize_mac(mac))
         if port is not None and port.dhcp4 and not port.ipv4:
             return None  # its state needs the lease: the full fetch that follows reads it
-        return build_observation(mac, document, self._primary(document), number, text)
+        primary = self._primary(document, self._leases.links())
+        return build_observation(mac, document, primary, number, text)
 
     async def close(self) -> None:
         await self._http.close()

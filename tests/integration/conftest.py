@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -212,24 +213,37 @@ exit ${NICR_FAKE_EXIT:-0}
 """
 
 
-@pytest.fixture
-async def stack(netns: Netns, tmp_path: Path) -> AsyncIterator[Stack]:
+@contextlib.asynccontextmanager
+async def sim_stack(netns: Netns, tmp_path: Path, cloud: str = "ec2") -> AsyncIterator[Stack]:
+    """CLOUD's simulator on NETNS's loopback (``python -m nicreconciled.sim``), ready and
+    empty, and a Stack for it; the daemon a test started is killed at the end."""
     ctl = tmp_path / "sim.sock"
     netns.popen(
-        [PYTHON, "-m", "nicreconciled.sim", "--listen", f"127.0.0.1:{PORT}", "--control", str(ctl)],
+        [
+            *(PYTHON, "-m", "nicreconciled.sim", "--cloud", cloud),
+            *("--listen", f"127.0.0.1:{PORT}", "--control", str(ctl)),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=(tmp_path / "sim.log").open("ab"),
     )
     sim = SimClient(str(ctl))
     await sim.wait_ready(15)
-    await sim.add_nic(nic_spec(PRIMARY, device_number=0))
-    await sim.set_primary(PRIMARY)
-    st = Stack(netns, tmp_path, sim)
-    yield st
-    await sim.close()
-    if st.daemon is not None and st.daemon.poll() is None:
-        st.daemon.kill()
-        st.daemon.wait(timeout=10)
+    st = Stack(netns, tmp_path, sim, cloud=cloud)
+    try:
+        yield st
+    finally:
+        await sim.close()
+        if st.daemon is not None and st.daemon.poll() is None:
+            st.daemon.kill()
+            st.daemon.wait(timeout=10)
+
+
+@pytest.fixture
+async def stack(netns: Netns, tmp_path: Path) -> AsyncIterator[Stack]:
+    async with sim_stack(netns, tmp_path) as st:
+        await st.sim.add_nic(nic_spec(PRIMARY, device_number=0))
+        await st.sim.set_primary(PRIMARY)
+        yield st
 
 
 @pytest.fixture

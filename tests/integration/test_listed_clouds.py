@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,9 +18,8 @@ import pytest
 
 from nicreconciled.model import mac_to_key
 from nicreconciled.sim import simulator_class
-from nicreconciled.sim.client import SimClient
-from tests.conftest import PYTHON, Netns
-from tests.integration.conftest import PORT, Stack
+from tests.conftest import Netns
+from tests.integration.conftest import Stack, sim_stack
 
 pytestmark = pytest.mark.integration
 
@@ -52,24 +50,9 @@ async def listed(
     request: pytest.FixtureRequest, netns: Netns, tmp_path: Path
 ) -> AsyncIterator[Stack]:
     cloud = request.param
-    ctl = tmp_path / "sim.sock"
-    netns.popen(
-        [
-            *(PYTHON, "-m", "nicreconciled.sim", "--cloud", cloud),
-            *("--listen", f"127.0.0.1:{PORT}", "--control", str(ctl)),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "sim.log").open("ab"),
-    )
-    sim = SimClient(str(ctl))
-    await sim.wait_ready(15)
-    await sim.add_nic(spec(cloud, PRIMARY, 10, primary=True))
-    stack = Stack(netns, tmp_path, sim, cloud=cloud)
-    yield stack
-    await sim.close()
-    if stack.daemon is not None and stack.daemon.poll() is None:
-        stack.daemon.kill()
-        stack.daemon.wait(timeout=10)
+    async with sim_stack(netns, tmp_path, cloud) as stack:
+        await stack.sim.add_nic(spec(cloud, PRIMARY, 10, primary=True))
+        yield stack
 
 
 async def wait_status(stack: Stack, mac: str, managed: str, timeout: float = 15) -> None:

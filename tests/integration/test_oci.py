@@ -4,7 +4,6 @@ hot-plugged as veths born with their MAC, netplan files out."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,10 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from nicreconciled.sim.client import SimClient
 from nicreconciled.sources.oci import VNICS_PATH
-from tests.conftest import PYTHON, Netns
-from tests.integration.conftest import PORT, Stack
+from tests.conftest import Netns
+from tests.integration.conftest import Stack, sim_stack
 
 pytestmark = pytest.mark.integration
 
@@ -38,21 +36,10 @@ def vnic(mac: str, n: int, **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def oci_stack(netns: Netns, tmp_path: Path) -> AsyncIterator[Stack]:
-    ctl = tmp_path / "sim.sock"
-    argv = [PYTHON, "-m", "nicreconciled.sim", "--cloud", "oci"]
-    argv += ["--listen", f"127.0.0.1:{PORT}", "--control", str(ctl)]
-    netns.popen(argv, stdout=subprocess.DEVNULL, stderr=(tmp_path / "sim.log").open("ab"))
-    sim = SimClient(str(ctl))
-    ready = await sim.wait_ready(15)
-    assert "oci" in ready
-    await sim.add_nic(vnic(PRIMARY, 0))
-    stack = Stack(netns, tmp_path, sim)
-    stack.cloud = "oci"
-    yield stack
-    await sim.close()
-    if stack.daemon is not None and stack.daemon.poll() is None:
-        stack.daemon.kill()
-        stack.daemon.wait(timeout=10)
+    async with sim_stack(netns, tmp_path, "oci") as stack:
+        assert "oci" in await stack.sim.ready()
+        await stack.sim.add_nic(vnic(PRIMARY, 0))
+        yield stack
 
 
 def ethernet(text: str) -> dict[str, Any]:

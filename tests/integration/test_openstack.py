@@ -4,17 +4,15 @@ simulator (``python -m nicreconciled.sim --cloud openstack``), veths with the po
 from __future__ import annotations
 
 import signal
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from nicreconciled.sim.client import SimClient
 from nicreconciled.sim.openstack import OpenStackSim
-from tests.conftest import PYTHON, Netns
-from tests.integration.conftest import PORT, Stack
+from tests.conftest import Netns
+from tests.integration.conftest import Stack, sim_stack
 
 pytestmark = pytest.mark.integration
 
@@ -41,24 +39,9 @@ def port(mac: str, octet: int, *, secondaries: int = 0, **extra: Any) -> dict[st
 
 @pytest.fixture
 async def os_stack(netns: Netns, tmp_path: Path) -> AsyncIterator[Stack]:
-    ctl = tmp_path / "sim.sock"
-    netns.popen(
-        [
-            *(PYTHON, "-m", "nicreconciled.sim", "--cloud", "openstack"),
-            *("--listen", f"127.0.0.1:{PORT}", "--control", str(ctl)),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "sim.log").open("ab"),
-    )
-    sim = SimClient(str(ctl))
-    await sim.wait_ready(15)
-    await sim.add_nic(port(PRIMARY, 0, primary=True))
-    st = Stack(netns, tmp_path, sim, cloud="openstack")
-    yield st
-    await sim.close()
-    if st.daemon is not None and st.daemon.poll() is None:
-        st.daemon.kill()
-        st.daemon.wait(timeout=10)
+    async with sim_stack(netns, tmp_path, "openstack") as stack:
+        await stack.sim.add_nic(port(PRIMARY, 0, primary=True))
+        yield stack
 
 
 class TestOpenStack:

@@ -353,13 +353,6 @@ async def oci_sim() -> AsyncIterator[OciSim]:
     await simulator.stop()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[HttpClient]:
-    client = HttpClient(timeout=1.0, rate=1000.0)
-    yield client
-    await client.close()
-
-
 def oci(sim: OciSim, http: HttpClient) -> OciSource:
     return OciSource(OciConfig(endpoint=sim.url), http)
 

@@ -362,16 +362,23 @@ class TestAgainstTheSimulator:
             await src.close()
 
 
+def machine(sim: OpenStackSim, tmp_path: Path) -> tuple[Tree, OpenStackSource]:
+    """eth0 (PRIMARY, a static port) and eth1 (SECOND, an ipv4_dhcp port) under a fake
+    root, listed by SIM; a source reading both (no nmcli: leases come from files)."""
+    tree = Tree(tmp_path).link("eth0", PRIMARY, 2).link("eth1", SECOND, 3)
+    sim.add_nic(plan(PRIMARY, 10, primary=True))
+    sim.add_nic(plan(SECOND, 11, dhcp4=True))
+    config = OpenStackConfig(endpoint=sim.url)
+    src = OpenStackSource(config, HttpClient(timeout=2), root=tmp_path, runner=nmcli_missing())
+    return tree, src
+
+
 class TestDhcpPortsOnTheMachine:
     async def test_a_dhcp_port_is_completed_from_its_networkd_lease(
         self, sim: OpenStackSim, tmp_path: Path
     ) -> None:
-        tree = Tree(tmp_path).link("eth0", PRIMARY, 2).link("eth1", SECOND, 3)
+        tree, src = machine(sim, tmp_path)
         tree.routes(("eth0", "10.0.10.1", 100))
-        sim.add_nic(plan(PRIMARY, 10, primary=True))
-        sim.add_nic(plan(SECOND, 11, dhcp4=True))
-        config = OpenStackConfig(endpoint=sim.url)
-        src = OpenStackSource(config, HttpClient(timeout=2), root=tmp_path, runner=nmcli_missing())
         try:
             obs = await src.fetch(SECOND)
             assert obs.state is not None
@@ -399,12 +406,8 @@ class TestDhcpPortsOnTheMachine:
     ) -> None:
         # The primary carries no IPv4 default route; the DHCP port's lease brings one with
         # the metric our file gave it: it stays a secondary (table, rules), never "primary".
-        tree = Tree(tmp_path).link("eth0", PRIMARY, 2).link("eth1", SECOND, 3)
+        tree, src = machine(sim, tmp_path)
         tree.routes()
-        sim.add_nic(plan(PRIMARY, 10, primary=True))
-        sim.add_nic(plan(SECOND, 11, dhcp4=True))
-        config = OpenStackConfig(endpoint=sim.url)
-        src = OpenStackSource(config, HttpClient(timeout=2), root=tmp_path, runner=nmcli_missing())
         try:
             first = await src.fetch(SECOND)
             assert first.state is not None
