@@ -1,4 +1,7 @@
-"""Command line: run / once / render / status / demo. Exit codes: 0 ok, 1 not converged, 2 usage."""
+"""Command line: run / once / render / status / check / demo.
+
+Exit codes: 0 ok, 1 not converged (``once``) or drifted (``check``), 2 usage or configuration.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--mac", help="only this MAC (need not be attached here)")
     s = sub.add_parser("status", help="per-NIC state, read from the state directory")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    c = sub.add_parser(
+        "check",
+        help="each managed NIC: what its applied configuration promises vs. the kernel now"
+        " (exit 1 if any NIC drifted)",
+    )
+    c.add_argument("--json", action="store_true", help="machine-readable output")
     d = sub.add_parser(
         "demo", help="simulated metadata service + hot-plugged NIC in a scratch netns (root)"
     )
@@ -84,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"config: {exc}")
     if args.command == "status":
         return _status(config, as_json=args.json)
+    if args.command == "check":
+        return _check(config, as_json=args.json)
     try:
         return asyncio.run(_async_main(args, config))
     except KeyboardInterrupt:
@@ -186,6 +197,10 @@ def _status(config: Config, *, as_json: bool) -> int:
     table = [header]
     for r in rows:
         detail = "; ".join(r.waiting_on) or (f"error: {r.last_error}" if r.last_error else "")
+        if r.kernel_missing:
+            detail = f"kernel lacks: {'; '.join(r.kernel_missing)}" + (
+                f"; {detail}" if detail else ""
+            )
         if config.apply and r.managed is Managed.MANAGED and r.apply_pending:
             detail = "written, not applied" + (f"; {detail}" if detail else "")
         table.append(
@@ -203,3 +218,56 @@ def _status(config: Config, *, as_json: bool) -> int:
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
     return 0
+
+
+def _check(config: Config, *, as_json: bool) -> int:
+    """Each managed NIC's promise (kept in its status file by the daemon) against the kernel
+    now; 0 when every promised address, rule and table route is there, 1 when one is not.
+
+    Only NICs whose configuration was applied have a promise; a NIC still converging (or
+    whose apply keeps failing: ``status`` says why) is named on stderr, not counted.
+    """
+    from nicreconciled.promise import Promise
+    from nicreconciled.system import kernelstate, sysfs
+
+    links = {link.mac: link for link in sysfs.list_links()}
+    results: list[dict[str, object]] = []
+    pending: list[str] = []
+    for row in sorted(StatusStore(config.state_dir).load_all(), key=lambda s: s.mac):
+        link = links.get(row.mac)
+        if row.managed is not Managed.MANAGED or link is None:
+            continue  # not ours, or not attached here
+        if row.promise is None:
+            pending.append(f"{row.mac} {link.name}")
+            continue
+        try:
+            promised = Promise.from_json(row.promise)
+            missing = promised.missing(kernelstate.read(link.ifindex, promised))
+        except ValueError as exc:
+            missing = [f"status file unreadable: {exc}"]
+        except OSError as exc:
+            print(f"nicreconciled: check: cannot read the kernel: {exc}", file=sys.stderr)
+            return 1
+        results.append(
+            {
+                "mac": row.mac,
+                "ifname": link.name,
+                "in_kernel": not missing,
+                "missing": missing,
+                "phase": str(row.phase),
+                "heals": row.heals,
+            }
+        )
+    drifted = [r for r in results if not r["in_kernel"]]
+    if as_json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in drifted:
+            lines = r["missing"]
+            assert isinstance(lines, list)
+            print(f"{r['mac']} {r['ifname']}: missing {'; '.join(map(str, lines))}")
+        if not drifted:
+            print(f"{len(results)} managed NICs: everything promised is in the kernel")
+    for line in pending:
+        print(f"nicreconciled: check: {line}: not applied yet (see status)", file=sys.stderr)
+    return 1 if drifted else 0

@@ -172,6 +172,18 @@ class PollingConfig(_Section):
         return self
 
 
+class KernelConfig(_Section):
+    """Keeping what was applied true in the kernel (keeper.py)."""
+
+    #: Re-apply a managed NIC when something removes its promised addresses, rules or table
+    #: routes. False: drift is still detected, logged and shown (phase ``drifting``,
+    #: ``check``), and healed only by SIGHUP.
+    heal: bool = True
+    #: Heals of one NIC per 10 minutes; past it: one warning, no more heals, phase
+    #: ``drifting`` until SIGHUP or a metadata change. 0: never heal by itself.
+    heal_limit: int = Field(default=5, ge=0, le=1000)
+
+
 class Config(_Section):
     #: A registered cloud (``sources.SOURCES``) or "auto".
     cloud: str = "auto"
@@ -186,6 +198,7 @@ class Config(_Section):
     udev: UdevConfig = UdevConfig()
     netplan: NetplanConfig = NetplanConfig()
     polling: PollingConfig = PollingConfig()
+    kernel: KernelConfig = KernelConfig()
     #: The sources' own tables that differ from their defaults, by name (see section()).
     _sections: dict[str, Section] = PrivateAttr(default_factory=dict)
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import structlog
 
-from nicreconciled import systemd
+from nicreconciled import coexist, systemd
 from nicreconciled.config import Config
 from nicreconciled.errors import UnsafePathError
+from nicreconciled.kernelwatch import KernelWatch
 from nicreconciled.model import key_to_mac
 from nicreconciled.ownership import NOT_READY, NotOurs, Ownership
 from nicreconciled.reconciler import Context, Reconciler
@@ -27,7 +28,8 @@ from nicreconciled.status import (
     StatusStore,
     summary,
 )
-from nicreconciled.system import fs, sysfs
+from nicreconciled.system import fs, rtnl, sysfs
+from nicreconciled.system.busname import NameWatch
 from nicreconciled.udev import NicEvent, UdevWatcher
 
 log = structlog.get_logger(__name__)
@@ -37,6 +39,15 @@ RESTART_DELAY = 5.0
 #: A SIGHUP resync reports READY=1 at the latest this long after it started, even if some
 #: NIC's poll is still stuck (a metadata service timing out must not hold systemctl reload).
 RELOAD_BOUND = 10.0
+#: Kernel notifications about one NIC are gathered this long before its state is read (a
+#: burst of deletions is one look, one heal), and never held longer than DEBOUNCE_MAX.
+DEBOUNCE = 0.05
+DEBOUNCE_MAX = 0.25
+#: The D-Bus name of the network manager each backend's files are loaded by.
+MANAGER_BUS_NAMES = {
+    "networkd": "org.freedesktop.network1",
+    "NetworkManager": "org.freedesktop.NetworkManager",
+}
 
 
 #: Finds the cloud (``cloud = "auto"`` may take long) and builds the reconcilers' context.
@@ -86,6 +97,10 @@ class Daemon:
         self._reloaded = asyncio.Event()
         self._reload_task: asyncio.Task[None] | None = None
         self.reload_bound = RELOAD_BOUND
+        #: Per MAC: the pending kernel look (timer) and when its gathering started.
+        self._rechecks: dict[str, tuple[asyncio.TimerHandle, float, float]] = {}
+        self._verifies: set[asyncio.Task[None]] = set()
+        self.kernel_watch: KernelWatch | None = None
 
     @property
     def ctx(self) -> Context:
@@ -97,6 +112,7 @@ class Daemon:
         """What the reconcilers need from the daemon and its configuration."""
         ctx.on_pass = self._pass_done
         ctx.exclude_device_numbers = self.config.interfaces.exclude_device_numbers
+        ctx.recheck = self.recheck
 
     # -- which NICs ----------------------------------------------------------------------
     def eligible(self, link: sysfs.Link) -> bool:
@@ -179,16 +195,17 @@ class Daemon:
         except OSError as exc:
             log.warning("status_write_failed", mac=mac, error=str(exc))
 
-    def _ensure(self, mac: str, ifname: str | None) -> Reconciler:
+    def _ensure(self, mac: str, ifname: str | None, ifindex: int | None = None) -> Reconciler:
         rec = self.reconcilers.get(mac)
         if rec is None:
             rec = Reconciler(self.ctx, mac, ifname, once=self.once)
+            rec.set_link(ifname, ifindex)
             self.reconcilers[mac] = rec
             self.tasks[mac] = asyncio.create_task(self._supervise(rec), name=f"nic-{mac}")
             log.info("nic_tracked", mac=mac, ifname=ifname)
             self._update_status()
         else:
-            rec.set_link(ifname)
+            rec.set_link(ifname, ifindex)
         return rec
 
     async def _supervise(self, rec: Reconciler) -> None:
@@ -224,9 +241,9 @@ class Daemon:
                 continue
             known = self.reconcilers.get(mac)
             if known is None or not known.present:
-                self._ensure(mac, link.name).kick(new_episode=True)
+                self._ensure(mac, link.name, link.ifindex).kick(new_episode=True)
             else:
-                known.set_link(link.name)
+                known.set_link(link.name, link.ifindex)
         for mac, rec in list(self.reconcilers.items()):
             if mac not in present and rec.present:
                 log.info("nic_missing", mac=mac, ifname=rec.ifname)
@@ -310,13 +327,13 @@ class Daemon:
             return
         if event.action == "add":
             log.info("nic_added", mac=link.mac, ifname=link.name)
-            self._ensure(link.mac, link.name).kick(new_episode=True)
+            self._ensure(link.mac, link.name, link.ifindex).kick(new_episode=True)
         elif event.action == "move":
             log.info("nic_renamed", mac=link.mac, ifname=link.name, old=event.old_ifname)
-            self._ensure(link.mac, link.name)
+            self._ensure(link.mac, link.name, link.ifindex)
         elif link.mac not in self.reconcilers:
             # "change": udev's rules may just have stopped giving the NIC to someone else.
-            self._ensure(link.mac, link.name).kick(new_episode=True)
+            self._ensure(link.mac, link.name, link.ifindex).kick(new_episode=True)
 
     def _events_lost(self) -> None:
         if self._ctx is None:
@@ -332,13 +349,13 @@ class Daemon:
         if not self._announcing:
             # Before READY=1 or after STOPPING=1 there is no reload to report to systemd.
             for rec in self.reconcilers.values():
-                rec.kick()
+                rec.kick(verify=True)
             return
         self._notify(systemd.reloading())
         self._reload_pending = set(self.reconcilers)
         self._reloaded.clear()
         for rec in self.reconcilers.values():
-            rec.kick()
+            rec.kick(verify=True)
         if self._reload_task is not None:
             # A second SIGHUP during a resync restarts it: READY=1 answers the latest one.
             self._reload_task.cancel()
@@ -369,6 +386,79 @@ class Daemon:
         if rec is None or not rec.kick_pending:
             self._reload_progress(mac)
         self._update_status()
+
+    # -- the kernel ---------------------------------------------------------------------
+    def recheck(self, mac: str, delay: float) -> None:
+        """Look at MAC's kernel state in DELAY s; 0: once its burst of notifications is over
+        (DEBOUNCE after the latest, DEBOUNCE_MAX after the first). One look pending per NIC:
+        the earlier wins (a look that finds the NIC pending schedules the next itself)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        pending = self._rechecks.get(mac)
+        if delay > 0:
+            at = first = now + delay
+            if pending is not None and pending[1] <= at:
+                return
+        else:
+            gathering = pending is not None and pending[2] <= now
+            first = pending[2] if pending is not None and gathering else now
+            at = min(now + DEBOUNCE, first + DEBOUNCE_MAX)
+        if pending is not None:
+            pending[0].cancel()
+        self._rechecks[mac] = (loop.call_at(at, self._recheck_due, mac), at, first)
+
+    def _recheck_due(self, mac: str) -> None:
+        self._rechecks.pop(mac, None)
+        rec = self.reconcilers.get(mac)
+        if rec is None or self._stop.is_set():
+            return
+        task = asyncio.create_task(rec.verify_kernel(), name=f"verify-{mac}")
+        self._verifies.add(task)
+        task.add_done_callback(self._verified)
+
+    def _verified(self, task: asyncio.Task[None]) -> None:
+        self._verifies.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("verify_crashed", error=repr(task.exception()))
+
+    def recheck_all(self) -> None:
+        for mac in self.reconcilers:
+            self.recheck(mac, 0.0)
+
+    def on_kernel_events(self, events: list[rtnl.Event]) -> None:
+        """Notifications -> the NICs they concern (by link or by table), each looked at."""
+        by_index: dict[int, str] = {}
+        by_table: dict[int, str] = {}
+        for mac, rec in self.reconcilers.items():
+            promised = rec.keeper.promise
+            if promised is None:
+                continue
+            if rec.ifindex is not None:
+                by_index[rec.ifindex] = mac
+            for table in promised.tables:
+                by_table[table] = mac
+        if not by_index:
+            return
+        touched: set[str] = set()
+        for event in events:
+            if event.kind == "link" and event.deleted:
+                continue  # a detach: udev's remove event handles it
+            found = by_index.get(event.ifindex) if event.ifindex is not None else None
+            if found is None and event.table is not None:
+                found = by_table.get(event.table)
+            if found is not None:
+                touched.add(found)
+        for mac in touched:
+            self.recheck(mac, 0.0)
+
+    def on_manager(self, name: str, owned: bool) -> None:
+        """The network manager's bus name went away or came back (a restart)."""
+        if not owned:
+            log.warning("network_manager_gone", bus_name=name)
+            return
+        log.info("network_manager_back", bus_name=name, nics=len(self.reconcilers))
+        for rec in self.reconcilers.values():
+            rec.manager_restarted()
 
     def stop(self) -> None:
         self._stop.set()
@@ -415,6 +505,11 @@ class Daemon:
         watcher = UdevWatcher(self.config.udev.source)
         # Before the scan: no attach falls between the two. Lost events: rescan at once.
         watcher.start(self.on_event, on_lost=self._events_lost)
+        bus = None
+        if self.config.apply:
+            self.kernel_watch = KernelWatch(self.on_kernel_events, self.recheck_all)
+            self.kernel_watch.start()
+            bus = await self._watch_manager()
         try:
             if self._ctx is None:
                 line = "detecting the cloud"
@@ -424,6 +519,8 @@ class Daemon:
                 if not await self._detect_cloud():
                     return 0  # stopped while detecting
             self._take(self.ctx)
+            if self.config.apply and self._backend() == "networkd":
+                coexist.warn_if_at_risk()
             self.scan()
             self.adopt_orphans()
             line = self._status_line()
@@ -444,12 +541,18 @@ class Daemon:
                 if not self._stop.is_set():
                     self.scan()
                     self._update_status()
+                    # Never trust the notification stream alone.
+                    self.recheck_all()
         finally:
             self._announcing = False
             self._notify(systemd.STOPPING)
             if self._reload_task is not None:
                 self._reload_task.cancel()  # no READY=1 after STOPPING=1
             watcher.stop()
+            if self.kernel_watch is not None:
+                self.kernel_watch.stop()
+            if bus is not None:
+                await bus.close()
             await self.shutdown()
             if watchdog is not None:
                 # Last: systemd still expects pets until we are gone.
@@ -486,7 +589,25 @@ class Daemon:
         except (OSError, UnsafePathError) as exc:
             log.warning("status_write_failed", error=str(exc))
 
+    def _backend(self) -> str:
+        """The manager our files are loaded by: networkd or NetworkManager."""
+        return {"networkd": "networkd", "networkmanager": "NetworkManager"}.get(
+            self.config.renderer, self.config.netplan.backend
+        )
+
+    async def _watch_manager(self) -> NameWatch | None:
+        """Follow the bus name of the manager our files are loaded by (a restart re-checks
+        every NIC); None when the bus cannot be reached (logged by NameWatch)."""
+        watch = NameWatch([MANAGER_BUS_NAMES[self._backend()]], self.on_manager)
+        return watch if await watch.start() else None
+
     async def shutdown(self) -> None:
+        for handle, _at, _first in self._rechecks.values():
+            handle.cancel()
+        self._rechecks.clear()
+        for task in list(self._verifies):
+            task.cancel()
+        await asyncio.gather(*self._verifies, return_exceptions=True)
         tasks = list(self.tasks.values())
         for task in tasks:
             task.cancel()

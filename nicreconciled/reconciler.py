@@ -25,7 +25,9 @@ from nicreconciled import fingerprint as fp
 from nicreconciled.apply import Applier
 from nicreconciled.config import DeviceRange, excluded_device_number
 from nicreconciled.errors import ApplyError, FetchError, MetadataError, UnsafePathError
+from nicreconciled.keeper import Keeper, Verdict
 from nicreconciled.model import NicState, Observation, RedFlag
+from nicreconciled.promise import Choices, Promise, Snapshot, promise
 from nicreconciled.render import Renderer
 from nicreconciled.sources import Source
 from nicreconciled.stability import Phase, Policy, Predicts, Step, Tracker
@@ -66,6 +68,15 @@ class Context:
     resync_phase: float = field(default_factory=random.random)
     clock: Callable[[], float] = time.monotonic
     boot_id: str = field(default_factory=sysfs.boot_id)
+    #: [kernel]: heal drift by itself, and how often per NIC (keeper.py).
+    heal: bool = True
+    heal_limit: int = 5
+    #: What the renderer can put in the kernel (promise.Choices).
+    choices: Choices = field(default_factory=Choices)
+    #: Reads what the kernel has for a promise on a link (ifindex); tests swap it.
+    read_kernel: Callable[[int, Promise], Snapshot] | None = None
+    #: Asks the daemon to look at MAC's kernel state again in DELAY seconds (debounced).
+    recheck: Callable[[str, float], None] = lambda mac, delay: None
 
 
 class Reconciler:
@@ -90,6 +101,13 @@ class Reconciler:
         self._log = structlog.get_logger("nicreconciled.reconciler").bind(
             mac=mac, ifname=ifname, cloud=ctx.source.name
         )
+        #: The link's index (from sysfs, set by the daemon): kernel events name links by it.
+        self.ifindex: int | None = None
+        self.keeper = Keeper(heal=ctx.heal, limit=ctx.heal_limit)
+        self._verify = False  # SIGHUP: verify the kernel after the next pass
+        self._verifying = asyncio.Lock()
+        self._step: Step | None = None
+        self._healed_at: float | None = None
 
     def _recall(self, previous: NicStatus | None) -> None:
         """What an earlier run of this boot wrote and loaded: a load it missed is redone."""
@@ -101,12 +119,16 @@ class Reconciler:
             self.status.applied_boot = previous.applied_boot
 
     # -- control from the daemon -------------------------------------------------------
-    def kick(self, *, new_episode: bool = False) -> None:
-        """Poll now (udev event, SIGHUP, scan); NEW_EPISODE: the NIC itself changed."""
+    def kick(self, *, new_episode: bool = False, verify: bool = False) -> None:
+        """Poll now (udev event, SIGHUP, scan); NEW_EPISODE: the NIC itself changed;
+        VERIFY (SIGHUP): then re-verify the kernel and re-apply whatever it lacks."""
         self._new_episode = self._new_episode or new_episode
+        self._verify = self._verify or verify
         self._kick.set()
 
-    def set_link(self, ifname: str | None) -> None:
+    def set_link(self, ifname: str | None, ifindex: int | None = None) -> None:
+        if ifname is None or ifindex is not None:
+            self.ifindex = ifindex
         if ifname != self.ifname:
             self.ifname = ifname
             self.status.ifname = ifname
@@ -144,8 +166,12 @@ class Reconciler:
                 # Probes watch one key; the rest of the NIC's data still needs its resync.
                 probe = ()
             self._kick.clear()
+            verify, self._verify = self._verify, False
             step = await self._poll(probe)
+            self._step = step
             await self._handle(step)
+            if verify:
+                await self.verify_kernel(force=True, save=False)
             self._save_status(step)
             self.ctx.on_pass(self.mac)
             if self.removed or (self.once and self._done_once(step)):
@@ -269,6 +295,8 @@ class Reconciler:
         """Make disk and network stack match the accepted state; retried until it works."""
         state = self._desired
         try:
+            if state is None or (state.primary and not self.ctx.manage_primary):
+                self._promise(None)
             if state is None and not self.present:
                 if fs.remove_file(self.ctx.output_dir, self.filename):
                     self._log.info("removed", file=self.filename)
@@ -288,6 +316,7 @@ class Reconciler:
             elif rule := excluded_device_number(
                 self.ctx.exclude_device_numbers, state.device_number
             ):
+                self._promise(None)
                 # Same as the primary: never written (a file from before is kept as is).
                 self.status.managed = Managed.EXCLUDED
                 self.status.managed_detail = f"exclude_device_numbers {rule}"
@@ -308,7 +337,9 @@ class Reconciler:
                 self.status.rendered_fingerprint = fp.fingerprint(state)
                 self._check_conflicts()
                 if self.present:
-                    await self._apply_if_pending()
+                    loaded = await self._apply_if_pending()
+                    if self.ctx.applier is not None and not self.status.apply_pending:
+                        self._promise(promise(state, self.ctx.choices), loaded=loaded)
         except (OSError, UnsafePathError, ApplyError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             event = "apply_failed" if isinstance(exc, ApplyError) else "write_failed"
@@ -329,16 +360,111 @@ class Reconciler:
                 )
             self.status.conflicts = found
 
-    async def _apply_if_pending(self) -> None:
+    async def _apply_if_pending(self) -> bool:
         """Load what is written; stays pending (saved, retried, redone after a restart)
-        until it succeeds."""
+        until it succeeds. True if it loaded something now."""
         if self.ctx.applier is None or not self.status.apply_pending:
-            return
+            return False
         await self.ctx.applier.apply(
             mac=self.mac, path=self.ctx.output_dir / self.filename, ifname=self.ifname
         )
         self.status.applied, self.status.applied_boot = self.status.written, self.ctx.boot_id
         self._log.info("applied", file=self.filename)
+        return True
+
+    # -- the kernel ----------------------------------------------------------------------
+    def _promise(self, new: Promise | None, *, loaded: bool = False) -> None:
+        """NEW is what the network stack holds for this NIC now (None: nothing of ours).
+        LOADED: it was (re)loaded just now, so the kernel is pending until seen whole."""
+        keeper = self.keeper
+        if new is None or new.empty:
+            new = None
+        if new == keeper.promise and not loaded:
+            return
+        keeper.applied(new, self.ctx.clock())
+        self.status.promise = None if new is None else new.to_json()
+        self.status.kernel_missing = []
+        if new is not None:
+            # At once (the events of our own apply may be over already), and when a
+            # promise still incomplete would count as drift.
+            self.ctx.recheck(self.mac, 0.0)
+            self.ctx.recheck(self.mac, keeper.settle)
+
+    def manager_restarted(self) -> None:
+        """The network manager came back: it reconfigures the NIC; pending again."""
+        if self.keeper.promise is not None:
+            self.keeper.restarted(self.ctx.clock())
+            self.ctx.recheck(self.mac, 0.0)
+            self.ctx.recheck(self.mac, self.keeper.settle)
+        if not self._synced:
+            self.kick()  # a failed apply (the manager was gone): retry now
+
+    async def verify_kernel(self, *, force: bool = False, save: bool = True) -> None:
+        """Compare the kernel with the promise and act on the keeper's verdict. FORCE: an
+        operator's SIGHUP (heal what is missing whatever the budget or ``kernel.heal``)."""
+        async with self._verifying:
+            await self._verify_kernel(force)
+        if save and self._step is not None:
+            self._save_status(self._step)
+            self.ctx.on_pass(self.mac)
+
+    async def _verify_kernel(self, force: bool) -> None:
+        keeper, read = self.keeper, self.ctx.read_kernel
+        if keeper.promise is None or read is None or self.ifindex is None:
+            return
+        if not self._synced or self.status.apply_pending:
+            return  # an apply is due: it reloads the NIC, and its promise follows
+        try:
+            kernel = read(self.ifindex, keeper.promise)
+        except OSError as exc:
+            self._log.warning("kernel_read_failed", error=str(exc))
+            self.ctx.recheck(self.mac, keeper.settle)
+            return
+        missing = keeper.promise.missing(kernel)
+        was_drifted = keeper.drifted
+        now = self.ctx.clock()
+        verdict = keeper.judge(missing, now, force=force)
+        self.status.kernel_missing = list(missing)
+        if verdict is Verdict.HOLDS:
+            if self._healed_at is not None:
+                took = round(now - self._healed_at, 3)
+                self._log.info("kernel_healed", took=took, heals=keeper.heals_total)
+                self._healed_at = None
+            return
+        if verdict is Verdict.NOT_YET:
+            self.ctx.recheck(self.mac, max(keeper.recheck_at - now, 0.0))
+            return
+        if not was_drifted or force:
+            self._log.warning("kernel_drift", missing=missing, forced=force)
+        if verdict is Verdict.REPORT:
+            return
+        if verdict is Verdict.GIVE_UP:
+            self._log.warning(
+                "heal_limit_reached",
+                missing=missing,
+                heals=len(keeper.heals),
+                window=keeper.window,
+                advice="something keeps removing this NIC's state: no more heals until"
+                " SIGHUP (systemctl reload nicreconciled) or a metadata change",
+            )
+            return
+        if verdict is Verdict.SUSPENDED:
+            return
+        await self._heal(missing)
+
+    async def _heal(self, missing: list[str]) -> None:
+        assert self.ctx.applier is not None
+        assert self.ifname is not None
+        if self._healed_at is None:
+            self._healed_at = self.ctx.clock()
+        self.status.heals, self.status.last_heal = self.keeper.heals_total, _now_iso()
+        self._log.info("heal", missing=missing, heals=self.keeper.heals_total)
+        try:
+            await self.ctx.applier.heal(mac=self.mac, ifname=self.ifname)
+        except ApplyError as exc:
+            self._log.error("heal_failed", error=str(exc))
+        # Whatever happened: look again once the manager had its time.
+        self.ctx.recheck(self.mac, self.keeper.settle)
 
     def _phase(self, step: Step) -> NicPhase:
         """The phase shown by ``status``; its STATUS= bucket follows from it alone."""
@@ -346,6 +472,8 @@ class Reconciler:
             return NicPhase.REMOVED
         if not self.converged and self.status.last_error:
             return NicPhase.FAILING
+        if self.keeper.drifting:
+            return NicPhase.DRIFTING
         if self.forced:
             return NicPhase.DEADLINE
         if self.settled:

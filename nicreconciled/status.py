@@ -54,6 +54,10 @@ class NicPhase(StrEnum):
     #: Gone from the machine and from the metadata; its file removed. The status file is
     #: deleted right after, so this is seen only in passing.
     REMOVED = "removed"
+    #: Applied, and the kernel lacks some of it, and nothing heals it: the heal limit was
+    #: reached (until SIGHUP or a metadata change), or ``kernel.heal = false``.
+    #: ``kernel_missing`` says what is missing.
+    DRIFTING = "drifting"
 
 
 class Managed(StrEnum):
@@ -112,6 +116,14 @@ class NicStatus:
     last_error_at: str | None = None
     #: Other tools' configurations for this NIC (one line each, see conflicts.py).
     conflicts: list[str] = field(default_factory=list)
+    #: What the applied configuration promises in the kernel (``promise.Promise.to_json``),
+    #: None until it is applied; ``check`` compares it with the kernel.
+    promise: dict[str, Any] | None = None
+    #: What of the promise the kernel lacked at the last look ([] = all there).
+    kernel_missing: list[str] = field(default_factory=list)
+    #: Heals of this NIC since the daemon started, and when the last one was.
+    heals: int = 0
+    last_heal: str | None = None
 
     @property
     def apply_pending(self) -> bool:
@@ -137,7 +149,7 @@ def bucket(status: NicStatus) -> Bucket:
     """The STATUS= count a NIC falls in, from its phase alone."""
     if status.phase in (NicPhase.CONVERGED, NicPhase.REMOVED):
         return Bucket.CONVERGED
-    if status.phase is NicPhase.FAILING:
+    if status.phase in (NicPhase.FAILING, NicPhase.DRIFTING):
         return Bucket.FAILING
     return Bucket.WAITING
 
@@ -146,7 +158,8 @@ def summary(rows: Iterable[NicStatus]) -> str:
     """The one-line summary: STATUS= sends it, ``status`` prints it from the files.
 
     ``3 NICs (2 managed): 2 converged, 1 waiting, 0 failing``; converged + waiting + failing
-    = NICs (waiting counts converging, waiting and deadline). Removed NICs are not counted.
+    = NICs (waiting counts converging, waiting and deadline; failing counts drifting).
+    Removed NICs are not counted.
     """
     live = [r for r in rows if r.phase is not NicPhase.REMOVED]
     counts = dict.fromkeys(Bucket, 0)

@@ -17,6 +17,7 @@ from nicreconciled.apply import (
 )
 from nicreconciled.config import Config
 from nicreconciled.daemon import Daemon
+from nicreconciled.promise import Choices
 from nicreconciled.reconciler import Context
 from nicreconciled.render import make_renderer
 from nicreconciled.sources import Source, make_source, select_source
@@ -53,8 +54,17 @@ def make_http(config: Config) -> HttpClient:
     return HttpClient.from_polling(config.polling.request_rate, config.polling.request_timeout)
 
 
+def choices(config: Config) -> Choices:
+    """What the configured renderer can put in the kernel (promise.Choices)."""
+    return Choices(
+        rules=not (config.renderer == "netplan" and config.netplan.backend != "networkd")
+    )
+
+
 def build_context(config: Config, source: Source, *, apply: bool | None = None) -> Context:
     """The context every reconciler shares."""
+    from nicreconciled.system import kernelstate
+
     return Context(
         source=source,
         renderer=make_renderer(config),
@@ -64,6 +74,10 @@ def build_context(config: Config, source: Source, *, apply: bool | None = None) 
         status=StatusStore(config.state_dir),
         manage_primary=config.manage_primary,
         resync_interval=config.resync_interval,
+        heal=config.kernel.heal,
+        heal_limit=config.kernel.heal_limit,
+        choices=choices(config),
+        read_kernel=kernelstate.read,
     )
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
+from nicreconciled import coexist
 from nicreconciled.lab import kernel, texts
 from nicreconciled.lab.daemon import Daemon
 from nicreconciled.lab.kernel import Family
@@ -101,7 +102,9 @@ class LabBase:
     """Namespaces, the mount-namespace holder, the bus and the manager; running commands
     inside; the instance's kernel state. ``Lab`` adds NICs, the daemon and the probes."""
 
-    def __init__(self, manager: Manager, workdir: Path, tag: str = "lab") -> None:
+    def __init__(
+        self, manager: Manager, workdir: Path, tag: str = "lab", *, networkd_drop_in: bool = True
+    ) -> None:
         if manager not in BUS_NAME:
             raise ValueError(f"manager must be networkd or nm, not {manager!r}")
         if not _TAG.match(tag):
@@ -135,6 +138,10 @@ class LabBase:
         self._portindex = itertools.count(1)
         self._created: list[str] = []
         self._closed = False
+        #: networkd reads the drop-in the package ships (it stops removing foreign rules);
+        #: False: networkd's defaults, as on a host without our package.
+        self.networkd_drop_in = networkd_drop_in
+        self._manager_starts = 0
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -237,7 +244,12 @@ class LabBase:
             raise LabError(f"dbus-daemon did not start: {self.procs.procs[-1].tail()}")
 
     def _start_manager(self) -> None:
-        log = self.workdir / f"{self.manager}.log"
+        self._manager_starts += 1
+        n = self._manager_starts
+        log = self.workdir / f"{self.manager}{'' if n == 1 else f'-{n}'}.log"
+        if self.manager == "networkd" and self.networkd_drop_in:
+            name = Path(coexist.DROP_IN).name
+            self.write(f"/run/systemd/networkd.conf.d/{name}", coexist.DROP_IN_TEXT, 0o644)
         if self.manager == "networkd":
             env = dict(os.environ)
             env.update(
@@ -266,6 +278,14 @@ class LabBase:
 
         if not wait_until(owned, 30):
             raise LabError(f"{name} not on the bus after 30 s:\n{self.manager_proc.tail()}")
+
+    def restart_manager(self) -> float:
+        """Stop the manager (SIGTERM; its bus name goes), start it again and wait until its
+        bus name is back; returns when (time.monotonic()) it was back."""
+        assert self.manager_proc is not None
+        self.procs.stop(self.manager_proc)
+        self._start_manager()
+        return time.monotonic()
 
     def close(self) -> None:
         """Stop everything by pid, kill what is left in both namespaces, delete them.

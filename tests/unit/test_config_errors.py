@@ -58,6 +58,9 @@ WRONG_TYPE: dict[str, list[Any]] = {
     "polling.deadline": [{"s": 1}],
     "polling.request_rate": ["100"],
     "polling.request_timeout": ["2"],
+    "kernel": [True],
+    "kernel.heal": ["yes", 1],
+    "kernel.heal_limit": [5.0, "5", True],
 }
 
 #: key -> values of the right type but out of range or malformed.
@@ -101,11 +104,18 @@ WRONG_VALUE: dict[str, list[Any]] = {
     "polling.deadline": [0, 86401, math.inf],
     "polling.request_rate": [0, 1001],
     "polling.request_timeout": [0, 61, -2],
+    "kernel.heal_limit": [-1, 1001],
 }
 
 #: Keys whose type admits no wrong value: a boolean is either; any glob list is a list of
 #: patterns (a pattern that matches nothing is not an error).
-NO_WRONG_VALUE = {"apply", "manage_primary", "interfaces.virtual", "interfaces.ignore"}
+NO_WRONG_VALUE = {
+    "apply",
+    "manage_primary",
+    "interfaces.virtual",
+    "interfaces.ignore",
+    "kernel.heal",
+}
 
 
 def model_keys(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, bool]]:

@@ -45,7 +45,7 @@ def victim(tmp_path: Path) -> Path:
 class TestValues:
     def test_the_json_values_are_the_documented_ones(self) -> None:
         assert [p.value for p in NicPhase] == [
-            "converging", "converged", "waiting", "deadline", "failing", "removed",
+            "converging", "converged", "waiting", "deadline", "failing", "removed", "drifting",
         ]  # fmt: skip
         assert [m.value for m in Managed] == [
             "pending", "managed", "unlisted", "primary", "foreign", "excluded", "removed",
@@ -111,6 +111,7 @@ class TestSummary:
             NicPhase.DEADLINE: Bucket.WAITING,
             NicPhase.FAILING: Bucket.FAILING,
             NicPhase.REMOVED: Bucket.CONVERGED,
+            NicPhase.DRIFTING: Bucket.FAILING,
         }
 
     def test_the_line_counts_nics_managed_ones_and_buckets_but_not_removed_ones(self) -> None:

@@ -1,0 +1,116 @@
+"""Keeping one NIC's promise true in the kernel: when to heal, when to wait, when to stop.
+
+Pure decisions, no I/O: the reconciler reads the kernel, asks ``Keeper.judge`` what the
+difference means, and acts (``reconciler.Reconciler.verify_kernel``).
+
+Our own applies and the managers' churn are told apart from drift by the promise, not by
+timing: after every apply (and after the manager restarted) the NIC is *pending* until the
+kernel has been seen to hold the whole promise; only what goes missing after that is drift.
+A manager that never completes a promise is the one place a clock speaks: once ``settle``
+seconds have passed since the apply with the promise still incomplete, the difference is
+treated as drift too (a deleted rule during an apply, a manager restarted that restores
+nothing), so nothing stays missing for good without a heal or a word.
+
+Never fight: at most ``limit`` heals of one NIC per ``window`` seconds. Past it the keeper
+stops healing, says so once (``Verdict.GIVE_UP``), and the NIC shows phase ``drifting`` until
+an operator's SIGHUP (``force``) or a change of the NIC's metadata (``applied`` with a new
+promise) starts a new budget.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+
+from nicreconciled.promise import Promise
+
+#: Heals of one NIC are counted over this many seconds (the contract's "10 minutes").
+WINDOW = 600.0
+#: After an apply, how long the manager is given to complete the promise before what is
+#: still missing counts as drift (our applies land in 0.1-1.5 s; DHCP is never promised).
+SETTLE = 5.0
+
+
+class Verdict(Enum):
+    HOLDS = "holds"  # the kernel has everything promised
+    NOT_YET = "not_yet"  # pending after an apply: look again at ``Keeper.recheck_at``
+    HEAL = "heal"  # drift: re-apply the NIC now (counted)
+    GIVE_UP = "give_up"  # drift, and the heal limit was just reached: warn once, stop
+    SUSPENDED = "suspended"  # drift, heals stopped earlier: nothing to do
+    REPORT = "report"  # drift with ``kernel.heal = false``: report it, do not heal
+
+
+@dataclass
+class Keeper:
+    heal: bool = True
+    limit: int = 5
+    window: float = WINDOW
+    settle: float = SETTLE
+    promise: Promise | None = None
+    #: The kernel was seen holding the whole promise since the last apply.
+    held: bool = False
+    applied_at: float = 0.0
+    #: Heal limit reached: no heal until ``reset`` (SIGHUP, a metadata change).
+    suspended: bool = False
+    #: What was missing at the last look ([] = it held).
+    missing: list[str] = field(default_factory=list)
+    #: Drift seen and not repaired yet (reported, suspended, or healing).
+    drifted: bool = False
+    heals: deque[float] = field(default_factory=deque)
+    #: Totals for the life of the NIC (status, metrics).
+    heals_total: int = 0
+    drifts_total: int = 0
+
+    @property
+    def recheck_at(self) -> float:
+        """When a pending promise that is still incomplete counts as drift."""
+        return self.applied_at + self.settle
+
+    @property
+    def drifting(self) -> bool:
+        """The kernel lacks what was applied and nothing is healing it (the phase)."""
+        return bool(self.missing) and self.drifted and (self.suspended or not self.heal)
+
+    def applied(self, promise: Promise | None, now: float) -> None:
+        """The network stack was just (re)loaded with PROMISE: pending until seen whole. A
+        different promise (new metadata) gives the NIC a new heal budget."""
+        if promise != self.promise:
+            self.reset()
+        self.promise, self.held, self.applied_at = promise, False, now
+
+    def restarted(self, now: float) -> None:
+        """The network manager came back: it reconfigures, so pending again."""
+        self.held, self.applied_at = False, now
+
+    def reset(self) -> None:
+        self.suspended, self.drifted = False, False
+        self.heals.clear()
+
+    def judge(self, missing: list[str], now: float, *, force: bool = False) -> Verdict:
+        """What MISSING (``Promise.missing`` of the kernel now) calls for. FORCE: an
+        operator asked (SIGHUP): heal whatever is missing, budget renewed, ``heal`` or not."""
+        self.missing = list(missing)
+        if not missing:
+            self.held, self.drifted = True, False
+            return Verdict.HOLDS
+        if force:
+            self.reset()
+        elif not self.held and now < self.recheck_at:
+            return Verdict.NOT_YET
+        if not self.drifted:
+            self.drifts_total += 1
+        self.drifted = True
+        if not force and not self.heal:
+            return Verdict.REPORT
+        if self.suspended:
+            return Verdict.SUSPENDED
+        while self.heals and now - self.heals[0] >= self.window:
+            self.heals.popleft()
+        if not force and len(self.heals) >= self.limit:
+            self.suspended = True
+            return Verdict.GIVE_UP
+        self.heals.append(now)
+        self.heals_total += 1
+        self.held, self.applied_at = False, now
+        return Verdict.HEAL
