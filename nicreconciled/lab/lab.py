@@ -216,10 +216,11 @@ class Lab(LabBase):
         resync_interval: float = 600,
         wait_ready: bool = True,
         cloud: str = "ec2",
+        kernel: Mapping[str, bool | int] | None = None,
     ) -> Daemon:
         """``nicreconciled run`` in the instance, JSON log in workdir; FAILING: tools whose
         stand-ins fail (e.g. ``("networkctl",)``). Call ``start_sim`` (EC2) or ``start_vr``
-        (``cloud = "cloudstack"``) first."""
+        (``cloud = "cloudstack"``) first. KERNEL: the ``[kernel]`` table (heal, heal_limit)."""
         if self.sim is None and cloud != "cloudstack":
             raise LabError("start_sim() first")
         if self.daemon is not None and self.daemon.alive():
@@ -237,6 +238,7 @@ class Lab(LabBase):
                 polling={**DEFAULT_POLLING, **(polling or {})},
                 resync_interval=resync_interval,
                 cloud=cloud,
+                kernel=kernel,
             )
         )
         bin_dir = write_bin_dir(self.workdir / f"bin-daemon-{n}", failing)

@@ -170,6 +170,7 @@ def daemon_config(
     polling: Mapping[str, float],
     resync_interval: float,
     cloud: str = "ec2",
+    kernel: Mapping[str, bool | int] | None = None,
 ) -> str:
     lines = [
         f'cloud = "{cloud}"',
@@ -190,4 +191,7 @@ def daemon_config(
         "[polling]",
         *(f"{key} = {value:g}" for key, value in polling.items()),
     ]
+    if kernel:
+        lines.append("[kernel]")
+        lines += [f"{key} = {str(value).lower()}" for key, value in kernel.items()]
     return "\n".join(lines) + "\n"
