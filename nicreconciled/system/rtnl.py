@@ -45,6 +45,7 @@ _IFA_ADDRESS, _IFA_LOCAL, _IFA_FLAGS = 1, 2, 8
 _RTA_DST, _RTA_OIF, _RTA_GATEWAY, _RTA_PRIORITY, _RTA_TABLE, _RTA_VIA = 1, 4, 5, 6, 15, 18
 _FRA_DST, _FRA_SRC, _FRA_IIFNAME, _FRA_GOTO, _FRA_PRIORITY = 1, 2, 3, 4, 6
 _FRA_FWMARK, _FRA_TABLE, _FRA_FWMASK, _FRA_OIFNAME, _FRA_PROTOCOL = 10, 15, 16, 17, 21
+_FRA_SUPPRESS_IFGROUP, _FRA_SUPPRESS_PREFIXLEN = 13, 14
 _FIB_RULE_INVERT = 0x2
 _SOL_NETLINK, _NETLINK_ADD_MEMBERSHIP, _NETLINK_GET_STRICT_CHK = 270, 1, 12
 _SO_RCVBUFFORCE = 33
@@ -61,10 +62,10 @@ _RTMSG = struct.Struct("=BBBBBBBBI")  # struct fib_rule_hdr has the same layout
 _BITS = {AF_INET: 32, AF_INET6: 128}
 _TABLE_NAMES = {253: "default", 254: "main", 255: "local"}
 _RULE_ACTIONS = {2: "goto", 3: "nop", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
-# What a rule "from PREFIX lookup TABLE pref N" carries; anything else selects or acts more.
-# FRA_SUPPRESS_IFGROUP and _PREFIXLEN (13, 14) come with every rule, as -1 when unset.
+# What a rule "from PREFIX lookup TABLE pref N" carries; anything else selects or acts more,
+# except FRA_SUPPRESS_*, which the kernel sends with every rule, as -1 when unset.
 _PLAIN_RULE_ATTRS = frozenset({_FRA_SRC, _FRA_PRIORITY, _FRA_TABLE, _FRA_PROTOCOL})
-_UNSET_RULE_ATTRS = frozenset({13, 14})
+_UNSET_RULE_ATTRS = frozenset({_FRA_SUPPRESS_IFGROUP, _FRA_SUPPRESS_PREFIXLEN})
 
 # A dump's answers come in skbs of at most 32 KiB; one notification is one message, which only
 # a link with hundreds of VFs makes larger than this (Monitor.read then reports EventsLost).
@@ -110,31 +111,24 @@ class KRule:
     def plain_source_rule(self) -> bool:
         """Only a source prefix selects, and the action is a table lookup: "from X lookup T"."""
         flags, attrs = _rule_extras(self.raw)
-        return (
-            self.src is not None
-            and self.action == FR_ACT_TO_TBL
-            and self.dst is None
-            and self.fwmark is None
-            and self.iifname is None
-            and self.oifname is None
-            and self.tos == 0
-            and not flags & _FIB_RULE_INVERT
-            and all(
-                k in _PLAIN_RULE_ATTRS or (k in _UNSET_RULE_ATTRS and v == b"\xff" * 4)
-                for k, v in attrs.items()
-            )
-        )
+        selectors = (self.dst, self.fwmark, self.iifname, self.oifname, self.tos or None)
+        extra = [(k, v) for k, v in attrs.items() if k not in _PLAIN_RULE_ATTRS]
+        unset = all(k in _UNSET_RULE_ATTRS and v == b"\xff" * 4 for k, v in extra)
+        only_src = self.src is not None and selectors == (None,) * 5 and unset
+        return only_src and self.action == FR_ACT_TO_TBL and not flags & _FIB_RULE_INVERT
 
     def describe(self) -> str:
         """The rule as ``ip rule`` prints it, e.g. "10001: from 10.0.11.20 lookup 10001"."""
         flags, attrs = _rule_extras(self.raw)
         bits = _BITS.get(self.family, 0)
-        words = [f"{self.priority}:"]
-        if flags & _FIB_RULE_INVERT:
-            words.append("not")
-        words.append("from " + _rule_prefix(self.src, self.src_len, bits))
+
+        def prefix(address: str, length: int) -> str:
+            return address if length == bits else f"{address}/{length}"
+
+        words = [f"{self.priority}:"] + (["not"] if flags & _FIB_RULE_INVERT else [])
+        words.append("from " + (prefix(self.src, self.src_len) if self.src else "all"))
         if self.dst is not None:
-            words.append("to " + _rule_prefix(self.dst, self.dst_len, bits))
+            words.append("to " + prefix(self.dst, self.dst_len))
         if self.tos:
             words.append(f"tos 0x{self.tos:02x}")
         if self.fwmark is not None:
@@ -147,6 +141,9 @@ class KRule:
             words.append(f"oif {self.oifname}")
         if self.table:
             words.append(f"lookup {_TABLE_NAMES.get(self.table, self.table)}")
+            suppress = _u32(attrs.get(_FRA_SUPPRESS_PREFIXLEN, b""))
+            if suppress is not None and suppress != 0xFFFFFFFF:
+                words.append(f"suppress_prefixlength {suppress}")
         if self.action != FR_ACT_TO_TBL:
             words.append(_RULE_ACTIONS.get(self.action, f"action {self.action}"))
             if self.action == 2:
@@ -234,12 +231,6 @@ def _text(family: int, raw: bytes) -> str | None:
 
 def _name(raw: bytes | None) -> str | None:
     return None if raw is None else raw.split(b"\0", 1)[0].decode(errors="replace")
-
-
-def _rule_prefix(address: str | None, length: int, bits: int) -> str:
-    if address is None:
-        return "all"
-    return address if length == bits else f"{address}/{length}"
 
 
 def _rule_extras(raw: bytes) -> tuple[int, dict[int, bytes]]:
@@ -369,8 +360,8 @@ def _dump_once(msg_type: int, request: bytes, strict: bool) -> tuple[list[bytes]
             with contextlib.suppress(OSError):
                 sock.setsockopt(_SOL_NETLINK, _NETLINK_GET_STRICT_CHK, 1)
         seq = next(_seq) & 0xFFFFFFFF
-        flags = _NLM_F_REQUEST | _NLM_F_DUMP
-        sock.send(_HDR.pack(16 + len(request), msg_type, flags, seq, 0) + request)
+        head = _HDR.pack(16 + len(request), msg_type, _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0)
+        sock.send(head + request)
         bodies: list[bytes] = []
         interrupted = False
         while True:
@@ -383,8 +374,8 @@ def _dump_once(msg_type: int, request: bytes, strict: bool) -> tuple[list[bytes]
                     continue
                 interrupted |= bool(flags & _NLM_F_DUMP_INTR)
                 if mtype in (_NLMSG_DONE, _NLMSG_ERROR):
-                    # Errors found while dumping come in NLMSG_DONE, refusals in NLMSG_ERROR;
-                    # both as a negative errno first (an NLMSG_ERROR of 0 would be an ACK).
+                    # A failed dump, a refused filter too, ends in an NLMSG_DONE carrying the
+                    # negative errno; a request refused outright gets NLMSG_ERROR (0: an ACK).
                     code = _I32.unpack_from(body)[0] if len(body) >= 4 else 0
                     if code < 0:
                         err = -code
