@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
-from bench import burst, clouds, convergence, fleet, footprint, issue12, kernel, load, peers
+from bench import burst, clouds, convergence, fleet, footprint, heal, issue12, kernel, load, peers
 from bench.harness import BenchError
 from bench.report import table, verdict, write_json
 
@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
         late_trials=args.kernel_trials[1],
         bursts=args.kernel_trials[2],
     ),
+    "heal": lambda args: heal.run(trials=args.heal_trials, churn=args.churn),
 }
 
 
@@ -95,6 +96,15 @@ def _parser() -> argparse.ArgumentParser:
         default=[kernel.TRIALS, kernel.LATE_TRIALS, kernel.BURST_ROUNDS],
         help="kernel: per manager, ENIs with complete metadata, ENIs with late IPv6, bursts "
         f"(default {kernel.TRIALS},{kernel.LATE_TRIALS},{kernel.BURST_ROUNDS})",
+    )  # fmt: skip
+    p.add_argument(
+        "--heal-trials", type=int, default=heal.TRIALS,
+        help="heal: deletions per manager (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--churn", type=float, default=heal.CHURN,
+        help="heal: seconds of foreign route churn, and of idle, per manager "
+        "(default %(default)s)",
     )  # fmt: skip
     return p
 

@@ -7,9 +7,11 @@ Our own applies and the managers' churn are told apart from drift by the promise
 timing: after every apply (and after the manager restarted) the NIC is *pending* until the
 kernel has been seen to hold the whole promise; only what goes missing after that is drift.
 A manager that never completes a promise is the one place a clock speaks: once ``settle``
-seconds have passed since the apply with the promise still incomplete, the difference is
-treated as drift too (a deleted rule during an apply, a manager restarted that restores
-nothing), so nothing stays missing for good without a heal or a word.
+seconds have passed since the apply (``heal_settle`` since a heal) with the promise still
+incomplete, the difference is treated as drift too (a rule deleted during an apply, a
+manager restarted that restores nothing), so nothing stays missing for good without a heal
+or a word. The cost: what another program deletes in the instant between our apply and the
+first look that finds the promise whole is healed only after ``settle``.
 
 Never fight: at most ``limit`` heals of one NIC per ``window`` seconds. Past it the keeper
 stops healing, says so once (``Verdict.GIVE_UP``), and the NIC shows phase ``drifting`` until
@@ -30,6 +32,10 @@ WINDOW = 600.0
 #: After an apply, how long the manager is given to complete the promise before what is
 #: still missing counts as drift (our applies land in 0.1-1.5 s; DHCP is never promised).
 SETTLE = 5.0
+#: The same after a heal: re-applying one configured link takes the managers 20-60 ms, so
+#: what is still missing a second later was removed after the heal looked (a second
+#: deletion in the same burst) and is healed again without waiting for SETTLE.
+HEAL_SETTLE = 1.0
 
 
 class Verdict(Enum):
@@ -47,10 +53,12 @@ class Keeper:
     limit: int = 5
     window: float = WINDOW
     settle: float = SETTLE
+    heal_settle: float = HEAL_SETTLE
     promise: Promise | None = None
     #: The kernel was seen holding the whole promise since the last apply.
     held: bool = False
-    applied_at: float = 0.0
+    #: Until when a promise not yet seen whole is still given time (not drift yet).
+    pending_until: float = 0.0
     #: Heal limit reached: no heal until ``reset`` (SIGHUP, a metadata change).
     suspended: bool = False
     #: What was missing at the last look ([] = it held).
@@ -65,7 +73,7 @@ class Keeper:
     @property
     def recheck_at(self) -> float:
         """When a pending promise that is still incomplete counts as drift."""
-        return self.applied_at + self.settle
+        return self.pending_until
 
     @property
     def drifting(self) -> bool:
@@ -77,11 +85,11 @@ class Keeper:
         different promise (new metadata) gives the NIC a new heal budget."""
         if promise != self.promise:
             self.reset()
-        self.promise, self.held, self.applied_at = promise, False, now
+        self.promise, self.held, self.pending_until = promise, False, now + self.settle
 
     def restarted(self, now: float) -> None:
         """The network manager came back: it reconfigures, so pending again."""
-        self.held, self.applied_at = False, now
+        self.held, self.pending_until = False, now + self.settle
 
     def reset(self) -> None:
         self.suspended, self.drifted = False, False
@@ -112,5 +120,5 @@ class Keeper:
             return Verdict.GIVE_UP
         self.heals.append(now)
         self.heals_total += 1
-        self.held, self.applied_at = False, now
+        self.held, self.pending_until = False, now + self.heal_settle
         return Verdict.HEAL

@@ -108,6 +108,7 @@ class Reconciler:
         self._verifying = asyncio.Lock()
         self._step: Step | None = None
         self._healed_at: float | None = None
+        self._loaded_at = 0.0
 
     def _recall(self, previous: NicStatus | None) -> None:
         """What an earlier run of this boot wrote and loaded: a load it missed is redone."""
@@ -381,7 +382,8 @@ class Reconciler:
             new = None
         if new == keeper.promise and not loaded:
             return
-        keeper.applied(new, self.ctx.clock())
+        self._loaded_at = self.ctx.clock()
+        keeper.applied(new, self._loaded_at)
         self.status.promise = None if new is None else new.to_json()
         self.status.kernel_missing = []
         if new is not None:
@@ -393,7 +395,8 @@ class Reconciler:
     def manager_restarted(self) -> None:
         """The network manager came back: it reconfigures the NIC; pending again."""
         if self.keeper.promise is not None:
-            self.keeper.restarted(self.ctx.clock())
+            self._loaded_at = self.ctx.clock()
+            self.keeper.restarted(self._loaded_at)
             self.ctx.recheck(self.mac, 0.0)
             self.ctx.recheck(self.mac, self.keeper.settle)
         if not self._synced:
@@ -421,15 +424,19 @@ class Reconciler:
             self.ctx.recheck(self.mac, keeper.settle)
             return
         missing = keeper.promise.missing(kernel)
-        was_drifted = keeper.drifted
+        was_drifted, was_held = keeper.drifted, keeper.held
         now = self.ctx.clock()
         verdict = keeper.judge(missing, now, force=force)
+        self._log.debug("kernel_look", verdict=verdict.value, missing=missing)
         self.status.kernel_missing = list(missing)
         if verdict is Verdict.HOLDS:
             if self._healed_at is not None:
                 took = round(now - self._healed_at, 3)
                 self._log.info("kernel_healed", took=took, heals=keeper.heals_total)
                 self._healed_at = None
+            elif not was_held:
+                # The first look that finds the whole promise since it was (re)loaded.
+                self._log.info("kernel_complete", took=round(now - self._loaded_at, 3))
             return
         if verdict is Verdict.NOT_YET:
             self.ctx.recheck(self.mac, max(keeper.recheck_at - now, 0.0))
@@ -464,7 +471,7 @@ class Reconciler:
         except ApplyError as exc:
             self._log.error("heal_failed", error=str(exc))
         # Whatever happened: look again once the manager had its time.
-        self.ctx.recheck(self.mac, self.keeper.settle)
+        self.ctx.recheck(self.mac, self.keeper.heal_settle)
 
     def _phase(self, step: Step) -> NicPhase:
         """The phase shown by ``status``; its STATUS= bucket follows from it alone."""

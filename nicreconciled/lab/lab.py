@@ -246,7 +246,12 @@ class Lab(LabBase):
         env["PATH"] = f"{bin_dir}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
         log = self.workdir / f"daemon-{n}.log"
         argv = [sys.executable, "-m", "nicreconciled", "--config", str(config)]
-        argv += ["--log-format", "json", "run"]
+        argv += [
+            "--log-format",
+            "json",
+            *(["-v"] if os.environ.get("NICR_LAB_VERBOSE") else []),
+            "run",
+        ]
         proc = self.procs.spawn(f"daemon-{n}", [*self.enter_instance(), *argv], log=log, env=env)
         self.daemon = Daemon(proc, log, config, bin_dir)
         self.daemons.append(self.daemon)
@@ -260,6 +265,20 @@ class Lab(LabBase):
         code = self.daemon.stop(grace)
         self.procs.stop(self.daemon.proc)
         return code
+
+    def stop_manager(self) -> None:
+        """Stop the manager (SIGTERM; its bus name goes) until ``start_manager``."""
+        if self.manager_proc is None or not self.manager_proc.alive():
+            raise LabError(f"{self.manager} is not running")
+        self.procs.stop(self.manager_proc)
+
+    def start_manager(self) -> float:
+        """Start the manager again after ``stop_manager`` and wait until its bus name is
+        back; returns when (time.monotonic()) it was back."""
+        if self.manager_proc is not None and self.manager_proc.alive():
+            raise LabError(f"{self.manager} is running already")
+        self._start_manager()
+        return time.monotonic()
 
     # --- probes --------------------------------------------------------------------------
 

@@ -332,6 +332,8 @@ def parse_event(msg_type: int, pid: int, body: bytes) -> Event | None:
         return None
     if size != 12:  # ifinfomsg and ifaddrmsg: the family first, the link's index at 4
         return Event(kind, deleted, body[0], _U32.unpack_from(body, 4)[0], None, pid)
+    if body[0] != AF_INET and body[0] != AF_INET6:
+        return None  # multicast routing's rules (family 128) share IPV4_RULE: not our tables
     table, oif, offset = body[4], None, 12
     unpack_rta, unpack_u32 = _RTA.unpack_from, _U32.unpack_from
     while offset + 4 <= end:

@@ -117,14 +117,14 @@ class TestAddress:
         wide = ifaddrmsg(10, 64, 3, ip(1, "2001:db8::1"), u32(8, 0x208), flags=0x80)
         parsed = rtnl.parse_address(wide)
         assert parsed is not None
-        assert parsed.flags == 0x208
+        assert parsed.flags == 0x208  # IFA_F_NOPREFIXROUTE | IFA_F_DADFAILED: above a byte
         assert parsed.flags & rtnl.IFA_F_DADFAILED
 
     def test_ipv6_text_is_ipaddress_compressed(self) -> None:
         body = ifaddrmsg(10, 96, 3, ip(1, "::10.1.2.3"))
         parsed = rtnl.parse_address(body)
         assert parsed is not None
-        assert parsed.address == "::a01:203"
+        assert parsed.address == "::a01:203"  # as ipaddress writes it; glibc: ::10.1.2.3
 
     @pytest.mark.parametrize(
         "body",
@@ -322,6 +322,7 @@ class TestEvent:
             (24, KERNEL_ROUTE4[:11]),
             (24, KERNEL_ROUTE4[:-2]),  # the last attribute overruns
             (32, rulemsg(2) + struct.pack("=HH", 2, 15)),  # attribute length below 4
+            (32, rulemsg(128, u32(15, 10001))),  # an RTNL_FAMILY_IPMR rule
         ],
     )
     def test_types_we_do_not_follow_and_malformed_bodies_are_none(
@@ -341,19 +342,21 @@ class TestGarbage:
         ]
         samples = [body[:cut] for body in KERNEL_BODIES for cut in range(len(body) + 1)]
         for _ in range(3000):
-            body = bytearray(rng.choice(KERNEL_BODIES))
+            corrupt = bytearray(rng.choice(KERNEL_BODIES))
             for _ in range(rng.randint(1, 4)):
-                body[rng.randrange(len(body))] = rng.randrange(256)
-            samples.append(bytes(body))
+                corrupt[rng.randrange(len(corrupt))] = rng.randrange(256)
+            samples.append(bytes(corrupt))
         samples += [rng.randbytes(rng.randrange(64)) for _ in range(1000)]
         for body in samples:
             for parse in parsers:
                 parse(body)  # anything but an exception
             list(rtnl.parse_messages(body))
-            for result in map(rtnl.parse_rule, [body]):
-                if result is not None:
-                    result.describe()
-                    _ = result.plain_source_rule
+            rule = rtnl.parse_rule(body)
+            if rule is not None:
+                rule.describe()
+                _ = rule.plain_source_rule
+            # A KRule whose raw is garbage still describes itself.
+            rtnl.KRule(2, 1, 1, 1, None, 0, None, 0, None, None, None, 0, body).describe()
 
 
 # --- dumps and the monitor against a scripted kernel -----------------------------------------

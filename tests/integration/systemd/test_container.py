@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +35,8 @@ pytestmark = pytest.mark.integration
 
 NETWORKD_NIC = Nic("0a:00:00:00:01:01", 1)
 NM_NIC = Nic("0a:00:00:00:02:02", 2)
+#: Hot-plugged while another program's policy routing is in place (TestForeignRouting).
+FOREIGN_TEST_NIC = Nic("0a:00:00:00:04:04", 4)
 STATUS = re.compile(r"\d+ NICs \(\d+ managed\): \d+ converged, \d+ waiting, \d+ failing")
 STALL = Path(__file__).with_name("stall.py")
 #: TEST-NET-3 (RFC 5737): never routed anywhere; inside the container it is routed to lo, so
@@ -53,6 +56,76 @@ def pid1_lines(booted: Booted, since_usec: int) -> list[str]:
 def monotonic_usec() -> int:
     """CLOCK_MONOTONIC is one clock for the host and every container (no time namespace)."""
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+def check_json(booted: Booted) -> tuple[int, list[dict[str, Any]]]:
+    """``nicreconciled check --json`` inside (the installed command, as an operator runs
+    it): its exit status and its rows."""
+    done = booted.box.run(["/usr/bin/nicreconciled", "check", "--json"], check=False)
+    rows = json.loads(done.stdout) if done.stdout.lstrip().startswith("[") else []
+    return done.returncode, rows
+
+
+def nic_events(booted: Booted, nic: Nic, since_usec: int) -> list[dict[str, Any]]:
+    """The daemon's journal entries about NIC since a CLOCK_MONOTONIC time (µs)."""
+    return [
+        e
+        for e in booted.journal("-u", UNIT, f"NIC_MAC={nic.mac}")
+        if int(e["__MONOTONIC_TIMESTAMP"]) >= since_usec
+    ]
+
+
+def heal_deleted_rules(booted: Booted, nic: Nic) -> str:
+    """NIC applied and its promise held; then every one of its ``from`` rules deleted from
+    inside the container (as another program would), and nothing else done: no signal, no
+    restart. Returns a line for the log once the kernel holds the whole promise again."""
+    booted.wait_applied(nic)
+
+    def held() -> list[dict[str, Any]] | None:
+        code, rows = check_json(booted)
+        mine = [r for r in rows if r["mac"] == nic.mac]
+        return rows if code == 0 and mine and mine[0]["in_kernel"] else None
+
+    wait_for(held, 20, f"`nicreconciled check` to find {nic.ifname}'s promise in the kernel")
+    before = booted.service()
+    since = monotonic_usec()
+    for address in [*nic.ipv4s, nic.ipv6]:
+        family = "-6" if ":" in address else "-4"
+        booted.box.run(["ip", family, "rule", "del", "from", address, "lookup", str(nic.table),
+                        "priority", str(nic.table)])  # fmt: skip
+    deleted = time.monotonic()
+    booted.wait_applied(nic)
+    took = time.monotonic() - deleted
+
+    def healed() -> list[str] | None:
+        events = [str(e.get("NICRECONCILED_EVENT")) for e in nic_events(booted, nic, since)]
+        return events if "kernel_healed" in events else None
+
+    try:
+        events: list[str] = wait_for(healed, 10, f"kernel_healed for {nic.mac}", step=0.1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{booted.diagnose()}") from None
+    # In that order: drift seen (warning), one re-apply of this NIC, the promise whole.
+    story = [e for e in events if e in ("kernel_drift", "heal", "kernel_healed")]
+    assert story[:3] == ["kernel_drift", "heal", "kernel_healed"], events
+    entries = nic_events(booted, nic, since)
+    drift = next(e for e in entries if e.get("NICRECONCILED_EVENT") == "kernel_drift")
+    assert drift["PRIORITY"] == "4", drift
+    healed_entry = next(e for e in entries if e.get("NICRECONCILED_EVENT") == "kernel_healed")
+    assert healed_entry["NIC_IFNAME"] == nic.ifname, healed_entry
+    after = booted.service()
+    assert (after["MainPID"], after["NRestarts"]) == (before["MainPID"], before["NRestarts"])
+    code, rows = check_json(booted)
+    mine = [r for r in rows if r["mac"] == nic.mac]
+    assert code == 0, rows
+    assert len(mine) == 1, rows
+    assert mine[0]["in_kernel"] is True, rows
+    assert not mine[0]["missing"], rows
+    assert mine[0]["heals"] >= 1, rows
+    return (
+        f"deleted rules back {took:.2f} s later; kernel_healed took="
+        f"{healed_entry.get('TOOK', '?')} s; check: {mine[0]}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +233,99 @@ class TestNetworkd:
         after = booted.service()
         assert after["MainPID"] == before["MainPID"]  # reloaded, not restarted
         assert (after["ActiveState"], after["SubState"]) == ("active", "running")
+
+    def test_the_shipped_unit_heals_a_deleted_rule(self, booted: Booted, networkd_nic: Nic) -> None:
+        """Another program deletes a networkd NIC's rules: the confined daemon hears it over
+        rtnetlink (no capability needed) and has networkd re-apply that NIC alone
+        (``networkctl reconfigure``), unasked; ``nicreconciled check`` agrees afterwards."""
+        booted.ensure("netplan")
+        line = heal_deleted_rules(booted, networkd_nic)
+        print(f"networkd heal: {line}", file=sys.stderr)
+
+
+FOREIGN_RULE = ["fwmark", "0x80", "lookup", "200", "pref", "100"]
+NETWORKD_DROP_IN = "/usr/lib/systemd/networkd.conf.d/60-nicreconciled.conf"
+
+
+class TestForeignRouting:
+    def test_a_foreign_rule_survives_a_hot_plug_with_the_package_installed(
+        self, booted: Booted, networkd_nic: Nic
+    ) -> None:
+        """Another program's policy routing (a rule and its table, over the NIC networkd
+        already runs: the container has no other link) outlives the hot-plug of a NIC the
+        daemon has networkd load: the package's networkd.conf.d drop-in keeps networkd
+        from removing rules and routes it did not make (without it: gone ~1 s after)."""
+        booted.ensure("netplan")
+        drop_in = booted.box.path(NETWORKD_DROP_IN).read_text()
+        assert "ManageForeignRoutingPolicyRules=no" in drop_in, drop_in
+        assert "ManageForeignRoutes=no" in drop_in, drop_in
+        # networkd read it: it started after the package was installed.
+        booted.wait_applied(networkd_nic)
+        nic = FOREIGN_TEST_NIC
+        gateway, dev = networkd_nic.gateway, networkd_nic.ifname
+        route = ["default", "via", gateway, "dev", dev, "table", "200"]
+        monitor = subprocess.Popen(
+            ["ip", "-n", booted.netns, "-ts", "monitor", "rule", "route"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        try:
+            booted.box.run(["ip", "route", "add", *route])
+            booted.box.run(["ip", "rule", "add", *FOREIGN_RULE])
+
+            def foreign() -> tuple[bool, bool]:
+                rule = any(
+                    r.get("priority") == 100 and r.get("fwmark") == "0x80" and r["table"] == "200"
+                    for r in booted.ip_json("-4", "rule", "show")
+                )
+                table = booted.ip_json("-4", "route", "show", "table", "200")
+                found = any(
+                    r["dst"] == "default" and r.get("gateway") == gateway and r["dev"] == dev
+                    for r in table
+                )
+                return rule, found
+
+            assert foreign() == (True, True)
+            since = monotonic_usec()
+            plugged = booted.plug(nic)
+            booted.wait_applied(nic)
+            applied = wait_for(
+                lambda: [
+                    e
+                    for e in nic_events(booted, nic, since)
+                    if e.get("NICRECONCILED_EVENT") == "applied"
+                ],
+                20,
+                f"the daemon's applied event for {nic.mac}",
+                step=0.1,
+            )
+            took = time.monotonic() - plugged
+            # networkd dropped foreign rules when it began configuring the link, before its
+            # addresses: by now it would have. Look on for 1.5 s all the same.
+            deadline = time.monotonic() + 1.5
+            samples = 0
+            while time.monotonic() < deadline:
+                assert foreign() == (True, True), f"foreign rule, route after the plug: {foreign()}"
+                samples += 1
+                time.sleep(0.1)
+        finally:
+            booted.box.run(["ip", "rule", "del", *FOREIGN_RULE], check=False)
+            booted.box.run(["ip", "route", "del", *route], check=False)
+            time.sleep(0.2)  # our own deletions reach the monitor
+            monitor.terminate()
+            watched, _ = monitor.communicate(timeout=10)
+        # Not even removed and put back: the only deletions are ours, at the end.
+        deleted = [
+            line
+            for line in watched.splitlines()
+            if "Deleted" in line and ("fwmark 0x80" in line or "table 200" in line)
+        ]
+        assert len(deleted) <= 2, watched
+        assert booted.prop("ActiveState") == "active"
+        print(
+            f"foreign rule and table 200 intact {took:.2f} s after the plug ({len(applied)}"
+            f" applied event(s), {samples} samples over 1.5 s)",
+            file=sys.stderr,
+        )
 
 
 class TestSandbox:
@@ -326,6 +492,15 @@ class TestNetworkManager:
         assert active.stdout.strip() == name.group(1)
         print(f"NetworkManager: kernel state complete {took:.2f} s after the plug", file=sys.stderr)
 
+    def test_the_shipped_unit_heals_a_deleted_rule(self, booted: Booted) -> None:
+        """The same on NetworkManager: its NIC's rules deleted, the daemon has it re-apply
+        that device alone (``nmcli device reapply``), unasked."""
+        booted.ensure("networkmanager")
+        if NM_NIC.mac not in booted.plugged_at:
+            booted.plug(NM_NIC)
+        line = heal_deleted_rules(booted, NM_NIC)
+        print(f"NetworkManager heal: {line}", file=sys.stderr)
+
 
 OS_NIC = Nic("fa:16:3e:00:03:03", 3)
 OS_SIM_UNIT = "nicr-openstack.service"
@@ -456,3 +631,42 @@ class TestStalledLoop:
             booted.box.run(["rm", "-f", DROP_IN])
             booted.box.systemctl("daemon-reload")
             booted.box.systemctl("restart", UNIT, check=False)
+
+
+def networkd_process(booted: Booted) -> dict[str, str]:
+    return booted.box.show(
+        "systemd-networkd.service", "ActiveState", "MainPID", "ExecMainStartTimestampMonotonic"
+    )
+
+
+class TestPackage:
+    def test_a_fresh_install_restarts_a_running_networkd_and_a_reinstall_does_not(
+        self, booted: Booted, deb: Path
+    ) -> None:
+        """postinst restarts a running systemd-networkd on a fresh install (so that it reads
+        the package's networkd.conf.d drop-in) and leaves it alone when the installed version
+        is already 0.2.0 or later. Last in the module: it purges the package first (then
+        ``ensure`` writes the configuration again)."""
+        booted.ensure("netplan")
+        package = f"/mnt/debs/{deb.name}"
+        first = networkd_process(booted)
+        assert first["ActiveState"] == "active", first
+        try:
+            booted.box.install_deb(package)  # 0.2.0 over 0.2.0
+            again = networkd_process(booted)
+            assert again == first, (first, again)
+            booted.box.run(
+                ["dpkg", "--purge", "nicreconciled"], env={"DEBIAN_FRONTEND": "noninteractive"}
+            )
+            assert not booted.box.path(NETWORKD_DROP_IN).exists()
+            took = booted.box.install_deb(package)  # fresh
+            fresh = networkd_process(booted)
+        finally:
+            booted.config = ""  # purged with the package: ensure() writes it again
+            booted.ensure("netplan")
+        assert fresh["ActiveState"] == "active", fresh
+        assert fresh["MainPID"] != first["MainPID"], (first, fresh)
+        restarted = int(fresh["ExecMainStartTimestampMonotonic"])
+        assert restarted > int(first["ExecMainStartTimestampMonotonic"]), (first, fresh)
+        assert booted.box.path(NETWORKD_DROP_IN).exists()
+        print(f"fresh dpkg -i ({took:.2f} s) restarted systemd-networkd", file=sys.stderr)
