@@ -10,7 +10,9 @@ removed at the end, also on failure.
 * EC2: a simulated IMDSv2; an ENI whose IPv6 appears in the metadata D seconds after the
   attach; the daemon's timeline, then the NIC's addresses, rules and table as the kernel has
   them, and the remote peer's pings answered through that NIC; an upstream change (a new
-  secondary IPv4) loaded after SIGHUP.
+  secondary IPv4) loaded after SIGHUP; another program's policy rule and table still there
+  after our applies; then that program deletes the ENI's rules and flushes its table, and
+  the daemon restores them without a signal (``check`` and a ping confirm).
 * CloudStack: a simulated virtual router per guest network, found as CloudStack does (the
   default gateway; the DHCP server of the NIC's own lease); the hot-plugged NIC gets a
   DHCP-only profile at once, NetworkManager's DHCP client gets a real lease from dnsmasq, and
@@ -48,7 +50,13 @@ SHOWN = {
     "fetch_failed": "fetch failed",
     "deadline_passed": "deadline passed",
     "vr_discovered": "virtual router found",
+    "kernel_complete": "complete in the kernel",
+    "kernel_drift": "kernel drift",
+    "heal": "heal: NIC re-applied",
+    "kernel_healed": "healed in the kernel",
 }
+#: A container network plug-in's policy routing on the host: it must survive our hot-plugs.
+FOREIGN_RULE = ("fwmark", "0x80", "lookup", "200", "priority", "100")
 
 
 class Demo:
@@ -82,9 +90,13 @@ class Demo:
                 self.rendered.append(event.get("fingerprint", ""))
             details = [
                 f"{key}={event[key]}"
-                for key in ("ifname", "fingerprint", "phase", "file", "vr", "method")
+                for key in ("ifname", "fingerprint", "phase", "file", "vr", "method", "took")
                 if event.get(key)
             ]
+            if event.get("missing"):
+                missing = event["missing"]
+                more = f"; and {len(missing) - 3} more" if len(missing) > 3 else ""
+                details.append("missing: " + "; ".join(missing[:3]) + more)
             if event.get("waiting_on"):
                 details.append("waiting on: " + "; ".join(event["waiting_on"]))
             self.say(f"{SHOWN[name]:<30} " + " ".join(details))
@@ -126,6 +138,9 @@ class Demo:
     def run_ec2(self, lab: Lab) -> bool:
         lab.plug_primary(PRIMARY, "10.0.0.10")
         self.say("primary NIC eth0 up, configured by a foreign /etc/netplan/50-cloud-init.yaml")
+        lab.run(["ip", "route", "add", "default", "via", "10.0.0.1", "dev", "eth0", "table", "200"])
+        lab.run(["ip", "rule", "add", *FOREIGN_RULE])
+        self.say("another program's policy routing: rule 'fwmark 0x80 lookup 200', table 200")
         sim = lab.start_sim()
         sim.add_nic(
             {"mac": PRIMARY, "device_number": 0, "local_ipv4s": ["10.0.0.10"],
@@ -162,10 +177,46 @@ class Demo:
         daemon.hup()
         change_ok = self.wait(lab, daemon.log, lambda: not missing_state(lab, eni, ipv4s=more), 20)
         change_ok = change_ok and self.ping(lab, more[-1], eni.nic.port)
+        foreign_ok = self.foreign_kept(lab)
+        heal_ok = self.drift(lab, daemon.log, eni, more)
         code = lab.stop_daemon()
         self.say(f"SIGTERM: daemon exited with status {code}")
         self.show_file(lab.path(lab.output_file(eni.mac)))
-        return primary_ok and pings_ok and change_ok and code == 0
+        return primary_ok and pings_ok and change_ok and foreign_ok and heal_ok and code == 0
+
+    def foreign_kept(self, lab: Lab) -> bool:
+        """The other program's rule and table are still there after our applies."""
+        rule = lab.run(["ip", "rule", "show", "priority", "100"], check=False).stdout.strip()
+        table = lab.run(["ip", "route", "show", "table", "200"], check=False).stdout.strip()
+        kept = "fwmark 0x80 lookup 200" in rule and table.startswith("default via 10.0.0.1")
+        self.say(
+            f"the other program's rule and table 200 after our hot-plug and change: "
+            f"{'still there' if kept else 'GONE'} ({rule or 'no rule'}; {table or 'no route'})"
+        )
+        return kept
+
+    def drift(self, lab: Lab, log: Path, eni: Eni, ipv4s: list[str]) -> bool:
+        """Another program deletes the ENI's rules and flushes its table: healed, no signal."""
+        t = str(eni.table)
+        self.say(f"another program: 'ip rule flush table {t}'-style deletion and table {t} flushed")
+        deleted = time.monotonic()
+        for family in ("-4", "-6"):
+            for rule in lab.rules(4 if family == "-4" else 6, eni.table):
+                lab.run(["ip", family, "rule", "del", "priority", str(rule.priority),
+                         "from", str(rule.src), "lookup", t])  # fmt: skip
+            lab.run(["ip", family, "route", "flush", "table", t])
+        if not self.wait(lab, log, lambda: not missing_state(lab, eni, ipv4s=ipv4s), 20):
+            return False
+        self.say(f"restored in the kernel {time.monotonic() - deleted:.2f} s after the deletion")
+        check = lab.run(
+            [sys.executable, "-m", "nicreconciled", "--config", str(lab.daemon.config), "check"]
+            if lab.daemon is not None
+            else ["false"],
+            check=False,
+        )
+        self.say(f"$ nicreconciled check  (exit {check.returncode})\n{check.stdout.strip()}")
+        assert eni.nic is not None
+        return check.returncode == 0 and self.ping(lab, ipv4s[1], eni.nic.port)
 
     # -- CloudStack on NetworkManager --------------------------------------------------------
     def run_cloudstack(self, lab: Lab) -> bool:
