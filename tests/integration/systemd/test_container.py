@@ -5,7 +5,10 @@ READY=1), STATUS= in ``systemctl status``, reload over SIGHUP (RELOADING=1 ... R
 watchdog petted by the event loop and a stalled loop killed and restarted, a clean stop,
 the journal's structured fields, the real sandbox (ProtectSystem=strict with its write
 exceptions, IPAddressDeny= as BPF on the unit's cgroup), systemd's own exposure score, and
-NICs applied through the real systemd-networkd and NetworkManager inside that sandbox.
+NICs applied through the real systemd-networkd and NetworkManager inside that sandbox, and
+kept there: deleted rules healed over rtnetlink from inside the confinement, another
+program's rule left alone by networkd (the package's networkd.conf.d drop-in, read after
+postinst restarted networkd).
 
 The tests share one container (module scope) and run in file order; each one first puts the
 daemon in the state it needs (``Booted.ensure``), so any one can also run alone.
@@ -89,10 +92,14 @@ def heal_deleted_rules(booted: Booted, nic: Nic) -> str:
     wait_for(held, 20, f"`nicreconciled check` to find {nic.ifname}'s promise in the kernel")
     before = booted.service()
     since = monotonic_usec()
-    for address in [*nic.ipv4s, nic.ipv6]:
-        family = "-6" if ":" in address else "-4"
-        booted.box.run(["ip", family, "rule", "del", "from", address, "lookup", str(nic.table),
-                        "priority", str(nic.table)])  # fmt: skip
+    # One shell, so that the daemon sees them go within milliseconds of each other.
+    booted.box.sh(
+        "; ".join(
+            f"ip {'-6' if ':' in a else '-4'} rule del from {a} lookup {nic.table}"
+            f" priority {nic.table}"
+            for a in [*nic.ipv4s, nic.ipv6]
+        )
+    )
     deleted = time.monotonic()
     booted.wait_applied(nic)
     took = time.monotonic() - deleted
@@ -105,9 +112,10 @@ def heal_deleted_rules(booted: Booted, nic: Nic) -> str:
         events: list[str] = wait_for(healed, 10, f"kernel_healed for {nic.mac}", step=0.1)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{booted.diagnose()}") from None
-    # In that order: drift seen (warning), one re-apply of this NIC, the promise whole.
-    story = [e for e in events if e in ("kernel_drift", "heal", "kernel_healed")]
-    assert story[:3] == ["kernel_drift", "heal", "kernel_healed"], events
+    # In that order: drift seen (one warning), re-applies of this NIC (one, or another once
+    # the manager had its time if the first came before the last deletion), the promise whole.
+    story = " ".join(e for e in events if e in ("kernel_drift", "heal", "kernel_healed"))
+    assert re.fullmatch(r"kernel_drift( heal)+ kernel_healed", story), events
     entries = nic_events(booted, nic, since)
     drift = next(e for e in entries if e.get("NICRECONCILED_EVENT") == "kernel_drift")
     assert drift["PRIORITY"] == "4", drift
@@ -302,24 +310,26 @@ class TestForeignRouting:
             # networkd dropped foreign rules when it began configuring the link, before its
             # addresses: by now it would have. Look on for 1.5 s all the same.
             deadline = time.monotonic() + 1.5
-            samples = 0
-            while time.monotonic() < deadline:
-                assert foreign() == (True, True), f"foreign rule, route after the plug: {foreign()}"
+            samples, seen = 0, foreign()
+            while seen == (True, True) and time.monotonic() < deadline:
                 samples += 1
                 time.sleep(0.1)
+                seen = foreign()
         finally:
             booted.box.run(["ip", "rule", "del", *FOREIGN_RULE], check=False)
             booted.box.run(["ip", "route", "del", *route], check=False)
             time.sleep(0.2)  # our own deletions reach the monitor
             monitor.terminate()
             watched, _ = monitor.communicate(timeout=10)
-        # Not even removed and put back: the only deletions are ours, at the end.
+        # (rule there, route there); the monitor's lines say who removed what, and when.
+        assert seen == (True, True), f"after the plug: {seen}\n{watched}"
+        # Not even removed and put back: the only deletions are ours, in the finally.
         deleted = [
             line
             for line in watched.splitlines()
             if "Deleted" in line and ("fwmark 0x80" in line or "table 200" in line)
         ]
-        assert len(deleted) <= 2, watched
+        assert len(deleted) == 2, watched
         assert booted.prop("ActiveState") == "active"
         print(
             f"foreign rule and table 200 intact {took:.2f} s after the plug ({len(applied)}"
