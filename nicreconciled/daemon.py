@@ -28,7 +28,7 @@ from nicreconciled.status import (
     StatusStore,
     summary,
 )
-from nicreconciled.system import fs, rtnl, sysfs
+from nicreconciled.system import fs, kernelstate, rtnl, sysfs
 from nicreconciled.system.busname import NameWatch
 from nicreconciled.udev import NicEvent, UdevWatcher
 
@@ -112,7 +112,9 @@ class Daemon:
         """What the reconcilers need from the daemon and its configuration."""
         ctx.on_pass = self._pass_done
         ctx.exclude_device_numbers = self.config.interfaces.exclude_device_numbers
-        ctx.recheck = self.recheck
+        if not self.once:
+            # ``once`` loads and leaves: keeping the kernel true is the daemon's job.
+            ctx.recheck = self.recheck
 
     # -- which NICs ----------------------------------------------------------------------
     def eligible(self, link: sysfs.Link) -> bool:
@@ -446,13 +448,21 @@ class Daemon:
             found = by_index.get(event.ifindex) if event.ifindex is not None else None
             if found is None and event.table is not None:
                 found = by_table.get(event.table)
-            if found is not None:
-                touched.add(found)
+            if found is None:
+                continue
+            touched.add(found)
+            keeper = self.reconcilers[found].keeper
+            if not event.deleted and not keeper.held:
+                # Pending after an apply: what arrives counts as seen (keeper.py).
+                item = kernelstate.describe_event(event)
+                if item is not None:
+                    keeper.saw(item)
         for mac in touched:
             self.recheck(mac, 0.0)
 
     def on_manager(self, name: str, owned: bool) -> None:
         """The network manager's bus name went away or came back (a restart)."""
+        self.ctx.manager_away = not owned
         if not owned:
             log.warning("network_manager_gone", bus_name=name)
             return

@@ -5,13 +5,14 @@ difference means, and acts (``reconciler.Reconciler.verify_kernel``).
 
 Our own applies and the managers' churn are told apart from drift by the promise, not by
 timing: after every apply (and after the manager restarted) the NIC is *pending* until the
-kernel has been seen to hold the whole promise; only what goes missing after that is drift.
+kernel has been seen to hold the whole promise; only what goes missing after that is drift,
+and so is a promised object that was seen in the kernel (by a look, or in a notification
+that added it) since the apply and is gone again.
 A manager that never completes a promise is the one place a clock speaks: once ``settle``
 seconds have passed since the apply (``heal_settle`` since a heal) with the promise still
-incomplete, the difference is treated as drift too (a rule deleted during an apply, a
-manager restarted that restores nothing), so nothing stays missing for good without a heal
-or a word. The cost: what another program deletes in the instant between our apply and the
-first look that finds the promise whole is healed only after ``settle``.
+incomplete, the difference is treated as drift too (a manager restarted that restores
+nothing, an object removed before it was ever seen), so nothing stays missing for good
+without a heal or a word.
 
 Never fight: at most ``limit`` heals of one NIC per ``window`` seconds. Past it the keeper
 stops healing, says so once (``Verdict.GIVE_UP``), and the NIC shows phase ``drifting`` until
@@ -65,6 +66,9 @@ class Keeper:
     missing: list[str] = field(default_factory=list)
     #: Drift seen and not repaired yet (reported, suspended, or healing).
     drifted: bool = False
+    #: Promised objects seen in the kernel since the last apply (by a look, or added in a
+    #: notification) while pending: one of them missing later was removed, not "not yet".
+    seen: set[str] = field(default_factory=set)
     heals: deque[float] = field(default_factory=deque)
     #: Totals for the life of the NIC (status, metrics).
     heals_total: int = 0
@@ -86,10 +90,17 @@ class Keeper:
         if promise != self.promise:
             self.reset()
         self.promise, self.held, self.pending_until = promise, False, now + self.settle
+        self.seen.clear()
 
     def restarted(self, now: float) -> None:
         """The network manager came back: it reconfigures, so pending again."""
         self.held, self.pending_until = False, now + self.settle
+        self.seen.clear()
+
+    def saw(self, item: str) -> None:
+        """A notification added ITEM (``Promise.missing``'s words) to the kernel."""
+        if not self.held and self.promise is not None:
+            self.seen.add(item)
 
     def reset(self) -> None:
         self.suspended, self.drifted = False, False
@@ -101,10 +112,14 @@ class Keeper:
         self.missing = list(missing)
         if not missing:
             self.held, self.drifted = True, False
+            self.seen.clear()
             return Verdict.HOLDS
+        gone = self.seen.intersection(missing)
+        if not self.held and self.promise is not None:
+            self.seen.update(set(self.promise.items()) - set(missing))
         if force:
             self.reset()
-        elif not self.held and now < self.recheck_at:
+        elif not self.held and not gone and now < self.recheck_at:
             return Verdict.NOT_YET
         if not self.drifted:
             self.drifts_total += 1
@@ -121,4 +136,5 @@ class Keeper:
         self.heals.append(now)
         self.heals_total += 1
         self.held, self.pending_until = False, now + self.heal_settle
+        self.seen.clear()
         return Verdict.HEAL

@@ -106,6 +106,10 @@ class Promise:
         out += [r.describe() for r in self.rules if r not in kernel.rules]
         return out + [r.describe() for r in self.routes if r not in kernel.routes]
 
+    def items(self) -> list[str]:
+        """Every promised object, one line each, as ``missing`` names them."""
+        return self.missing(Snapshot())
+
     def to_json(self) -> dict[str, Any]:
         return {
             "addresses": list(self.addresses),

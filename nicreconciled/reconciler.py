@@ -77,6 +77,9 @@ class Context:
     read_kernel: Callable[[int, Promise], Snapshot] | None = None
     #: Asks the daemon to look at MAC's kernel state again in DELAY seconds (debounced).
     recheck: Callable[[str, float], None] = lambda mac, delay: None
+    #: The network manager's bus name is gone (stopped, restarting): nothing can heal now,
+    #: and what it took down with it is no fight; its return re-checks every NIC.
+    manager_away: bool = False
 
 
 class Reconciler:
@@ -393,9 +396,11 @@ class Reconciler:
             self.ctx.recheck(self.mac, keeper.settle)
 
     def manager_restarted(self) -> None:
-        """The network manager came back: it reconfigures the NIC; pending again."""
+        """The network manager came back: it reconfigures the NIC; pending again, with a new
+        heal budget (what went missing while it was away was no fight)."""
         if self.keeper.promise is not None:
             self._loaded_at = self.ctx.clock()
+            self.keeper.reset()
             self.keeper.restarted(self._loaded_at)
             self.ctx.recheck(self.mac, 0.0)
             self.ctx.recheck(self.mac, self.keeper.settle)
@@ -424,6 +429,9 @@ class Reconciler:
             self.ctx.recheck(self.mac, keeper.settle)
             return
         missing = keeper.promise.missing(kernel)
+        if self.ctx.manager_away and not force:
+            self.status.kernel_missing = list(missing)
+            return  # nobody to heal through; the manager's return looks again
         was_drifted, was_held = keeper.drifted, keeper.held
         now = self.ctx.clock()
         verdict = keeper.judge(missing, now, force=force)

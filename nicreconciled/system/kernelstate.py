@@ -29,3 +29,29 @@ def read(ifindex: int, promise: Promise) -> Snapshot:
         if r.table == table and r.type == RTN_UNICAST
     ]
     return snapshot(addresses, rules, routes)
+
+
+def describe_event(event: rtnl.Event) -> str | None:
+    """The object a notification adds or removes, named as ``Promise.missing`` names it (an
+    address, a plain source rule, a unicast route); None for anything else."""
+    if event.kind == "address":
+        address = rtnl.parse_address(event.body)
+        if address is None:
+            return None
+        (cidr,) = snapshot([address.cidr], [], []).addresses
+        return f"address {cidr}"
+    if event.kind == "rule":
+        rule = rtnl.parse_rule(event.body)
+        if rule is None or not rule.plain_source_rule:
+            return None
+        source = _prefix(rule.family, rule.src, rule.src_len)
+        (found,) = snapshot([], [(source, rule.table, rule.priority)], []).rules
+        return found.describe()
+    if event.kind == "route":
+        route = rtnl.parse_route(event.body)
+        if route is None or route.type != RTN_UNICAST:
+            return None
+        destination = _prefix(route.family, route.dst, route.dst_len)
+        (found_route,) = snapshot([], [], [(destination, route.gateway, route.table)]).routes
+        return found_route.describe()
+    return None

@@ -148,6 +148,8 @@ class Event:
     ifindex: int | None
     table: int | None
     sender: int  # the changer's netlink port id (its pid, for ip), 0 when the kernel itself
+    #: The message body (after nlmsghdr), for the few events a caller parses in full.
+    body: bytes = field(default=b"", repr=False, compare=False)
 
 
 class EventsLost(Exception):
@@ -303,7 +305,7 @@ def parse_event(msg_type: int, pid: int, body: bytes) -> Event | None:
     if end < size:
         return None
     if size != 12:  # ifinfomsg and ifaddrmsg: the family first, the link's index at 4
-        return Event(kind, deleted, body[0], _U32.unpack_from(body, 4)[0], None, pid)
+        return Event(kind, deleted, body[0], _U32.unpack_from(body, 4)[0], None, pid, body)
     if body[0] != AF_INET and body[0] != AF_INET6:
         return None  # multicast routing's rules (family 128) share IPV4_RULE: not our tables
     table, oif, offset = body[4], None, 12
@@ -318,4 +320,4 @@ def parse_event(msg_type: int, pid: int, body: bytes) -> Event | None:
             elif atype == _RTA_OIF and kind == "route":  # FRA_ 4 is FRA_GOTO
                 oif = unpack_u32(body, offset + 4)[0]
         offset += (length + 3) & ~3
-    return Event(kind, deleted, body[0], oif, table, pid)
+    return Event(kind, deleted, body[0], oif, table, pid, body)

@@ -36,6 +36,25 @@ class TestAfterAnApply:
         assert keeper.judge(GONE, 100.1) is Verdict.HEAL
         assert keeper.drifts_total == keeper.heals_total == 1
 
+    def test_an_object_seen_since_the_apply_and_gone_again_is_drift_at_once(self) -> None:
+        keeper = Keeper(settle=5)
+        keeper.applied(P1, 100.0)
+        keeper.saw(GONE[0])  # the manager added it (a notification), then someone removed it
+        assert keeper.judge(GONE, 100.1) is Verdict.HEAL
+
+    def test_what_a_look_saw_counts_as_seen(self) -> None:
+        keeper = Keeper(settle=5)
+        keeper.applied(P1, 100.0)
+        assert keeper.judge(["address 10.0.11.20/24"], 100.1) is Verdict.NOT_YET  # rule seen
+        assert keeper.judge(GONE, 100.2) is Verdict.HEAL
+
+    def test_a_new_apply_forgets_what_was_seen(self) -> None:
+        keeper = Keeper(settle=5)
+        keeper.applied(P1, 100.0)
+        keeper.saw(GONE[0])
+        keeper.applied(P1, 101.0)
+        assert keeper.judge(GONE, 101.1) is Verdict.NOT_YET
+
     def test_a_heal_makes_the_nic_pending_again(self) -> None:
         keeper = held(Keeper(settle=5))
         assert keeper.judge(GONE, 1.0) is Verdict.HEAL

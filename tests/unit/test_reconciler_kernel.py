@@ -151,3 +151,26 @@ class TestVerifyKernel:
         await rec.verify_kernel()
         assert kernel.reads == reads
         task.cancel()
+
+
+class TestManagerAway:
+    async def test_no_heal_while_the_manager_is_gone_and_a_new_budget_when_back(
+        self, tmp_path: Path
+    ) -> None:
+        kernel = Kernel()
+        applier = HealingApplier(kernel)
+        rec, _ = make(tmp_path, kernel, applier, heal_limit=1)
+        task = await settle(rec)
+        rec.ctx.manager_away = True
+        kernel.removed = {RULE}
+        for _ in range(3):
+            await rec.verify_kernel()
+        assert applier.heals == []
+        assert rec.status.kernel_missing == [RULE]
+        rec.ctx.manager_away = False
+        rec.keeper.suspended = True  # as if an earlier fight had spent the budget
+        rec.manager_restarted()
+        rec.keeper.pending_until = 0.0  # the manager had its time and restored nothing
+        await rec.verify_kernel()
+        assert applier.heals == ["eth1"]
+        task.cancel()

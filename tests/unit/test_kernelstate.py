@@ -1,0 +1,44 @@
+"""A notification's object named as the promise names it (kernelstate.describe_event)."""
+
+from __future__ import annotations
+
+import socket
+
+from nicreconciled.system import rtnl
+from nicreconciled.system.kernelstate import describe_event
+from tests.unit.test_rtnl import ifaddrmsg, ip, rtmsg, rulemsg, u32
+
+AF4, AF6 = socket.AF_INET, socket.AF_INET6
+
+
+def event(kind: str, body: bytes) -> rtnl.Event:
+    return rtnl.Event(kind, False, body[0], None, None, 1, body)  # type: ignore[arg-type]
+
+
+class TestDescribeEvent:
+    def test_an_address(self) -> None:
+        body = ifaddrmsg(AF6, 64, 7, ip(1, "2001:db8:11:0::10"))
+        assert describe_event(event("address", body)) == "address 2001:db8:11::10/64"
+
+    def test_a_plain_source_rule(self) -> None:
+        body = rulemsg(AF4, ip(2, "10.0.11.20"), u32(6, 10001), u32(15, 10001), src_len=32)
+        assert (
+            describe_event(event("rule", body))
+            == "rule from 10.0.11.20/32 lookup 10001 priority 10001"
+        )
+
+    def test_a_rule_with_more_selectors_is_not_a_promise(self) -> None:
+        body = rulemsg(AF4, u32(10, 0x80), u32(6, 100), u32(15, 200))
+        assert describe_event(event("rule", body)) is None
+
+    def test_routes_default_and_on_link(self) -> None:
+        default = rtmsg(AF4, 0, 252, u32(15, 10001), ip(5, "10.0.11.1"), u32(4, 7))
+        assert describe_event(event("route", default)) == "route default via 10.0.11.1 table 10001"
+        subnet = rtmsg(AF6, 64, 252, u32(15, 10001), ip(1, "2001:db8:11::"), u32(4, 7))
+        assert describe_event(event("route", subnet)) == "route 2001:db8:11::/64 table 10001"
+
+    def test_a_local_route_and_garbage_are_nothing(self) -> None:
+        local = rtmsg(AF4, 32, 255, ip(1, "10.0.11.20"), u32(4, 7), rtype=2)
+        assert describe_event(event("route", local)) is None
+        assert describe_event(event("route", b"\x02\x00")) is None
+        assert describe_event(event("link", b"\x00" * 16)) is None
