@@ -45,7 +45,7 @@ from dataclasses import fields
 from nicreconciled.system import rtnl
 
 def plain(obj):
-    return {f.name: getattr(obj, f.name) for f in fields(obj) if f.name != "raw"}
+    return {f.name: getattr(obj, f.name) for f in fields(obj) if f.name not in ("raw", "body")}
 
 def run(*argv):
     subprocess.run(argv, check=True, capture_output=True)

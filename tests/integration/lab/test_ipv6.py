@@ -134,7 +134,9 @@ def stack(
         }
         sim.add_nic(primary)
         sim.set_primary(PRIMARY_MAC)
-        daemon = lab.start_daemon()
+        # No heals: the negative controls delete a rule on purpose and must see it gone
+        # (healing is test_drift.py's subject).
+        daemon = lab.start_daemon(kernel={"heal": False})
         # The daemon's netplan renderer asks the same netplan (the lab's wrapper runs it).
         table_default = manager == "nm" or renderer == "networkd"
         table_default = table_default or supports_ra_table("/usr/sbin/netplan")

@@ -133,9 +133,10 @@ def test_replies_leave_by_the_nic_that_owns_the_address(stack: LabStack) -> None
     promises the IPv6 subnet route in T (no IPv6 default route in T on netplan 0.106 /
     NetworkManager: IMDS does not name the IPv6 router), so an on-subnet peer is checked;
     the off-subnet peer only when T has an IPv6 default route. Negative control: with the
-    rule of one secondary deleted, its replies leave by the primary NIC and are dropped."""
+    rule of one secondary deleted, its replies leave by the primary NIC and are dropped
+    (``heal = false``: the daemon would otherwise put the rule back at once)."""
     lab = stack.lab
-    lab.start_daemon()
+    lab.start_daemon(kernel={"heal": False})
     eni = Eni.plan(4, secondaries=2)
     stack.attach(eni)
     stack.wait_complete(eni)
