@@ -108,7 +108,8 @@ class Keeper:
 
     def judge(self, missing: list[str], now: float, *, force: bool = False) -> Verdict:
         """What MISSING (``Promise.missing`` of the kernel now) calls for. FORCE: an
-        operator asked (SIGHUP): heal whatever is missing, budget renewed, ``heal`` or not."""
+        operator asked (SIGHUP): heal whatever is missing, budget renewed, ``heal`` or not,
+        unless the promise was loaded a moment ago and is still being applied."""
         self.missing = list(missing)
         if not missing:
             self.held, self.drifted = True, False
@@ -119,7 +120,8 @@ class Keeper:
             self.seen.update(set(self.promise.items()) - set(missing))
         if force:
             self.reset()
-        elif not self.held and not gone and now < self.recheck_at:
+        if not self.held and not gone and now < self.recheck_at:
+            # Just loaded (a SIGHUP that brought a metadata change too): being applied now.
             return Verdict.NOT_YET
         if not self.drifted:
             self.drifts_total += 1

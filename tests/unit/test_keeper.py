@@ -91,6 +91,13 @@ class TestNeverFight:
         assert keeper.judge(GONE, 2.0, force=True) is Verdict.HEAL
         assert not keeper.suspended
 
+    def test_sighup_right_after_its_own_apply_does_not_heal_what_is_being_applied(
+        self,
+    ) -> None:
+        keeper = Keeper(settle=5)
+        keeper.applied(P1, 100.0)
+        assert keeper.judge(GONE, 100.1, force=True) is Verdict.NOT_YET
+
     def test_a_new_promise_renews_the_budget(self) -> None:
         keeper = held(Keeper(limit=0))
         keeper.judge(GONE, 1.0)
