@@ -653,23 +653,28 @@ class TestPackage:
     def test_a_fresh_install_restarts_a_running_networkd_and_a_reinstall_does_not(
         self, booted: Booted, deb: Path
     ) -> None:
-        """postinst restarts a running systemd-networkd on a fresh install (so that it reads
-        the package's networkd.conf.d drop-in) and leaves it alone when the installed version
-        is already 0.2.0 or later. Last in the module: it purges the package first (then
-        ``ensure`` writes the configuration again)."""
+        """postinst restarts a running systemd-networkd on a fresh install on a live host (so
+        that it reads the package's networkd.conf.d drop-in), not in an image build (a
+        policy-rc.d that says no: ``deb-systemd-invoke`` honours it), and leaves it alone when
+        the installed version is already 0.2.0 or later. Last in the module: it purges the
+        package first (then ``ensure`` writes the configuration again)."""
         booted.ensure("netplan")
         package = f"/mnt/debs/{deb.name}"
+        purge = ["dpkg", "--purge", "nicreconciled"]
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
         first = networkd_process(booted)
         assert first["ActiveState"] == "active", first
         try:
-            booted.box.install_deb(package)  # 0.2.0 over 0.2.0
+            booted.box.install_deb(package, start=True)  # 0.2.0 over 0.2.0
             again = networkd_process(booted)
             assert again == first, (first, again)
-            booted.box.run(
-                ["dpkg", "--purge", "nicreconciled"], env={"DEBIAN_FRONTEND": "noninteractive"}
-            )
+            booted.box.run(purge, env=env)
+            booted.box.install_deb(package)  # fresh, under policy-rc.d (an image build)
+            built = networkd_process(booted)
+            assert built == first, (first, built)
+            booted.box.run(purge, env=env)
             assert not booted.box.path(NETWORKD_DROP_IN).exists()
-            took = booted.box.install_deb(package)  # fresh
+            took = booted.box.install_deb(package, start=True)  # fresh, on a live host
             fresh = networkd_process(booted)
         finally:
             booted.config = ""  # purged with the package: ensure() writes it again
