@@ -2,18 +2,22 @@
 
 ``Eni.plan(n)`` gives device N its own subnets, addresses and MAC; ``Eni.spec()`` is what
 the IMDS simulator lists; ``missing_state(lab, eni)`` is what of the promised kernel state
-is not there yet (the README's "What the netplan file contains"): every address, one rule
-(priority T) from each to table T = 10000 + 100*card + device, and in T the IPv4 subnet
-route, the IPv4 default route via the subnet gateway and the IPv6 subnet routes.
+is not there yet, by the product's one definition (``nicreconciled.promise``) applied to the
+plan: every address, one rule (priority T) from each to table T = 10000 + 100*card +
+device, and in T the IPv4 subnet route, the IPv4 default route via the subnet gateway and
+the IPv6 subnet routes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import TYPE_CHECKING, Any
 
 from nicreconciled.lab.kernel import Family
 from nicreconciled.lab.nics import Nic
+from nicreconciled.model import NicState
+from nicreconciled.promise import Snapshot, promise, snapshot
 
 if TYPE_CHECKING:
     from nicreconciled.lab.lab import Lab
@@ -100,32 +104,69 @@ class Eni:
         return spec
 
 
+def plan_state(eni: Eni, *, ipv4s: list[str] | None = None, ipv6: bool = True) -> NicState:
+    """The NicState the product builds from ENI's planned metadata (EC2's numbering, or the
+    cloud's table in ``route_table``): what ``promise.promise`` is asked about. The IPv6
+    router and extra routes are left out (not every cloud's simulator names them)."""
+    want6 = eni.ipv6s if ipv6 else []
+    return NicState(
+        mac=eni.mac,
+        cloud="ec2",
+        primary=False,
+        device_number=eni.device_number,
+        route_table=eni.table,
+        route_metric=512 + eni.device_number,
+        ipv4_addresses=tuple(IPv4Address(a) for a in (eni.ipv4s if ipv4s is None else ipv4s)),
+        ipv4_subnet=IPv4Network(eni.subnet4),
+        ipv4_gateway=IPv4Address(eni.gateway4),
+        ipv6_addresses=tuple(IPv6Address(a) for a in want6),
+        ipv6_subnets=(IPv6Network(eni.subnet6),) if eni.subnet6 and want6 else (),
+    )
+
+
+def _prefix(text: str, family: Family) -> str:
+    """``ip -j``'s spelling of a destination or source as a prefix."""
+    if text in ("default", "all", ""):
+        return "0.0.0.0/0" if family == 4 else "::/0"
+    return text if "/" in text else f"{text}/{32 if family == 4 else 128}"
+
+
+def kernel_snapshot(lab: Lab, ifname: str, table: int) -> Snapshot:
+    """IFNAME's addresses (tentative ones not yet), TABLE's rules and routes, both families,
+    as ``ip -j`` shows them in the lab's instance."""
+    addresses = [a.cidr for a in lab.addresses(ifname) if not a.tentative]
+    rules: list[tuple[str, int, int]] = []
+    routes: list[tuple[str, str | None, int]] = []
+    families: tuple[Family, Family] = (4, 6)
+    for f in families:
+        for rule in lab.rules(f, table):
+            source = (
+                rule.src
+                if rule.src is None or rule.src_len is None
+                else f"{rule.src}/{rule.src_len}"
+            )
+            rules.append((_prefix(source or "all", f), table, rule.priority))
+        for route in lab.routes(f, table):
+            if route.get("type", "unicast") != "unicast":
+                continue
+            routes.append((_prefix(str(route.get("dst", "")), f), route.get("gateway"), table))
+    return snapshot(addresses, rules, routes)
+
+
 def missing_state(
     lab: Lab, eni: Eni, *, ipv4s: list[str] | None = None, ipv6: bool = True
 ) -> list[str]:
-    """What of ENI's promised kernel state is not there yet ([] = complete): every address,
-    exactly one rule (priority T) from each address to table T, in T the IPv4 subnet route,
-    the IPv4 default route via the subnet gateway and the IPv6 subnet route. IPV4S: the
-    IPv4 addresses expected instead of the planned ones; IPV6 False: IPv4 only."""
-    want4 = eni.ipv4s if ipv4s is None else ipv4s
-    want6 = eni.ipv6s if ipv6 else []
-    missing = []
-    present = {a.local for a in lab.addresses(eni.ifname) if not a.tentative}
-    missing += [f"address {a}" for a in [*want4, *want6] if a not in present]
-    t = eni.table
-    families: list[tuple[Family, list[str]]] = [(4, want4)]
-    if ipv6:
-        families.append((6, want6))
-    for family, wanted in families:
-        found = {(r.src, r.priority) for r in lab.rules(family, t)}
-        missing += [f"rule from {a} lookup {t}" for a in wanted if (a, t) not in found]
-        extra = {src for src, _ in found} - set(wanted)
-        missing += [f"no stale rule from {src} lookup {t}" for src in sorted(map(str, extra))]
-    routes4 = lab.route_destinations(4, t)
-    if eni.subnet4 not in routes4:
-        missing.append(f"route {eni.subnet4} table {t}")
-    if routes4.get("default") != eni.gateway4:
-        missing.append(f"route default via {eni.gateway4} table {t}")
-    if eni.subnet6 is not None and want6 and eni.subnet6 not in lab.route_destinations(6, t):
-        missing.append(f"route {eni.subnet6} table {t}")
-    return missing
+    """What of ENI's promised kernel state is not there yet ([] = complete): the product's
+    own promise (``promise.promise``) of the NicState its plan makes (``plan_state``) against
+    the kernel, plus one lab check of its own: no rule in T from an address the plan does not
+    have (a stale one). IPV4S: the IPv4 addresses expected instead of the planned ones; IPV6
+    False: IPv4 only."""
+    state = plan_state(eni, ipv4s=ipv4s, ipv6=ipv6)
+    promised = promise(state)
+    kernel = kernel_snapshot(lab, eni.ifname, eni.table)
+    missing = promised.missing(kernel)
+    ours = {r.source for r in promised.rules}
+    stale = sorted(r.source for r in kernel.rules if r.source not in ours)
+    if not ipv6:
+        stale = [s for s in stale if ":" not in s]
+    return missing + [f"no stale rule from {s} lookup {eni.table}" for s in stale]
