@@ -322,7 +322,8 @@ class NetlinkProbe:
 
 
 def missing_in(snap: Snapshot, index: int, eni: Eni) -> list[str]:
-    """``missing_state(lab, eni)`` computed from SNAP (same items, same wording)."""
+    """``missing_state(lab, eni)``'s items computed from SNAP, in this benchmark's own words
+    (``_promised``'s): a "complete" counts only once ``missing_state`` confirms it."""
     want4, want6 = eni.ipv4s, eni.ipv6s
     present = {a for a, tentative in snap.addresses.get(index, []) if not tentative}
     missing = [f"address {a}" for a in [*want4, *want6] if a not in present]
