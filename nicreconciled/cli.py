@@ -242,7 +242,10 @@ def _check(config: Config, *, as_json: bool) -> int:
             continue
         try:
             promised = Promise.from_json(row.promise)
-            missing = promised.missing(kernelstate.read(link.ifindex, promised))
+            kernel = kernelstate.read(link.ifindex, promised)
+            missing = promised.missing(kernel)
+            if missing and not kernel.up:
+                missing.insert(0, "link down")
         except ValueError as exc:
             missing = [f"status file unreadable: {exc}"]
         except OSError as exc:

@@ -80,6 +80,9 @@ class Snapshot:
     addresses: frozenset[str] = frozenset()
     rules: frozenset[PromisedRule] = frozenset()
     routes: frozenset[PromisedRoute] = frozenset()
+    #: The link is administratively up. Someone who set it down meant it: what that takes
+    #: away (its routes, its IPv6 addresses) is reported, not healed, until it is up again.
+    up: bool = True
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,8 @@ def snapshot(
     addresses: Iterable[str],
     rules: Iterable[tuple[str, int, int]],
     routes: Iterable[tuple[str, str | None, int]],
+    *,
+    up: bool = True,
 ) -> Snapshot:
     """A Snapshot from plain values: ``addr/len``; (source prefix, table, priority);
     (destination prefix, gateway or None, table). Normalizes every text."""
@@ -195,4 +200,5 @@ def snapshot(
             PromisedRoute(_prefix(d), None if g is None else ip_address(g).compressed, t)
             for d, g, t in routes
         ),
+        up=up,
     )

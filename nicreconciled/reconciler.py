@@ -112,6 +112,7 @@ class Reconciler:
         self._step: Step | None = None
         self._healed_at: float | None = None
         self._loaded_at = 0.0
+        self._reported_down: list[str] = []
 
     def _recall(self, previous: NicStatus | None) -> None:
         """What an earlier run of this boot wrote and loaded: a load it missed is redone."""
@@ -432,6 +433,15 @@ class Reconciler:
         if self.ctx.manager_away and not force:
             self.status.kernel_missing = list(missing)
             return  # nobody to heal through; the manager's return looks again
+        if not kernel.up and missing and not force:
+            # Set down on purpose: not ours to undo. Setting it up again is a link event:
+            # what is still missing then is healed.
+            self.status.kernel_missing = ["link down", *missing]
+            if self.status.kernel_missing != self._reported_down:
+                self._log.warning("link_down", missing=missing)
+            self._reported_down = list(self.status.kernel_missing)
+            return
+        self._reported_down = []
         was_drifted, was_held = keeper.drifted, keeper.held
         now = self.ctx.clock()
         verdict = keeper.judge(missing, now, force=force)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 from nicreconciled.promise import Promise, Snapshot, snapshot
 from nicreconciled.system import rtnl
 
@@ -13,8 +16,23 @@ def _prefix(family: int, address: str | None, length: int) -> str:
     return f"{address}/{length}" if address else _ANY.get(family, "0.0.0.0/0")
 
 
+IFF_UP = 0x1
+
+
+def link_up(ifindex: int, sys_root: Path = Path("/sys")) -> bool:
+    """Whether link IFINDEX is administratively up (its sysfs ``flags``); True when unknown
+    (gone, unreadable): a look that cannot tell must not stop a heal."""
+    try:
+        name = socket.if_indextoname(ifindex)
+        flags = int((sys_root / "class" / "net" / name / "flags").read_text().strip(), 16)
+    except (OSError, ValueError):
+        return True
+    return bool(flags & IFF_UP)
+
+
 def read(ifindex: int, promise: Promise) -> Snapshot:
-    """IFINDEX's addresses; the plain source rules and the unicast routes of PROMISE's tables."""
+    """IFINDEX's addresses; the plain source rules and the unicast routes of PROMISE's tables;
+    whether the link is up."""
     tables = promise.tables
     addresses = [a.cidr for a in rtnl.dump_addresses(ifindex) if a.ifindex == ifindex]
     rules = [
@@ -28,7 +46,7 @@ def read(ifindex: int, promise: Promise) -> Snapshot:
         for r in rtnl.dump_routes(table)
         if r.table == table and r.type == RTN_UNICAST
     ]
-    return snapshot(addresses, rules, routes)
+    return snapshot(addresses, rules, routes, up=link_up(ifindex))
 
 
 def describe_event(event: rtnl.Event) -> str | None:

@@ -20,6 +20,7 @@ class Kernel:
     def __init__(self) -> None:
         self.removed: set[str] = set()
         self.reads = 0
+        self.up = True
 
     def read(self, ifindex: int, promise: Promise) -> Snapshot:
         self.reads += 1
@@ -36,6 +37,7 @@ class Kernel:
                 for r in promise.routes
                 if r.describe() not in self.removed
             ],
+            up=self.up,
         )
 
 
@@ -171,6 +173,23 @@ class TestManagerAway:
         rec.keeper.suspended = True  # as if an earlier fight had spent the budget
         rec.manager_restarted()
         rec.keeper.pending_until = 0.0  # the manager had its time and restored nothing
+        await rec.verify_kernel()
+        assert applier.heals == ["eth1"]
+        task.cancel()
+
+
+class TestLinkDown:
+    async def test_a_link_set_down_is_reported_not_healed(self, tmp_path: Path) -> None:
+        kernel = Kernel()
+        applier = HealingApplier(kernel)
+        rec, _ = make(tmp_path, kernel, applier)
+        task = await settle(rec)
+        kernel.up = False
+        kernel.removed = {"route 10.0.1.0/24 table 10001"}
+        await rec.verify_kernel()
+        assert applier.heals == []
+        assert rec.status.kernel_missing == ["link down", "route 10.0.1.0/24 table 10001"]
+        kernel.up = True  # set up again, and the manager left the route out: healed
         await rec.verify_kernel()
         assert applier.heals == ["eth1"]
         task.cancel()

@@ -164,7 +164,8 @@ def test_deleted_rules_are_healed_once_and_the_primary_is_left_alone(stack: LabS
 
 def test_flushed_table_and_deleted_address_are_healed(stack: LabStack) -> None:
     """Table T flushed (both families), healed without a signal; then a secondary IPv4
-    address deleted, healed without a signal."""
+    address deleted, healed without a signal; then the link set down (not healed: reported
+    as ``link down``) and up again (complete again)."""
     lab = stack.lab
     daemon = lab.start_daemon()
     eni = Eni.plan(2, secondaries=1)
@@ -193,6 +194,17 @@ def test_flushed_table_and_deleted_address_are_healed(stack: LabStack) -> None:
     heals = daemon.events("heal")
     assert len(heals) == 2, f"{len(heals)} heals for two deletions: {heals}"
     assert f"address {secondary}/24" in heals[1]["missing"], heals[1]
+
+    # Set down on purpose: what that takes away is reported, not healed (a heal would bring
+    # the link up against the operator); set up again, the manager restores it.
+    kernel.ip(lab.instance, "link", "set", eni.ifname, "down")
+    _wait_events(lab, daemon, "link_down")
+    assert _status(lab, eni)["kernel_missing"][0] == "link down", _status(lab, eni)
+    _stays(lab, lambda: len(daemon.events("heal")) == 2, 0.5, "no heal of a link set down")
+    kernel.ip(lab.instance, "link", "set", eni.ifname, "up")
+    t0 = time.monotonic()
+    complete = stack.wait_complete(eni, timeout=20)
+    record_timing(f"{_tag(lab)} link set down, then up: complete {complete - t0:.2f} s after")
 
 
 def test_without_heal_drift_is_reported_checked_and_healed_by_sighup(stack: LabStack) -> None:
