@@ -83,6 +83,11 @@ class Daemon:
         #: NICs attached here that are not ours (excluded, or udev gives them to another
         #: manager): never polled; their status says why.
         self.ignored: dict[str, NicStatus] = {}
+        #: Status the daemon saves itself (its phase under "", NICs not ours by MAC) that
+        #: could not be saved: saved again after every pass until it is (reconcilers retry
+        #: their own), its failure logged once per reason and shown in STATUS=.
+        self._unsaved: dict[str, NicStatus | DaemonStatus] = {}
+        self._status_errors: dict[str, str] = {}
         self.ownership = Ownership(config, run_root)
         self._names: dict[str, str] = {}  # ifname -> mac, for remove events (no sysfs then)
         self._stop = asyncio.Event()
@@ -186,10 +191,44 @@ class Daemon:
             self._update_status()
 
     def _save_status(self, status: NicStatus) -> None:
+        self._unsaved[status.mac] = status
+        self._save_unsaved(status.mac)
+
+    def _save_unsaved(self, key: str) -> None:
+        status = self._unsaved[key]
+        where = {"mac": key} if key else {}
         try:
-            self.ctx.status.save(status)
+            if isinstance(status, DaemonStatus):
+                self._daemon_status.save_daemon(status)
+            else:
+                self.ctx.status.save(status)
         except (OSError, UnsafePathError) as exc:
-            log.warning("status_write_failed", mac=status.mac, error=str(exc))
+            if str(exc) != self._status_errors.get(key):
+                log.warning("status_write_failed", **where, error=str(exc))
+            self._status_errors[key] = str(exc)
+            return
+        del self._unsaved[key]
+        previous = self._status_errors.pop(key, None)
+        if previous is not None:
+            log.info("status_write_recovered", **where, previous_error=previous)
+
+    def _retry_unsaved(self) -> None:
+        """Save again what the daemon could not save (a broken state_dir fixed since)."""
+        for key in list(self._unsaved):
+            if key and key not in self.ignored:
+                # Forgotten, or ours again (its reconciler saves it now).
+                del self._unsaved[key]
+                self._status_errors.pop(key, None)
+            else:
+                self._save_unsaved(key)
+
+    def _status_trouble(self) -> str | None:
+        """Why some status could not be saved (None: all of it was)."""
+        for rec in self.reconcilers.values():
+            if rec.status_error is not None:
+                return rec.status_error
+        # The daemon's own phase (""), and NICs still not ours (a forgotten one is dropped).
+        return next((e for k, e in self._status_errors.items() if not k or k in self.ignored), None)
 
     def _delete_status(self, mac: str) -> None:
         try:
@@ -264,6 +303,11 @@ class Daemon:
         owned = owned_names(renderer)
         try:
             self.ctx.status.sweep()
+        except OSError as exc:
+            # state_dir's trouble (each status write reports it) must not keep output_dir's
+            # temps and orphans from being handled, nor be reported as output_dir's.
+            log.warning("status_sweep_failed", path=str(self.ctx.status.directory), error=str(exc))
+        try:
             fs.remove_stale_temps(self.ctx.output_dir, owned)
             names = [
                 n
@@ -387,6 +431,8 @@ class Daemon:
         # pending: only the pass after it counts.
         if rec is None or not rec.kick_pending:
             self._reload_progress(mac)
+        if self._unsaved:
+            self._retry_unsaved()
         self._update_status()
 
     # -- the kernel ---------------------------------------------------------------------
@@ -481,10 +527,15 @@ class Daemon:
         managed: NICs whose file we own; converged: nothing left to do (written with every
         red flag cleared, or found not to be ours); failing: not converged and an error
         recorded; waiting: the rest (converging, or accepted while a red flag such as late
-        IPv6 still stands). converged + waiting + failing = NICs.
+        IPv6 still stands). converged + waiting + failing = NICs. While a status cannot be
+        saved (state_dir read-only, full, a file in its way), ``; status not saved: <path>:
+        <reason>`` follows: ``nicreconciled status`` then shows what was last saved.
         """
         rows = [r.status for r in self.reconcilers.values()]
-        return summary(rows + list(self.ignored.values()))
+        line = summary(rows + list(self.ignored.values()))
+        # The status files cannot say that they are stale: this line does (and the log).
+        trouble = self._status_trouble()
+        return f"{line}; status not saved: {trouble}" if trouble else line
 
     def _update_status(self) -> None:
         """Send STATUS= if the summary changed (cheap: one pass over the reconcilers)."""
@@ -550,6 +601,8 @@ class Daemon:
                     await asyncio.wait_for(self._stop.wait(), self.config.resync_interval)
                 if not self._stop.is_set():
                     self.scan()
+                    if self._unsaved:
+                        self._retry_unsaved()
                     self._update_status()
                     # Never trust the notification stream alone.
                     self.recheck_all()
@@ -594,10 +647,8 @@ class Daemon:
     def _save_daemon_status(
         self, phase: DaemonPhase, detail: str, cloud: str | None = None
     ) -> None:
-        try:
-            self._daemon_status.save_daemon(DaemonStatus(phase=phase, detail=detail, cloud=cloud))
-        except (OSError, UnsafePathError) as exc:
-            log.warning("status_write_failed", error=str(exc))
+        self._unsaved[""] = DaemonStatus(phase=phase, detail=detail, cloud=cloud)
+        self._save_unsaved("")
 
     def _backend(self) -> str:
         """The manager our files are loaded by: networkd or NetworkManager."""

@@ -346,7 +346,13 @@ class Reconciler:
                     if self.ctx.applier is not None and not self.status.apply_pending:
                         self._promise(promise(state, self.ctx.choices), loaded=loaded)
         except (OSError, UnsafePathError, ApplyError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            # An OSError names the path ("/etc/netplan/90-….yaml: Read-only file system",
+            # "/etc/netplan: Not a directory"), never the temp file's random name.
+            reason = (
+                fs.describe(exc, self.ctx.output_dir, self.filename)
+                if isinstance(exc, OSError)
+                else str(exc)
+            )
             event = "apply_failed" if isinstance(exc, ApplyError) else "write_failed"
             self._log.error(event, error=reason, file=self.filename)
             self.status.last_error, self.status.last_error_at = reason, _now_iso()
@@ -516,9 +522,17 @@ class Reconciler:
             else:
                 self.ctx.status.save(self.status)
         except (OSError, UnsafePathError) as exc:
+            # Logged once per reason, retried at every pass; STATUS= says so meanwhile.
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             if reason != self._status_error:
                 self._log.warning("status_write_failed", error=reason)
             self._status_error = reason
         else:
+            if self._status_error is not None:
+                self._log.info("status_write_recovered", previous_error=self._status_error)
             self._status_error = None
+
+    @property
+    def status_error(self) -> str | None:
+        """Why this NIC's latest status could not be saved (None: it was)."""
+        return self._status_error

@@ -248,18 +248,36 @@ def _hostile(directory: Path, name: str) -> bool:
         return False
 
 
+class StatusWriteError(OSError):
+    """A status file could not be written or removed. Its text (``str()`` and ``strerror``)
+    names the path and the reason: ``/var/lib/nicreconciled/nics: Not a directory``."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def _failed(exc: OSError | UnsafePathError, directory: Path, name: str) -> StatusWriteError:
+    if isinstance(exc, OSError):
+        return StatusWriteError(exc.errno, fs.describe(exc, directory, name))
+    return StatusWriteError(None, f"{directory / name}: {exc}")
+
+
 def _write(directory: Path, name: str, text: str, mac: str | None) -> bool:
-    """write_if_changed, replacing an entry that is not a regular file (logged)."""
+    """write_if_changed, replacing an entry that is not a regular file (logged); any other
+    failure (EROFS, ENOSPC, a file in place of the directory) is a StatusWriteError."""
     try:
-        return fs.write_if_changed(directory, name, text, 0o644)
+        try:
+            return fs.write_if_changed(directory, name, text, 0o644)
+        except (UnsafePathError, OSError) as exc:
+            # A symlink or a directory is refused (UnsafePathError), a socket cannot even
+            # be opened (ENXIO): either way, not what we wrote. Other errors rise.
+            if not _hostile(directory, name):
+                raise
+            done = _evict(directory, name)
+            log.warning("status_file_replaced", mac=mac, file=name, reason=str(exc), **done)
+            return fs.write_if_changed(directory, name, text, 0o644)
     except (UnsafePathError, OSError) as exc:
-        # A symlink or a directory is refused (UnsafePathError), a socket cannot even be
-        # opened (ENXIO): either way, not what we wrote. Other errors (ENOSPC, EROFS) rise.
-        if not _hostile(directory, name):
-            raise
-        done = _evict(directory, name)
-        log.warning("status_file_replaced", mac=mac, file=name, reason=str(exc), **done)
-        return fs.write_if_changed(directory, name, text, 0o644)
+        raise _failed(exc, directory, name) from exc
 
 
 class StatusStore:
@@ -268,13 +286,16 @@ class StatusStore:
 
     def sweep(self) -> int:
         """Remove temp files a killed writer left among the status files."""
-        return fs.remove_stale_temps(self.directory, _OWNED)
+        try:
+            return fs.remove_stale_temps(self.directory, _OWNED)
+        except NotADirectoryError:
+            return 0  # a file in its place holds no temp files; every write says what is wrong
 
     def save(self, status: NicStatus) -> bool:
         """Write STATUS (if changed); an entry that is not a regular file is replaced.
 
-        Raises OSError (or UnsafePathError if someone keeps planting entries) only when
-        the write itself fails; callers log it and go on.
+        Raises StatusWriteError (an OSError naming the path) only when the write itself
+        fails (also if someone keeps planting entries); callers log it and go on.
         """
         name = f"{mac_to_key(status.mac)}.json"
         return _write(self.directory, name, _to_json(status), status.mac)
@@ -283,11 +304,14 @@ class StatusStore:
         """Remove MAC's status file (whatever is there); True if something was removed."""
         name = f"{mac_to_key(mac)}.json"
         try:
-            return fs.remove_file(self.directory, name)
-        except UnsafePathError:
-            done = _evict(self.directory, name)
-            log.warning("status_file_replaced", mac=mac, file=name, **done)
-            return True
+            try:
+                return fs.remove_file(self.directory, name)
+            except UnsafePathError:
+                done = _evict(self.directory, name)
+                log.warning("status_file_replaced", mac=mac, file=name, **done)
+                return True
+        except OSError as exc:
+            raise _failed(exc, self.directory, name) from exc
 
     def save_daemon(self, status: DaemonStatus) -> bool:
         return _write(self.directory.parent, _DAEMON_FILE, _to_json(status), None)

@@ -31,7 +31,14 @@ def _check_name(name: str) -> None:
 @contextlib.contextmanager
 def _open_dir(directory: Path, create: bool) -> Iterator[int]:
     if create:
-        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        try:
+            directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        except FileExistsError:
+            # Something that is not a directory is in its place: say so ("File exists" is
+            # what mkdir says, and it reads as if all were well).
+            raise NotADirectoryError(
+                errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(directory)
+            ) from None
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         yield fd
@@ -70,6 +77,16 @@ def read_file(directory: Path, name: str) -> str | None:
     except FileNotFoundError:
         return None
     return None if data is None else data.decode("utf-8", errors="replace")
+
+
+def describe(exc: OSError, directory: Path, name: str) -> str:
+    """``PATH: reason`` for a failed write or removal of DIRECTORY/NAME (logs, status): the
+    path the system named when it is absolute (a directory that cannot be made or opened),
+    else DIRECTORY/NAME itself, never the random name of its temp file (the same failure
+    reads the same at every retry)."""
+    named = exc.filename
+    where = named if isinstance(named, str) and os.path.isabs(named) else str(directory / name)
+    return f"{where}: {exc.strerror or exc}"
 
 
 def temp_name(name: str) -> str:
