@@ -198,6 +198,9 @@ def run(*, minutes: float = MINUTES, strict: bool = False) -> dict[str, Any]:
             requests = _requests(soak.sim)
             log = soak.daemon.log.read_text(errors="replace")
             tracebacks = log.count("Traceback") + log.count('"reconciler_crashed"')
+            if os.environ.get("NICR_BENCH_KEEP"):
+                keep = Path(os.environ["NICR_BENCH_KEEP"]) / "soak-daemon.log"
+                keep.write_text(log)
             heals = len(soak.daemon.events("heal"))
             healed = len(soak.daemon.events("kernel_healed"))
     except (LabError, AssertionError) as exc:

@@ -6,8 +6,9 @@ difference means, and acts (``reconciler.Reconciler.verify_kernel``).
 Our own applies and the managers' churn are told apart from drift by the promise, not by
 timing: after every apply (and after the manager restarted) the NIC is *pending* until the
 kernel has been seen to hold the whole promise; only what goes missing after that is drift,
-and so is a promised object that was seen in the kernel (by a look, or in a notification
-that added it) since the apply and is gone again.
+and so is a promised object that a notification added since the apply and that is gone
+again (what a look finds may be left from before, about to be replaced by the manager: the
+soak counted such heals after networkd restarts).
 A manager that never completes a promise is the one place a clock speaks: once ``settle``
 seconds have passed since the apply (``heal_settle`` since a heal) with the promise still
 incomplete, the difference is treated as drift too (a manager restarted that restores
@@ -66,8 +67,10 @@ class Keeper:
     missing: list[str] = field(default_factory=list)
     #: Drift seen and not repaired yet (reported, suspended, or healing).
     drifted: bool = False
-    #: Promised objects seen in the kernel since the last apply (by a look, or added in a
-    #: notification) while pending: one of them missing later was removed, not "not yet".
+    #: Promised objects a notification added since the last apply while pending: one of them
+    #: missing later was removed, not "not yet". Not what a look finds: an object from
+    #: before the apply (or the restart) may still be there, about to be replaced by the
+    #: manager itself (networkd drops and re-adds a link's configuration), which is no drift.
     seen: set[str] = field(default_factory=set)
     heals: deque[float] = field(default_factory=deque)
     #: Totals for the life of the NIC (status, metrics).
@@ -116,8 +119,6 @@ class Keeper:
             self.seen.clear()
             return Verdict.HOLDS
         gone = self.seen.intersection(missing)
-        if not self.held and self.promise is not None:
-            self.seen.update(set(self.promise.items()) - set(missing))
         if force:
             self.reset()
         if not self.held and not gone and now < self.recheck_at:
