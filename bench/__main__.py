@@ -23,6 +23,7 @@ from bench import (
     convergence,
     fleet,
     footprint,
+    fuzz,
     heal,
     issue12,
     kernel,
@@ -50,9 +51,11 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "heal": lambda args: heal.run(trials=args.heal_trials, churn=args.churn),
     # Not in a plain `python -m bench` run: an hour (issue 19); CI runs 5 minutes, strict.
     "soak": lambda args: soak.run(minutes=args.soak_minutes, strict=args.soak_strict),
+    # Not in a plain `python -m bench` run either: 100,000 documents per cloud take ~45 min.
+    "fuzz": lambda args: fuzz.run(docs=args.fuzz_docs),
 }
 #: Run only when named.
-ON_REQUEST = {"soak"}
+ON_REQUEST = {"soak", "fuzz"}
 
 
 def _delays(text: str) -> list[float]:
@@ -130,6 +133,10 @@ def _parser() -> argparse.ArgumentParser:
         "--soak-strict", action="store_true",
         help="soak: fail (exit 1) on a leak, a traceback or an incomplete NIC",
     )  # fmt: skip
+    p.add_argument(
+        "--fuzz-docs", type=int, default=fuzz.DOCS,
+        help="fuzz: documents per cloud (default %(default)s)",
+    )  # fmt: skip
     return p
 
 
@@ -147,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown benchmark {', '.join(unknown)}; one of {', '.join(BENCHMARKS)}")
     if args.trials < 1:
         parser.error("--trials must be at least 1")
+    if args.fuzz_docs < 1:
+        parser.error("--fuzz-docs must be at least 1")
     if args.soak < 0 or args.vms < 1 or args.outage <= 0:
         parser.error("--soak must be >= 0, --vms >= 1, --outage > 0")
     if os.geteuid() != 0:

@@ -106,11 +106,14 @@ def _text(key: str, value: str | None) -> str | None:
 
 
 def _address(key: str, value: str | None) -> IPv4Address | None:
+    """The address, None when absent, empty or 0.0.0.0 (no address, as for the lease
+    readers: systemd-networkd reads ``Address=0.0.0.0/N`` as "any free address")."""
     text = _text(key, value)
     try:
-        return None if text is None else IPv4Address(text)  # no "%scope", "/len", "010."
+        address = None if text is None else IPv4Address(text)  # no "%scope", "/len", "010."
     except ValueError:
         raise MetadataError(f"{key}: not an IPv4 address: {text!r:.40}") from None
+    return None if address is None or address.is_unspecified else address
 
 
 def parse_metadata(raw: Mapping[str, str | None]) -> VrMetadata:

@@ -23,7 +23,7 @@ import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
@@ -80,7 +80,11 @@ def entries(
     """Parsed, de-duplicated entries in their order; MetadataError names the first bad one.
 
     ipaddress accepts "fe80::1%eth0" (scoped) and "10.0.0.0" as a /32 network; metadata
-    never means either, so both are refused.
+    never means either, so both are refused. So are the unspecified address (0.0.0.0, ::),
+    which no NIC or router has (systemd-networkd reads ``Address=0.0.0.0/24`` as "any free
+    /24 of its pool"), and a /0 network, which is every address, not a subnet or a prefix
+    (netplan refuses an address with /0; a rule from it would take all of the host's
+    traffic).
     """
     texts = [value.strip() for value in values]
     texts = [text for text in texts if text]
@@ -95,6 +99,10 @@ def entries(
             item = kind(entry)
         except ValueError:
             raise MetadataError(f"{key}: invalid entry {entry[:60]!r}") from None
+        if isinstance(item, IPv4Address | IPv6Address) and item.is_unspecified:
+            raise MetadataError(f"{key}: invalid entry {entry[:60]!r}: no address")
+        if isinstance(item, IPv4Network | IPv6Network) and item.prefixlen == 0:
+            raise MetadataError(f"{key}: invalid entry {entry[:60]!r}: every address")
         if item not in out:
             out.append(item)
     return tuple(out)
@@ -131,6 +139,9 @@ def parse_json(key: str, text: str, kind: type[_T]) -> _T:
         data = json.loads(text)
     except ValueError as exc:
         raise MetadataError(f"{key}: not JSON ({str(exc)[:80]})") from None
+    except RecursionError:
+        # "[[[[...": a thousand levels fit in a few KiB; the decoder recurses once per level.
+        raise MetadataError(f"{key}: not JSON (nested too deeply)") from None
     if not isinstance(data, kind):
         raise MetadataError(f"{key}: expected a JSON {kind.__name__}, got {type(data).__name__}")
     return data

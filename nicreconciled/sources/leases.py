@@ -46,7 +46,9 @@ class Lease:
 
     @property
     def network(self) -> IPv4Network | None:
-        if self.address is None or self.prefixlen is None:
+        """The subnet the lease gives the address; None without one, and for a netmask of
+        0.0.0.0 (/0 is every address, not a subnet: netplan refuses an address with it)."""
+        if self.address is None or not self.prefixlen:
             return None
         return IPv4Interface(f"{self.address}/{self.prefixlen}").network
 

@@ -166,6 +166,8 @@ def _network(where: str, address: str, netmask: object, v6: bool) -> IPv4Network
     mask = str(netmask) if isinstance(netmask, int) and not isinstance(netmask, bool) else netmask
     mask = _text(f"{where}.netmask", mask, 64)
     try:
+        if "%" in mask or "%" in address:  # ipaddress reads "%..." as an IPv6 zone
+            raise ValueError(mask)
         if ":" in mask:  # Python's ipaddress knows no IPv6 mask form: turn it into a length
             bits = int(IPv6Address(mask))
             length = bin(bits).count("1")
@@ -181,11 +183,18 @@ def _network(where: str, address: str, netmask: object, v6: bool) -> IPv4Network
 
 
 def _address(where: str, value: object, v6: bool) -> IPv4Address | IPv6Address:
+    """An address of a port or a router: never "/len", never an IPv6 zone ("fe80::1%eth0",
+    which ipaddress accepts and no renderer can write), never the unspecified address."""
     text = _text(where, value, 64)
     try:
-        return IPv6Address(text) if v6 else IPv4Address(text)  # no "%scope", no "/len"
+        if "%" in text:
+            raise ValueError(text)
+        address = IPv6Address(text) if v6 else IPv4Address(text)
     except ValueError:
         raise MetadataError(f"{where}: not an IPv{6 if v6 else 4} address: {text[:45]!r}") from None
+    if address.is_unspecified:
+        raise MetadataError(f"{where}: {address} is no address")
+    return address
 
 
 _Routes = list[tuple[IPv4Network | IPv6Network, IPv4Address | IPv6Address]]
@@ -285,6 +294,8 @@ def parse_document(text: str) -> Document:
             gateway, found = _routes(where, net.get("routes", []), False)
             if not isinstance(address, IPv4Address) or not isinstance(subnet, IPv4Network):
                 raise MetadataError(f"{where}: not IPv4")  # _address/_network checked it
+            if subnet.prefixlen == 0:
+                raise MetadataError(f"{where}.netmask: /0 is every address, not a subnet")
             if address not in port.ipv4:
                 port.ipv4.append(address)
             if port.subnet4 is None:  # the first IPv4 network is the port's primary one
@@ -299,6 +310,8 @@ def parse_document(text: str) -> Document:
             gateway6, found = _routes(where, net.get("routes", []), True)
             if not isinstance(address, IPv6Address) or not isinstance(subnet, IPv6Network):
                 raise MetadataError(f"{where}: not IPv6")  # _address/_network checked it
+            if subnet.prefixlen == 0:
+                raise MetadataError(f"{where}.netmask: /0 is every address, not a subnet")
             if port.gateway6 is None and isinstance(gateway6, IPv6Address):
                 port.gateway6 = gateway6
             if address not in port.ipv6:

@@ -209,6 +209,28 @@ class TestBuildState:
         assert obs.state is not None
         assert obs.state.ipv4_gateway is None
 
+    def test_an_unspecified_local_ipv4_is_no_address(self) -> None:
+        # Found by tests/fuzz: "0.0.0.0" became the NIC's address, which networkd reads as
+        # "any free address of its pool". The lease readers already read it as none.
+        answers = raw("complete") | {"local-ipv4": "0.0.0.0"}
+        obs = build_state(MAC0, answers, None, vr=VR, own_vr=True, primary=True, device_number=0)
+        assert obs.state is not None
+        assert obs.state.ipv4_addresses == ()
+        assert [f.kind for f in obs.flags] == ["incomplete", "incomplete"]
+        assert parse_metadata(raw("complete") | {"public-ipv4": "0.0.0.0"}).public_ipv4 is None
+
+    def test_a_lease_with_netmask_0_0_0_0_gives_no_subnet(self) -> None:
+        # Found by tests/fuzz: the /0 "subnet" of such a lease put its address as "/0" in
+        # the file, which netplan generate refuses.
+        lease = Lease("eth0", "networkd", IPv4Address("10.1.1.23"), 0, IPv4Address("10.1.1.1"))
+        assert lease.network is None
+        obs = build_state(
+            MAC0, raw("complete"), lease, vr=VR, own_vr=True, primary=True, device_number=0
+        )
+        assert obs.state is not None
+        assert (obs.state.ipv4_subnet, obs.state.ipv4_gateway) == (None, None)
+        assert obs.state.ipv4_addresses == (IPv4Address("10.1.1.23"),)
+
     def test_garbage_raises(self) -> None:
         with pytest.raises(MetadataError, match=r"^local-ipv4: not an IPv4 address"):
             build_state(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
@@ -40,7 +40,18 @@ class TestTextChecks:
 
     @pytest.mark.parametrize(
         ("kind", "entry"),
-        [(IPv6Address, "fe80::1%eth0"), (IPv4Network, "10.0.0.0"), (IPv4Address, "10.0.0.256")],
+        [
+            (IPv6Address, "fe80::1%eth0"),
+            (IPv4Network, "10.0.0.0"),
+            (IPv4Address, "10.0.0.256"),
+            # Found by tests/fuzz: networkd reads Address=0.0.0.0/N as "any free address of
+            # its pool", netplan refuses an address with /0.
+            (IPv4Address, "0.0.0.0"),
+            (IPv6Address, "::"),
+            (IPv6Address, "0::0"),
+            (IPv4Network, "0.0.0.0/0"),
+            (IPv6Network, "::/0"),
+        ],
     )
     def test_entries_refuse_what_metadata_never_means(self, kind: type, entry: str) -> None:
         with pytest.raises(MetadataError, match=r"^k: invalid entry"):
@@ -63,6 +74,17 @@ class TestTextChecks:
             common.parse_json("d", "<html>", dict)
         with pytest.raises(MetadataError, match=r"^d: \d+ bytes, more than"):
             common.parse_json("d", " " * (common.MAX_DOCUMENT + 1), dict)
+
+    @pytest.mark.parametrize("depth", [5_000, 100_000])
+    @pytest.mark.parametrize(("opener", "closer"), [("[", "]"), ('{"a":', "}")])
+    def test_parse_json_refuses_nesting_deeper_than_the_decoder(
+        self, depth: int, opener: str, closer: str
+    ) -> None:
+        # Found by tests/fuzz: json.loads raised RecursionError (not a ValueError) for a
+        # document of a few KiB, and it escaped every parser built on parse_json.
+        text = opener * depth + ("1" if closer == "}" else "") + closer * depth
+        with pytest.raises(MetadataError, match=r"^d: not JSON \(nested too deeply\)$"):
+            common.parse_json("d", text, dict)
 
     def test_make_state_turns_a_refusal_into_metadata_error(self) -> None:
         with pytest.raises(MetadataError, match=r"^0a:00:00:00:00:01: route_table: "):

@@ -320,6 +320,14 @@ class TestGarbage:
             ("ipv6s", "2600::1\r"),
             ("local-ipv4s", "10.20.1.37\x1b[2J"),
             ("local-ipv4s", "10.20.1.37\x85"),
+            # Found by tests/fuzz: accepted, rendered as "0.0.0.0/24" (networkd: any free
+            # address of its pool) or as addresses "/0" (netplan generate refuses them).
+            ("local-ipv4s", "10.20.1.37\n0.0.0.0"),
+            ("ipv6s", "::"),
+            ("subnet-ipv4-cidr-block", "0.0.0.0/0"),
+            ("subnet-ipv6-cidr-blocks", "::/0"),
+            ("ipv4-prefix", "0.0.0.0/0"),
+            ("ipv6-prefix", "::/0"),
         ],
     )
     def test_invalid_value_is_refused_naming_the_key(

@@ -193,6 +193,18 @@ class TestGarbage:
             (entry(ipv6Addresses=[f"2001:db8::{i:x}" for i in range(33)]), r"33 entries"),
             (entry(ipv6SubnetCidrBlock="2001:db8::/64x"), r"ipv6SubnetCidrBlock: invalid"),
             (entry(ipv6VirtualRouterIp="10.0.0.1"), r"ipv6VirtualRouterIp: invalid"),
+            # Found by tests/fuzz: a /0 "subnet" (netplan refuses its addresses) and the
+            # unspecified address (networkd reads it as "any free address of its pool").
+            (
+                entry(subnetCidrBlock="0.0.0.0/0", privateIp="0.0.0.51", virtualRouterIp=...),
+                r"^vnics\[0\]\.subnetCidrBlock: invalid entry '0\.0\.0\.0/0': every address$",
+            ),
+            (
+                entry(subnetCidrBlock="0.0.0.0/24", privateIp="0.0.0.0"),
+                r"^vnics\[0\]\.privateIp: invalid entry '0\.0\.0\.0': no address$",
+            ),
+            (entry(ipv6Addresses=["::"]), r"^vnics\[0\]\.ipv6Addresses: invalid entry '::'"),
+            (entry(ipv6SubnetCidrBlock="::/0"), r"ipv6SubnetCidrBlock: invalid entry '::/0'"),
             ("[" + ",".join([entry()[1:-1]] * 2) + "]", r"^vnics\[1\]\.macAddr: .* twice$"),
             (json.dumps([{}] * 300), r"^opc/v2/vnics/: 300 VNICs, more than 256$"),
             ("[" + " " * (1024 * 1024) + "]", r"^opc/v2/vnics/: \d+ bytes, more than"),
@@ -202,6 +214,18 @@ class TestGarbage:
         with pytest.raises(MetadataError, match=message) as caught:
             parse_nic("02:00:17:00:00:01", text)
         assert "\n" not in str(caught.value)
+
+    def test_deep_nesting_anywhere_is_a_metadata_error(self) -> None:
+        # Found by tests/fuzz: a RecursionError escaped parse_nic. Every depth around the
+        # decoder's limit (wherever the stack stands), at the top and inside a field.
+        for depth in range(800, 1100):
+            deep = "[" * depth + "]" * depth
+            for text in (deep, entry(vlanTag=...)[:-2] + f', "vlanTag": {deep}}}]'):
+                try:
+                    parse_nic("02:00:17:00:00:01", text)
+                except MetadataError:
+                    continue
+                pytest.fail(f"depth {depth}: accepted")
 
     def test_garbage_in_another_vnic_fails_the_whole_document(self) -> None:
         good = json.loads(entry())[0]

@@ -186,6 +186,38 @@ class TestGarbage:
                 "networks[1].routes[0].gateway",
             ),
             (garbage(lambda d: d.update(links=[d["links"][0]] * 200)), "more than 128"),
+            # Found by tests/fuzz: ipaddress reads "%..." as an IPv6 zone, which the
+            # networkd and NetworkManager writers refuse (ValueError on a valid NicState).
+            (
+                garbage(lambda d: d["networks"][2].update(ip_address="2001:db8:11::10%eth0")),
+                "networks[2].ip_address: not an IPv6 address",
+            ),
+            (
+                garbage(lambda d: d["networks"][2]["routes"][0].update(gateway="fe80::1%eth1")),
+                "networks[2].routes[0].gateway: not an IPv6 address",
+            ),
+            (
+                garbage(lambda d: d["networks"][2]["routes"][1].update(network="2001:db8:77::%x")),
+                "networks[2].routes[1].netmask: invalid netmask",
+            ),
+            (
+                garbage(lambda d: d["networks"][2].update(netmask="ffff:ffff::%eth0")),
+                "networks[2].netmask: invalid netmask",
+            ),
+            # Found by tests/fuzz: the unspecified address (networkd: any free address of
+            # its pool) and a /0 subnet (netplan refuses an address with /0).
+            (
+                garbage(lambda d: d["networks"][1].update(ip_address="0.0.0.0")),
+                "networks[1].ip_address: 0.0.0.0 is no address",
+            ),
+            (
+                garbage(lambda d: d["networks"][1].update(netmask="0.0.0.0")),
+                "networks[1].netmask: /0 is every address, not a subnet",
+            ),
+            (
+                garbage(lambda d: d["networks"][2].update(netmask=0)),
+                "networks[2].netmask: /0 is every address, not a subnet",
+            ),
         ],
     )
     def test_is_a_metadata_error_naming_the_field(self, raw: str, field: str) -> None:
@@ -193,6 +225,21 @@ class TestGarbage:
             parse_document(raw)
         assert field in str(info.value)
         assert "\n" not in str(info.value)
+
+    def test_deep_nesting_anywhere_is_a_metadata_error(self) -> None:
+        # Found by tests/fuzz: a RecursionError escaped parse_document. Every depth around
+        # the decoder's limit (wherever the stack stands), at the top and inside a field.
+        for depth in range(800, 1100):
+            deep = "[" * depth + "]" * depth
+            for raw in (
+                deep,
+                garbage(lambda d: d["links"][1].update(mtu="@")).replace('"@"', deep),
+            ):
+                try:
+                    parse_document(raw)
+                except MetadataError:
+                    continue
+                pytest.fail(f"depth {depth}: accepted")
 
 
 class TestConfig:

@@ -1,0 +1,47 @@
+"""Every cloud's metadata parser on hostile documents (``strategies``): it gives an
+Observation (a state, or None with its flags) or raises MetadataError with a one-line
+message, nothing else; an accepted state is valid, the cloud's and the MAC's, and parsing is
+pure (``properties.parser_property``)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import given, seed
+from hypothesis import strategies as st
+
+from nicreconciled.errors import MetadataError
+from tests.fuzz.properties import CLOUDS, parser_property
+from tests.fuzz.settings import PARSER_EXAMPLES, SEED, fuzz_settings
+from tests.fuzz.strategies import DOCUMENTS
+
+#: cloud -> outcome -> documents, filled by the property test, read by the last test.
+OUTCOMES: dict[str, Counter[str]] = {cloud: Counter() for cloud in CLOUDS}
+
+
+def outcome(result: object) -> str:
+    if isinstance(result, MetadataError):
+        return "rejected"
+    return "no state" if result is None else "accepted"
+
+
+@pytest.mark.parametrize("cloud", CLOUDS)
+@seed(SEED)
+@fuzz_settings(PARSER_EXAMPLES)
+@given(data=st.data())
+def test_a_parser_gives_an_observation_or_a_metadata_error(cloud: str, data: st.DataObject) -> None:
+    doc = data.draw(DOCUMENTS[cloud], label="document")
+    OUTCOMES[cloud][outcome(parser_property(cloud, doc))] += 1
+
+
+def test_the_documents_were_both_accepted_and_rejected() -> None:
+    """The strategies are hostile without being only garbage: a fuzz run in which every
+    document is rejected (or none) would pass while proving little."""
+    ran = {cloud: counts for cloud, counts in OUTCOMES.items() if counts.total()}
+    if not ran:
+        pytest.skip("the property test did not run in this session (-k?)")
+    for cloud, counts in ran.items():
+        total = counts.total()
+        assert counts["accepted"] >= 0.15 * total, (cloud, dict(counts))
+        assert counts["rejected"] >= 0.15 * total, (cloud, dict(counts))
