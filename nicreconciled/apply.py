@@ -21,7 +21,9 @@ So they generate into a scratch tree (``--root-dir``, with a copy of every netpl
 configuration file, so our definitions are rendered exactly as a full generate would), then
 install only our own NICs' output (``10-netplan-nicr-<key>.*`` for networkd,
 ``netplan-nicr-<key>.nmconnection`` for NetworkManager) with the same atomic
-write-if-changed as our own files, and remove what a removed NIC left. Nothing else in
+write-if-changed as our own files, and remove what a removed NIC left. A scratch tree's
+name carries the daemon's pid; the trees of a daemon killed mid-generate are removed at the
+next start (``remove_stale_scratch``). Nothing else in
 ``/run/systemd/network`` or ``/run/NetworkManager`` is touched; global outputs (udev rules,
 OVS units) are left to netplan's own boot-time generator.
 
@@ -62,8 +64,12 @@ apply is queued behind it (the batch then re-applies it anyway).
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import shutil
+import stat
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,7 +226,7 @@ class _NetplanApplier(_BatchApplier):
 
     async def _generate(self, changes: Sequence[Change]) -> set[str]:
         """Generate in scratch, install our NICs' files; the MACs whose files changed."""
-        scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="nicreconciled-netplan."))
+        scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=scratch_prefix()))
         try:
             await asyncio.to_thread(self._copy_config, scratch)
             await self._step(self._netplan, "generate", "--root-dir", str(scratch))
@@ -262,6 +268,59 @@ class _NetplanApplier(_BatchApplier):
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 raise ApplyError(f"install into {live}: {reason}") from exc
         return changed
+
+
+#: ``netplan generate``'s scratch trees: ``<tmp>/nicreconciled-netplan.<pid>.<random>``.
+SCRATCH_PREFIX: Final = "nicreconciled-netplan."
+_SCRATCH = re.compile(re.escape(SCRATCH_PREFIX) + r"(?:(\d+)\.)?[A-Za-z0-9_]+")
+#: A scratch tree with no pid in its name (0.2.0 and before) is stale when this old.
+UNTAGGED_STALE_AFTER = 2 * TIMEOUT
+
+
+def scratch_prefix() -> str:
+    return f"{SCRATCH_PREFIX}{os.getpid()}."
+
+
+def remove_stale_scratch(tmp: Path | None = None) -> list[Path]:
+    """Remove the scratch trees a killed daemon left in TMP (the temp directory); the
+    removed paths. A tree is stale when the process its name carries is gone (or is this
+    one, which has made none yet: a PID namespace may give a restarted daemon the same pid);
+    an untagged one when older than UNTAGGED_STALE_AFTER. Only trees this user owns."""
+    directory = Path(tmp if tmp is not None else tempfile.gettempdir())
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _SCRATCH.fullmatch(entry.name)
+        if match is None:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            continue
+        if match.group(1) is None:
+            stale = time.time() - st.st_mtime > UNTAGGED_STALE_AFTER
+        else:
+            stale = int(match.group(1)) == os.getpid() or not _alive(int(match.group(1)))
+        if stale:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            if not os.path.lexists(entry.path):
+                removed.append(Path(entry.path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # EPERM: someone else's process
+    return True
 
 
 def _listing(directory: Path, suffix: str) -> list[str]:

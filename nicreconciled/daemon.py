@@ -11,6 +11,7 @@ from pathlib import Path
 import structlog
 
 from nicreconciled import coexist, systemd
+from nicreconciled.apply import remove_stale_scratch
 from nicreconciled.config import Config
 from nicreconciled.errors import UnsafePathError
 from nicreconciled.kernelwatch import KernelWatch
@@ -296,11 +297,14 @@ class Daemon:
     def adopt_orphans(self) -> None:
         """Our files for MACs not attached now (detached while we were stopped).
 
-        Also removes temp files a killed writer left. Trouble with output_dir is logged, not
-        fatal: each reconciler reports and retries its own writes.
+        Also removes the temp files and netplan scratch trees a killed run left. Trouble with
+        output_dir is logged, not fatal: each reconciler reports and retries its own writes.
         """
         renderer = self.ctx.renderer
         owned = owned_names(renderer)
+        if self.config.apply:
+            for path in remove_stale_scratch():
+                log.info("scratch_removed", path=str(path))
         try:
             self.ctx.status.sweep()
         except OSError as exc:

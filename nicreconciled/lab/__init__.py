@@ -38,7 +38,7 @@ from nicreconciled.lab.base import (
     Manager,
     missing_tools,
 )
-from nicreconciled.lab.daemon import DEFAULT_POLLING, Daemon
+from nicreconciled.lab.daemon import DEFAULT_POLLING, Crash, Daemon
 from nicreconciled.lab.eni import Eni, missing_state, table_of
 from nicreconciled.lab.kernel import Address, Family, Rule
 from nicreconciled.lab.lab import Lab
@@ -63,6 +63,7 @@ __all__ = [
     "Address",
     "AddressMonitor",
     "AddressSampler",
+    "Crash",
     "Daemon",
     "Eni",
     "Family",

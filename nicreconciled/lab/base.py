@@ -111,6 +111,8 @@ class LabBase:
             raise ValueError(f"tag must match {_TAG.pattern}: {tag!r}")
         self.manager: Manager = manager
         self.workdir = workdir.resolve()
+        #: The daemons' TMPDIR (netplan's scratch trees), inside workdir.
+        self.tmp = self.workdir / "tmp"
         if any(self.workdir.is_relative_to(d) for d in PRIVATE_DIRS):
             raise ValueError(f"workdir {workdir} would be hidden inside the instance")
         base = f"nrl-{tag}-{os.getpid()}-{next(_counter)}"

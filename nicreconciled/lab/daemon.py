@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,6 +15,21 @@ from nicreconciled.lab.procs import Proc, wait_until
 
 #: [polling] values for the lab: quick, like tests/integration/conftest.py.
 DEFAULT_POLLING: dict[str, float] = {"deadline": 8, "ipv6_grace": 6, "max_interval": 1}
+
+
+#: The file in a daemon's bin dir that arms its ``Crash`` (taken by the crash).
+CRASH_ARMED = "crash-armed"
+
+
+@dataclass(frozen=True)
+class Crash:
+    """Where a lab daemon is SIGKILLed once armed (``Daemon.arm_crash``): at the first call of
+    TOOL whose arguments contain WORDS (e.g. ``Crash("networkctl", "reload")``), before the
+    tool runs, or AFTER it has run."""
+
+    tool: str
+    words: str
+    after: bool = False
 
 
 @dataclass
@@ -65,20 +81,38 @@ class Daemon:
         if not self.events("ready"):
             raise RuntimeError(f"daemon exited {self.proc.popen.returncode}:\n{self.tail()}")
 
+    def arm_crash(self) -> None:
+        """The next call of the ``Crash`` tool this daemon was started with kills it."""
+        (self.bin_dir / CRASH_ARMED).touch()
+
+    def crash_armed(self) -> bool:
+        return (self.bin_dir / CRASH_ARMED).exists()
+
     def stop(self, grace: float = 10.0) -> int:
         """SIGTERM (SIGKILL after GRACE s); the exit status."""
         return self.proc.stop(grace)
 
 
-def write_bin_dir(path: Path, failing: Iterable[str]) -> Path:
+def write_bin_dir(path: Path, failing: Iterable[str], crash: Crash | None = None) -> Path:
     """A directory for the front of the daemon's PATH: the netplan wrapper, plus a failing
-    stand-in for each tool in FAILING (e.g. "networkctl", "nmcli")."""
+    stand-in for each tool in FAILING (e.g. "networkctl", "nmcli"), and CRASH's stand-in."""
     path.mkdir(parents=True, exist_ok=True)
     tools = {"netplan": texts.netplan_wrapper()}
     for name in failing:
         if "/" in name or not name:
             raise ValueError(f"not a tool name: {name!r}")
         tools[name] = texts.failing_tool(name)
+    if crash is not None:
+        if crash.tool == "netplan":
+            tools["netplan-lab"] = tools["netplan"]
+            real = str(path / "netplan-lab")
+        else:
+            found = shutil.which(crash.tool)
+            if found is None:
+                raise ValueError(f"{crash.tool}: not found")
+            real = found
+        armed = path / CRASH_ARMED
+        tools[crash.tool] = texts.crashing_tool(real, crash.words, after=crash.after, armed=armed)
     for name, text in tools.items():
         target = path / name
         target.write_text(text)

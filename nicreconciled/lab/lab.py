@@ -20,7 +20,7 @@ from nicreconciled.lab.base import (
     LabError,
     LabTimeout,
 )
-from nicreconciled.lab.daemon import DEFAULT_POLLING, Daemon, write_bin_dir
+from nicreconciled.lab.daemon import DEFAULT_POLLING, Crash, Daemon, write_bin_dir
 from nicreconciled.lab.nics import Nic, check_subnet6
 from nicreconciled.lab.procs import wait_until
 from nicreconciled.lab.simctl import SimControl
@@ -217,10 +217,13 @@ class Lab(LabBase):
         wait_ready: bool = True,
         cloud: str = "ec2",
         kernel: Mapping[str, bool | int] | None = None,
+        crash: Crash | None = None,
     ) -> Daemon:
         """``nicreconciled run`` in the instance, JSON log in workdir; FAILING: tools whose
         stand-ins fail (e.g. ``("networkctl",)``). Call ``start_sim`` (EC2) or ``start_vr``
-        (``cloud = "cloudstack"``) first. KERNEL: the ``[kernel]`` table (heal, heal_limit)."""
+        (``cloud = "cloudstack"``) first. KERNEL: the ``[kernel]`` table (heal, heal_limit).
+        CRASH: where ``Daemon.arm_crash`` makes it die (SIGKILL) in an apply. Its TMPDIR
+        (netplan's scratch trees) is the lab's own ``tmp``."""
         if self.sim is None and cloud != "cloudstack":
             raise LabError("start_sim() first")
         if self.daemon is not None and self.daemon.alive():
@@ -241,8 +244,10 @@ class Lab(LabBase):
                 kernel=kernel,
             )
         )
-        bin_dir = write_bin_dir(self.workdir / f"bin-daemon-{n}", failing)
+        bin_dir = write_bin_dir(self.workdir / f"bin-daemon-{n}", failing, crash)
+        self.tmp.mkdir(mode=0o700, exist_ok=True)
         env = dict(os.environ)
+        env["TMPDIR"] = str(self.tmp)
         env["PATH"] = f"{bin_dir}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
         log = self.workdir / f"daemon-{n}.log"
         argv = [sys.executable, "-m", "nicreconciled", "--config", str(config)]

@@ -123,6 +123,25 @@ exit 1
 """
 
 
+def crashing_tool(real: str, words: str, *, after: bool, armed: Path) -> str:
+    """TEST-ONLY stand-in that SIGKILLs its caller (the daemon) at one step of an apply: the
+    first call whose arguments contain WORDS once ARMED exists (the file is taken, so one
+    crash per arming), before the REAL tool runs or, AFTER, once it has run."""
+    real_q, armed_q = shlex.quote(real), shlex.quote(str(armed))
+    run = f'{real_q} "$@"\n        ' if after else ""
+    return f"""#!/bin/sh
+# nicreconciled lab (test only): the caller is SIGKILLed at "{words}" once armed
+case " $* " in
+    *" {words} "*)
+        if rm {armed_q} 2>/dev/null; then
+        {run}kill -KILL "$PPID"
+        exit 137
+        fi ;;
+esac
+exec {real_q} "$@"
+"""
+
+
 def primary_netplan(ifname: str, mac: str, address: str, gateway: str) -> str:
     """A cloud-init-like ``50-cloud-init.yaml``: the primary NIC, static (foreign to us)."""
     return f"""# Written by the nicreconciled lab as cloud-init would (a foreign file).

@@ -443,3 +443,37 @@ class TestNetplanNetworkManagerApplier:
 
     def test_the_default_root_is_the_hosts(self) -> None:
         assert NetplanNetworkManagerApplier(RecordingRunner()).root == Path("/")
+
+
+def _dead_pid() -> int:
+    """A pid no process has: a child that has exited and been reaped."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
+
+
+def test_scratch_trees_of_dead_daemons_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    prefix = apply.SCRATCH_PREFIX
+    stale = [f"{prefix}{_dead_pid()}.abc_12", f"{prefix}{os.getpid()}.x1", f"{prefix}old1"]
+    kept = [f"{prefix}{os.getppid()}.live9", f"{prefix}new1", "nicreconciled-other.1.a"]
+    for name in stale + kept:
+        (tmp_path / name / "run").mkdir(parents=True)
+    old = (tmp_path / f"{prefix}old1").stat().st_mtime - apply.UNTAGGED_STALE_AFTER - 1
+    os.utime(tmp_path / f"{prefix}old1", (old, old))
+    # Not a directory, or a link to one: never followed, never removed.
+    (tmp_path / f"{prefix}{_dead_pid()}.file").write_text("")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / f"{prefix}{_dead_pid()}.link").symlink_to(tmp_path / "elsewhere")
+    kept += [p.name for p in tmp_path.iterdir() if p.name.endswith((".file", ".link"))]
+
+    removed = apply.remove_stale_scratch(tmp_path)
+
+    assert sorted(p.name for p in removed) == sorted(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "elsewhere"])
+    assert apply.remove_stale_scratch(tmp_path / "missing") == []
+
+
+def test_a_scratch_tree_carries_the_daemons_pid() -> None:
+    assert apply.scratch_prefix() == f"{apply.SCRATCH_PREFIX}{os.getpid()}."
