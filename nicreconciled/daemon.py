@@ -14,6 +14,7 @@ from nicreconciled import coexist, systemd
 from nicreconciled.apply import remove_stale_scratch
 from nicreconciled.config import Config
 from nicreconciled.errors import UnsafePathError
+from nicreconciled.kernelside import MANAGER_BUS_NAMES, KernelSide
 from nicreconciled.kernelwatch import KernelWatch
 from nicreconciled.model import key_to_mac
 from nicreconciled.ownership import NOT_READY, NotOurs, Ownership
@@ -29,7 +30,7 @@ from nicreconciled.status import (
     StatusStore,
     summary,
 )
-from nicreconciled.system import fs, kernelstate, rtnl, sysfs
+from nicreconciled.system import fs, rtnl, sysfs
 from nicreconciled.system.busname import NameWatch
 from nicreconciled.udev import NicEvent, UdevWatcher
 
@@ -40,15 +41,6 @@ RESTART_DELAY = 5.0
 #: A SIGHUP resync reports READY=1 at the latest this long after it started, even if some
 #: NIC's poll is still stuck (a metadata service timing out must not hold systemctl reload).
 RELOAD_BOUND = 10.0
-#: Kernel notifications about one NIC are gathered this long before its state is read (a
-#: burst of deletions is one look, one heal), and never held longer than DEBOUNCE_MAX.
-DEBOUNCE = 0.05
-DEBOUNCE_MAX = 0.25
-#: The D-Bus name of the network manager each backend's files are loaded by.
-MANAGER_BUS_NAMES = {
-    "networkd": "org.freedesktop.network1",
-    "NetworkManager": "org.freedesktop.NetworkManager",
-}
 
 
 #: Finds the cloud (``cloud = "auto"`` may take long) and builds the reconcilers' context.
@@ -103,9 +95,7 @@ class Daemon:
         self._reloaded = asyncio.Event()
         self._reload_task: asyncio.Task[None] | None = None
         self.reload_bound = RELOAD_BOUND
-        #: Per MAC: the pending kernel look (timer) and when its gathering started.
-        self._rechecks: dict[str, tuple[asyncio.TimerHandle, float, float]] = {}
-        self._verifies: set[asyncio.Task[None]] = set()
+        self.kernel = KernelSide(self.reconcilers, self._stop.is_set)
         self.kernel_watch: KernelWatch | None = None
 
     @property
@@ -439,86 +429,18 @@ class Daemon:
             self._retry_unsaved()
         self._update_status()
 
-    # -- the kernel ---------------------------------------------------------------------
+    # -- the kernel (kernelside.py) ---------------------------------------------------------
     def recheck(self, mac: str, delay: float) -> None:
-        """Look at MAC's kernel state in DELAY s; 0: once its burst of notifications is over
-        (DEBOUNCE after the latest, DEBOUNCE_MAX after the first). One look pending per NIC:
-        the earlier wins (a look that finds the NIC pending schedules the next itself)."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        pending = self._rechecks.get(mac)
-        if delay > 0:
-            at = first = now + delay
-            if pending is not None and pending[1] <= at:
-                return
-        else:
-            gathering = pending is not None and pending[2] <= now
-            first = pending[2] if pending is not None and gathering else now
-            at = min(now + DEBOUNCE, first + DEBOUNCE_MAX)
-        if pending is not None:
-            pending[0].cancel()
-        self._rechecks[mac] = (loop.call_at(at, self._recheck_due, mac), at, first)
-
-    def _recheck_due(self, mac: str) -> None:
-        self._rechecks.pop(mac, None)
-        rec = self.reconcilers.get(mac)
-        if rec is None or self._stop.is_set():
-            return
-        task = asyncio.create_task(rec.verify_kernel(), name=f"verify-{mac}")
-        self._verifies.add(task)
-        task.add_done_callback(self._verified)
-
-    def _verified(self, task: asyncio.Task[None]) -> None:
-        self._verifies.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("verify_crashed", error=repr(task.exception()))
+        self.kernel.recheck(mac, delay)
 
     def recheck_all(self) -> None:
-        for mac in self.reconcilers:
-            self.recheck(mac, 0.0)
+        self.kernel.recheck_all()
 
     def on_kernel_events(self, events: list[rtnl.Event]) -> None:
-        """Notifications -> the NICs they concern (by link or by table), each looked at."""
-        by_index: dict[int, str] = {}
-        by_table: dict[int, str] = {}
-        for mac, rec in self.reconcilers.items():
-            promised = rec.keeper.promise
-            if promised is None:
-                continue
-            if rec.ifindex is not None:
-                by_index[rec.ifindex] = mac
-            for table in promised.tables:
-                by_table[table] = mac
-        if not by_index:
-            return
-        touched: set[str] = set()
-        for event in events:
-            if event.kind == "link" and event.deleted:
-                continue  # a detach: udev's remove event handles it
-            found = by_index.get(event.ifindex) if event.ifindex is not None else None
-            if found is None and event.table is not None:
-                found = by_table.get(event.table)
-            if found is None:
-                continue
-            touched.add(found)
-            keeper = self.reconcilers[found].keeper
-            if not event.deleted and not keeper.held:
-                # Pending after an apply: what arrives counts as seen (keeper.py).
-                item = kernelstate.describe_event(event)
-                if item is not None:
-                    keeper.saw(item)
-        for mac in touched:
-            self.recheck(mac, 0.0)
+        self.kernel.on_events(events)
 
     def on_manager(self, name: str, owned: bool) -> None:
-        """The network manager's bus name went away or came back (a restart)."""
-        self.ctx.manager_away = not owned
-        if not owned:
-            log.warning("network_manager_gone", bus_name=name)
-            return
-        log.info("network_manager_back", bus_name=name, nics=len(self.reconcilers))
-        for rec in self.reconcilers.values():
-            rec.manager_restarted()
+        self.kernel.on_manager(name, owned, self.ctx)
 
     def stop(self) -> None:
         self._stop.set()
@@ -667,12 +589,7 @@ class Daemon:
         return watch if await watch.start() else None
 
     async def shutdown(self) -> None:
-        for handle, _at, _first in self._rechecks.values():
-            handle.cancel()
-        self._rechecks.clear()
-        for task in list(self._verifies):
-            task.cancel()
-        await asyncio.gather(*self._verifies, return_exceptions=True)
+        await self.kernel.shutdown()
         tasks = list(self.tasks.values())
         for task in tasks:
             task.cancel()

@@ -7,7 +7,8 @@ import random
 from pathlib import Path
 
 from nicreconciled.config import Config
-from nicreconciled.daemon import DEBOUNCE, DEBOUNCE_MAX, Daemon
+from nicreconciled.daemon import Daemon
+from nicreconciled.kernelside import DEBOUNCE, DEBOUNCE_MAX
 from nicreconciled.promise import Promise, PromisedRule
 from nicreconciled.reconciler import Context, Reconciler
 from nicreconciled.render.netplan import NetplanRenderer
@@ -46,11 +47,11 @@ class TestWhichNic:
     async def test_by_link_or_by_table(self, tmp_path: Path) -> None:
         d, _rec = daemon(tmp_path)
         d.on_kernel_events([event("address", ifindex=7)])
-        assert MAC in d._rechecks
-        d._rechecks.pop(MAC)[0].cancel()
+        assert MAC in d.kernel._rechecks
+        d.kernel._rechecks.pop(MAC)[0].cancel()
         d.on_kernel_events([event("rule", table=10001)])
-        assert MAC in d._rechecks
-        d._rechecks.pop(MAC)[0].cancel()
+        assert MAC in d.kernel._rechecks
+        d.kernel._rechecks.pop(MAC)[0].cancel()
 
     async def test_what_is_not_ours_is_dropped(self, tmp_path: Path) -> None:
         d, _rec = daemon(tmp_path)
@@ -61,18 +62,18 @@ class TestWhichNic:
                 event("link", ifindex=9),
             ]
         )
-        assert d._rechecks == {}
+        assert d.kernel._rechecks == {}
 
     async def test_a_link_deleted_is_udevs_business(self, tmp_path: Path) -> None:
         d, _rec = daemon(tmp_path)
         d.on_kernel_events([event("link", ifindex=7)])
-        assert d._rechecks == {}
+        assert d.kernel._rechecks == {}
 
     async def test_a_nic_without_a_promise_is_not_watched(self, tmp_path: Path) -> None:
         d, rec = daemon(tmp_path)
         rec.keeper.promise = None
         d.on_kernel_events([event("address", ifindex=7)])
-        assert d._rechecks == {}
+        assert d.kernel._rechecks == {}
 
 
 class TestDebounce:
@@ -81,29 +82,29 @@ class TestDebounce:
         loop = asyncio.get_running_loop()
         start = loop.time()
         d.recheck(MAC, 0.0)
-        first_at = d._rechecks[MAC][1]
+        first_at = d.kernel._rechecks[MAC][1]
         assert first_at <= start + DEBOUNCE + 0.01
         for _ in range(50):  # notifications keep coming: the look moves, up to the cap
             d.recheck(MAC, 0.0)
-        assert d._rechecks[MAC][1] <= start + DEBOUNCE_MAX + 0.01
-        assert len(d._rechecks) == 1
-        d._rechecks.pop(MAC)[0].cancel()
+        assert d.kernel._rechecks[MAC][1] <= start + DEBOUNCE_MAX + 0.01
+        assert len(d.kernel._rechecks) == 1
+        d.kernel._rechecks.pop(MAC)[0].cancel()
 
     async def test_a_later_request_never_delays_an_earlier_look(self, tmp_path: Path) -> None:
         d, _rec = daemon(tmp_path)
         d.recheck(MAC, 0.0)
-        soon = d._rechecks[MAC][1]
+        soon = d.kernel._rechecks[MAC][1]
         d.recheck(MAC, 5.0)
-        assert d._rechecks[MAC][1] == soon
-        d._rechecks.pop(MAC)[0].cancel()
+        assert d.kernel._rechecks[MAC][1] == soon
+        d.kernel._rechecks.pop(MAC)[0].cancel()
 
     async def test_an_earlier_request_replaces_a_later_one(self, tmp_path: Path) -> None:
         d, _rec = daemon(tmp_path)
         d.recheck(MAC, 5.0)
-        late = d._rechecks[MAC][1]
+        late = d.kernel._rechecks[MAC][1]
         d.recheck(MAC, 0.0)
-        assert d._rechecks[MAC][1] < late
-        d._rechecks.pop(MAC)[0].cancel()
+        assert d.kernel._rechecks[MAC][1] < late
+        d.kernel._rechecks.pop(MAC)[0].cancel()
 
     async def test_the_look_runs_the_reconcilers_verification(self, tmp_path: Path) -> None:
         d, rec = daemon(tmp_path)
