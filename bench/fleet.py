@@ -55,6 +55,7 @@ from aiohttp import web
 
 from bench.harness import BenchError, proc_cpu_seconds
 from bench.report import RESULTS, percentile, sliding_peak, summary, table, verdict
+from nicreconciled.metrics import OUTCOMES, Metrics
 from nicreconciled.model import Cloud, Observation
 from nicreconciled.reconciler import Context, Reconciler
 from nicreconciled.render.netplan import NetplanRenderer
@@ -271,20 +272,45 @@ def _vm_root(base: Path, i: int) -> Path:
     return root
 
 
-def _quiet_logs(counts: Counter[str]) -> None:
+def _quiet_logs(counts: Counter[str], metrics: Metrics) -> None:
     """Count the reconcilers' log events (INFO and up, as the daemon logs) instead of
-    printing them."""
+    printing them, and feed every event (debug included) to METRICS, as the daemon's
+    ``[metrics]`` sink is fed: one registry for the whole fleet is what a Prometheus summing
+    the fleet's series sees (a counter's sum over daemons is the count of their events)."""
 
     def count(_logger: Any, method: str, event: Any) -> Any:
-        counts[f"{method}:{event.get('event')}"] += 1
+        metrics.sink(event)
+        if method not in ("debug",):
+            counts[f"{method}:{event.get('event')}"] += 1
         raise structlog.DropEvent
 
     structlog.configure(
         processors=[count],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=structlog.ReturnLoggerFactory(),
         cache_logger_on_first_use=False,
     )
+
+
+def _requests_total(metrics: Metrics) -> dict[str, float]:
+    """nicreconciled_metadata_requests_total by outcome, as a scrape would read it."""
+    return {
+        outcome: metrics.registry.get_sample_value(
+            "nicreconciled_metadata_requests_total", {"outcome": outcome}
+        )
+        or 0.0
+        for outcome in OUTCOMES
+    }
+
+
+def _at(scrapes: Sequence[tuple[float, dict[str, float]]], t: float) -> dict[str, float]:
+    """The last scrape at or before T."""
+    found = scrapes[0][1]
+    for when, values in scrapes:
+        if when > t:
+            break
+        found = values
+    return found
 
 
 def _raise_fd_limit(need: int) -> int:
@@ -300,8 +326,15 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _monitor(samples: list[tuple[float, float, float, float]], vr_pid: int) -> None:
-    """Every TICK: (time, this process's CPU s, the VR's CPU s, event-loop lag s)."""
+async def _monitor(
+    samples: list[tuple[float, float, float, float]],
+    vr_pid: int,
+    metrics: Metrics,
+    scrapes: list[tuple[float, dict[str, float]]],
+) -> None:
+    """Every TICK: (time, this process's CPU s, the VR's CPU s, event-loop lag s), and a
+    "scrape" of the fleet's metadata request counters."""
+    scrapes.append((time.monotonic(), _requests_total(metrics)))
     while True:
         due = time.monotonic() + TICK
         await asyncio.sleep(TICK)
@@ -311,9 +344,10 @@ async def _monitor(samples: list[tuple[float, float, float, float]], vr_pid: int
         except OSError:
             vr_cpu = math.nan
         samples.append((now, _cpu(), vr_cpu, now - due))
+        scrapes.append((now, _requests_total(metrics)))
 
 
-async def _bench(base: Path, vms: int, outage: float) -> dict[str, Any]:
+async def _bench(base: Path, vms: int, outage: float, metrics: Metrics) -> dict[str, Any]:
     vr = VrProcess()
     url = await vr.start()
     renderer = NetplanRenderer()
@@ -326,7 +360,8 @@ async def _bench(base: Path, vms: int, outage: float) -> dict[str, Any]:
     recs: list[Reconciler] = []
     samples: list[tuple[float, float, float, float]] = []
     assert vr.proc.pid is not None
-    monitor = asyncio.create_task(_monitor(samples, vr.proc.pid))
+    scrapes: list[tuple[float, dict[str, float]]] = []
+    monitor = asyncio.create_task(_monitor(samples, vr.proc.pid, metrics, scrapes))
     stopped = False
     try:
         for i in range(vms):
@@ -390,6 +425,7 @@ async def _bench(base: Path, vms: int, outage: float) -> dict[str, Any]:
             "not_converged_before": dict(why_not),
             "converged_end": sum(1 for r in recs if r.converged),
             "samples": samples,
+            "scrapes": scrapes,
             "crashed": crashed,
             "http_requests_sent": sum(c.requests_sent for c in clients),
         }
@@ -482,11 +518,12 @@ def run(*, vms: int = VMS, outage: float = OUTAGE) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="nicr-bench-fleet-", dir=shm if shm.is_dir() else None))
     counts: Counter[str] = Counter()
     saved = structlog.get_config()
-    _quiet_logs(counts)
+    metrics = Metrics(None)
+    _quiet_logs(counts, metrics)
     thresholds = gc.get_threshold()
     gc.set_threshold(thresholds[0], thresholds[1], GC_OLDEST)
     try:
-        raw = asyncio.run(_bench(base, vms, outage))
+        raw = asyncio.run(_bench(base, vms, outage, metrics))
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
@@ -578,6 +615,19 @@ def run(*, vms: int = VMS, outage: float = OUTAGE) -> dict[str, Any]:
             ],
         )
     )  # fmt: skip
+    # What the fleet's Prometheus sees: sum by (outcome) of every daemon's
+    # nicreconciled_metadata_requests_total, its increase over each phase.
+    scrapes: list[tuple[float, dict[str, float]]] = raw["scrapes"]
+    seen_rows = []
+    for label, (a, b) in phases.items():
+        first, last = _at(scrapes, a), _at(scrapes, b)
+        grew = {o: last[o] - first[o] for o in OUTCOMES}
+        figures[label]["metrics_requests_increase"] = grew
+        seen_rows.append([label, *(grew[o] for o in OUTCOMES), sum(grew.values()) / (b - a)])
+    print()
+    print("   what the fleet's Prometheus sees: sum by (outcome) "
+          "(increase(nicreconciled_metadata_requests_total[phase]))")  # fmt: skip
+    print(table(["phase", *OUTCOMES, "all /s"], seen_rows))
     events = {k: v for k, v in sorted(counts.items()) if not k.startswith("info:poll")}
     if raw["not_converged_before"]:
         print(f"   not converged at the steady window's start: {raw['not_converged_before']}")

@@ -214,11 +214,18 @@ class _NetplanApplier(_BatchApplier):
     backend_mode: int
 
     def __init__(
-        self, runner: proc.Runner = proc.run, *, root: Path = Path("/"), netplan: str = "netplan"
+        self,
+        runner: proc.Runner = proc.run,
+        *,
+        root: Path = Path("/"),
+        netplan: str = "netplan",
+        generate: Sequence[str] = (),
     ) -> None:
+        """GENERATE: the generator's argv (system/netplan.generate_command); () runs the
+        front end NETPLAN as ``NETPLAN generate``."""
         super().__init__(runner)
         self.root = root
-        self._netplan = netplan
+        self._generate_argv = tuple(generate) or (netplan, "generate")
 
     def owned(self, mac: str) -> tuple[str, str]:
         """(prefix, suffix) of the backend files netplan generates for our definition."""
@@ -229,7 +236,7 @@ class _NetplanApplier(_BatchApplier):
         scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=scratch_prefix()))
         try:
             await asyncio.to_thread(self._copy_config, scratch)
-            await self._step(self._netplan, "generate", "--root-dir", str(scratch))
+            await self._step(*self._generate_argv, "--root-dir", str(scratch))
             return await asyncio.to_thread(self._install, scratch, changes)
         finally:
             await asyncio.to_thread(shutil.rmtree, scratch, True)

@@ -150,6 +150,16 @@ class UdevConfig(_Section):
 class NetplanConfig(_Section):
     #: Which backend netplan hands our YAML to (renderer: on our device entry only).
     backend: Literal["networkd", "NetworkManager"] = "networkd"
+    #: netplan's generator program (what ``netplan generate`` runs), called directly with
+    #: ``--root-dir``; "": the first of system/netplan.GENERATORS that exists.
+    generator: str = ""
+
+    @field_validator("generator")
+    @classmethod
+    def _generator(cls, value: str) -> str:
+        if value and not value.startswith("/"):
+            raise ValueError("must be empty (found) or an absolute path")
+        return value
 
 
 class PollingConfig(_Section):
@@ -184,6 +194,23 @@ class KernelConfig(_Section):
     heal_limit: int = Field(default=5, ge=0, le=1000)
 
 
+class MetricsConfig(_Section):
+    """Prometheus metrics for node_exporter's textfile collector (metrics.py)."""
+
+    #: "" (off) or the ``.prom`` file to write, e.g.
+    #: /var/lib/prometheus/node-exporter/nicreconciled.prom (Debian's collector directory).
+    textfile: str = ""
+
+    @field_validator("textfile")
+    @classmethod
+    def _textfile(cls, value: str) -> str:
+        if value and not (value.startswith("/") and value.endswith(".prom")):
+            raise ValueError("must be empty (off) or an absolute path ending in .prom")
+        if value and Path(value).name == ".prom":
+            raise ValueError("needs a file name before .prom")
+        return value
+
+
 class Config(_Section):
     #: A registered cloud (``sources.SOURCES``) or "auto".
     cloud: str = "auto"
@@ -199,6 +226,7 @@ class Config(_Section):
     netplan: NetplanConfig = NetplanConfig()
     polling: PollingConfig = PollingConfig()
     kernel: KernelConfig = KernelConfig()
+    metrics: MetricsConfig = MetricsConfig()
     #: The sources' own tables that differ from their defaults, by name (see section()).
     _sections: dict[str, Section] = PrivateAttr(default_factory=dict)
 

@@ -7,10 +7,12 @@ import contextlib
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
-from nicreconciled import coexist, systemd
+from nicreconciled import __version__, coexist, systemd
+from nicreconciled import log as logsetup
 from nicreconciled.apply import remove_stale_scratch
 from nicreconciled.config import Config
 from nicreconciled.errors import UnsafePathError
@@ -33,6 +35,9 @@ from nicreconciled.status import (
 from nicreconciled.system import fs, rtnl, sysfs
 from nicreconciled.system.busname import NameWatch
 from nicreconciled.udev import NicEvent, UdevWatcher
+
+if TYPE_CHECKING:
+    from nicreconciled.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -96,6 +101,8 @@ class Daemon:
         self._reload_task: asyncio.Task[None] | None = None
         self.reload_bound = RELOAD_BOUND
         self.kernel = KernelSide(self.reconcilers, self._stop.is_set)
+        #: [metrics] textfile: started by run() (None: off).
+        self.metrics: Metrics | None = None
         self.kernel_watch: KernelWatch | None = None
 
     @property
@@ -464,7 +471,14 @@ class Daemon:
         return f"{line}; status not saved: {trouble}" if trouble else line
 
     def _update_status(self) -> None:
-        """Send STATUS= if the summary changed (cheap: one pass over the reconcilers)."""
+        """Send STATUS= if the summary changed (cheap: one pass over the reconcilers); the
+        metrics' phases follow."""
+        if self.metrics is not None:
+            self.metrics.phases(
+                r.status.phase
+                for r in self.reconcilers.values()
+                if r.status.managed is Managed.MANAGED
+            )
         if not self._announcing:
             return
         line = self._status_line()
@@ -489,6 +503,7 @@ class Daemon:
         watchdog = (
             asyncio.create_task(self._watchdog(interval), name="watchdog") if interval else None
         )
+        writer = self._start_metrics()
         watcher = UdevWatcher(self.config.udev.source)
         # Before the scan: no attach falls between the two. Lost events: rescan at once.
         watcher.start(self.on_event, on_lost=self._events_lost)
@@ -506,6 +521,8 @@ class Daemon:
                 if not await self._detect_cloud():
                     return 0  # stopped while detecting
             self._take(self.ctx)
+            if self.metrics is not None:
+                self.metrics.info(__version__, self.ctx.source.name, self.config.renderer)
             if self.config.apply and self._backend() == "networkd":
                 coexist.warn_if_at_risk()
             self.scan()
@@ -542,6 +559,9 @@ class Daemon:
                 self.kernel_watch.stop()
             if bus is not None:
                 await bus.close()
+            if writer is not None:
+                # Before the reconcilers go: the file keeps the NICs' last phases.
+                await self._stop_metrics(writer)
             await self.shutdown()
             if watchdog is not None:
                 # Last: systemd still expects pets until we are gone.
@@ -549,6 +569,26 @@ class Daemon:
                 await asyncio.gather(watchdog, return_exceptions=True)
         log.info("stopped")
         return 0
+
+    def _start_metrics(self) -> asyncio.Task[None] | None:
+        """[metrics] textfile: the sink on the log, the file written now and at changes."""
+        if not self.config.metrics.textfile or self.once:
+            return None
+        from nicreconciled.metrics import Metrics  # prometheus_client: only when asked for
+
+        self.metrics = Metrics(Path(self.config.metrics.textfile))
+        logsetup.add_sink(self.metrics.sink)
+        self._update_status()
+        self.metrics.write()
+        return asyncio.create_task(self.metrics.run(), name="metrics")
+
+    async def _stop_metrics(self, writer: asyncio.Task[None]) -> None:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        assert self.metrics is not None
+        logsetup.remove_sink(self.metrics.sink)
+        self._update_status()
+        self.metrics.write()
 
     async def _detect_cloud(self) -> bool:
         """Run detection until it finds the cloud (True) or the daemon is stopped (False)."""

@@ -148,7 +148,9 @@ class Demo:
         )  # fmt: skip
         sim.set_primary(PRIMARY)
         self.say("IMDSv2 simulator on the instance's 127.0.0.1:8080")
-        daemon = lab.start_daemon(polling={"ipv6_grace": 10, "deadline": 60})
+        prom = lab.workdir / "node-exporter" / "nicreconciled.prom"
+        prom.parent.mkdir(exist_ok=True)
+        daemon = lab.start_daemon(polling={"ipv6_grace": 10, "deadline": 60}, metrics=str(prom))
         self.follow(daemon.log)
         eni = Eni.plan(1)
         late = eni.ipv6s[0]
@@ -182,7 +184,23 @@ class Demo:
         code = lab.stop_daemon()
         self.say(f"SIGTERM: daemon exited with status {code}")
         self.show_file(lab.path(lab.output_file(eni.mac)))
-        return primary_ok and pings_ok and change_ok and foreign_ok and heal_ok and code == 0
+        metrics_ok = self.show_metrics(prom)
+        return (
+            primary_ok and pings_ok and change_ok and foreign_ok and heal_ok and metrics_ok
+            and code == 0
+        )  # fmt: skip
+
+    def show_metrics(self, prom: Path) -> bool:
+        """The [metrics] textfile as the daemon left it (what node_exporter would serve)."""
+        text = prom.read_text() if prom.exists() else ""
+        lines = [
+            line for line in text.splitlines()
+            if line.startswith("nicreconciled_") and "_bucket{" not in line
+        ]  # fmt: skip
+        print()
+        print(f"--- {prom.name} ([metrics] textfile; histogram buckets left out) ---")
+        print("\n".join(lines) if lines else "(missing)")
+        return 'nicreconciled_applies_total{result="ok"}' in text
 
     def foreign_kept(self, lab: Lab) -> bool:
         """The other program's rule and table are still there after our applies."""

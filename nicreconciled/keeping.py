@@ -50,6 +50,9 @@ class KernelKeeping:
     def _save_status(self, step: Step) -> None:
         raise NotImplementedError
 
+    def _episode_end(self) -> None:
+        raise NotImplementedError
+
     def _promise(self, new: Promise | None, *, loaded: bool = False) -> None:
         """NEW is what the network stack holds for this NIC now (None: nothing of ours).
         LOADED: it was (re)loaded just now, so the kernel is pending until seen whole."""
@@ -127,6 +130,7 @@ class KernelKeeping:
             elif not was_held:
                 # The first look that finds the whole promise since it was (re)loaded.
                 self._log.info("kernel_complete", took=round(now - self._loaded_at, 3))
+                self._episode_end()
             return
         if verdict is Verdict.NOT_YET:
             self.ctx.recheck(self.mac, max(keeper.recheck_at - now, 0.0))

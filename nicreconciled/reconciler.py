@@ -98,6 +98,8 @@ class Reconciler(KernelKeeping):
         self.forced = False  # accepted after the deadline, not because it was stable
         self._kick = asyncio.Event()
         self._new_episode = True
+        #: When the current episode (hot-plug, upstream change) began; None: none open.
+        self._episode_at: float | None = None
         self._desired: NicState | None = _UNSET
         self._synced = True
         self._retry = ctx.policy.initial_interval
@@ -167,6 +169,7 @@ class Reconciler(KernelKeeping):
             if self._new_episode:
                 self._new_episode = False
                 self.tracker.start_episode(self.ctx.clock())
+                self._episode_at = self.ctx.clock()
                 probe = ()
             if probe and self.ctx.clock() >= self._next_full:
                 # Probes watch one key; the rest of the NIC's data still needs its resync.
@@ -178,6 +181,7 @@ class Reconciler(KernelKeeping):
             await self._handle(step)
             if verify:
                 await self.verify_kernel(force=True, save=False)
+            self._episode_end()
             self._save_status(step)
             self.ctx.on_pass(self.mac)
             if self.removed or (self.once and self._done_once(step)):
@@ -248,6 +252,8 @@ class Reconciler(KernelKeeping):
         current = self.tracker.last_fp
         self.status.fingerprint = current
         if current != previous:
+            if previous is not None and self._episode_at is None:
+                self._episode_at = now()  # an upstream change: a new episode
             self._log.info(
                 "fingerprint_changed",
                 fingerprint=current,
@@ -383,6 +389,23 @@ class Reconciler(KernelKeeping):
         self.status.applied, self.status.applied_boot = self.status.written, self.ctx.boot_id
         self._log.info("applied", file=self.filename)
         return True
+
+    def _episode_end(self) -> None:
+        """``converged`` (took: since the episode began) once the episode's state is
+        complete in the network stack: settled, and with an applier, seen whole in the
+        kernel (``kernel_complete`` calls this again). A NIC found not ours ends its episode
+        without it."""
+        if self._episode_at is None or not self.settled:
+            return
+        if self.status.managed is not Managed.MANAGED or not self.present:
+            self._episode_at = None
+            return
+        promised = self.ctx.applier is not None and self.keeper.promise is not None
+        if promised and not self.keeper.held:
+            return
+        took = round(self.ctx.clock() - self._episode_at, 3)
+        self._episode_at = None
+        self._log.info("converged", took=took)
 
     def _phase(self, step: Step) -> NicPhase:
         """The phase shown by ``status``; its STATUS= bucket follows from it alone."""

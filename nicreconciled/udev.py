@@ -20,7 +20,10 @@ Action = Literal["add", "remove", "move", "change"]
 #: udev properties that give a NIC to another manager. ID_NET_MANAGED_BY (systemd 255) names
 #: the one daemon that may manage the link (networkd: io.systemd.Network, NetworkManager:
 #: org.freedesktop.NetworkManager); NM_UNMANAGED=1 is what azure-vm-utils sets on accelerated
-#: networking VFs and CNIs on the interfaces they attach.
+#: networking VFs and CNIs on the interfaces they attach. NM_UNMANAGED speaks to
+#: NetworkManager only: netplan's own udev rules (90-netplan.rules, 0.106 and 1.1) set it on
+#: every definition netplan renders for networkd, ours included, so that NetworkManager keeps
+#: off them; on networkd it says nothing about who else manages the NIC.
 OWNERSHIP_KEYS = ("ID_NET_MANAGED_BY", "NM_UNMANAGED")
 #: The ID_NET_MANAGED_BY value of each backend our files are loaded by.
 NETWORKD = "io.systemd.Network"
@@ -47,11 +50,14 @@ def foreign_owner(properties: Mapping[str, str], ours: Collection[str]) -> str |
     """Why udev gives the NIC to another manager ("ID_NET_MANAGED_BY=..."), or None.
 
     OURS: the ID_NET_MANAGED_BY values of the daemon our files are for; a NIC given to it
-    is still ours to configure. NM_UNMANAGED is read the way NetworkManager reads it.
+    is still ours to configure. NM_UNMANAGED counts only when that daemon is NetworkManager
+    (see OWNERSHIP_KEYS), and is read the way NetworkManager reads it.
     """
     managed_by = properties.get("ID_NET_MANAGED_BY", "")
     if managed_by and managed_by not in ours:
         return f"ID_NET_MANAGED_BY={_printable(managed_by)}"
+    if NETWORKMANAGER not in ours:
+        return None
     unmanaged = properties.get("NM_UNMANAGED", "")
     if unmanaged == "1" or unmanaged.lower() == "true":
         return f"NM_UNMANAGED={_printable(unmanaged)}"

@@ -45,9 +45,12 @@ def make_applier(config: Config) -> Applier | None:
         return NetworkManagerApplier()
     if config.renderer == "networkd":
         return NetworkdApplier()
+    from nicreconciled.system.netplan import generate_command
+
+    generate = generate_command(config.netplan.generator)
     if config.netplan.backend == "NetworkManager":
-        return NetplanNetworkManagerApplier()
-    return NetplanNetworkdApplier()
+        return NetplanNetworkManagerApplier(generate=generate)
+    return NetplanNetworkdApplier(generate=generate)
 
 
 def make_http(config: Config) -> HttpClient:

@@ -45,34 +45,60 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+
+@dataclass(frozen=True)
+class Suite:
+    """A Debian release the package is built for and booted on."""
+
+    name: str
+    number: int
+    #: The interpreter the package's virtualenv links to (its Depends).
+    python: str
+
+    @property
+    def deb_suffix(self) -> str:
+        """What packaging/build-deb appends to the changelog's version: ``~deb12``."""
+        return f"~deb{self.number}"
+
+
+SUITES = {
+    s.name: s for s in (Suite("bookworm", 12, "python3.11"), Suite("trixie", 13, "python3.13"))
+}
 SUITE = "bookworm"
 VARIANT = "minbase"
-#: What runs inside: systemd as PID 1, D-Bus, both network stacks the daemon drives (with
-#: netplan), and everything the .deb depends on, so that ``dpkg -i`` works offline inside
-#: (Depends: iproute2, libudev1, python3.11, libc6, libgcc-s1, libstdc++6; checked against
-#: the package by ``missing_depends``).
-PACKAGES = (
-    "systemd",
-    "systemd-sysv",
-    "dbus",
-    "iproute2",
-    "procps",
-    "python3",
-    "python3.11",
-    "libudev1",
-    "libgcc-s1",
-    "libstdc++6",
-    "netplan.io",
-    "network-manager",
-    "python3-gi",
-)
+
+
+def packages(suite: str = SUITE) -> tuple[str, ...]:
+    """What runs inside: systemd as PID 1, D-Bus, both network stacks the daemon drives
+    (with netplan), and everything the .deb depends on, so that ``dpkg -i`` works offline
+    inside (Depends: iproute2, libudev1, python3.X, libc6, libgcc-s1, libstdc++6; checked
+    against the package by ``missing_depends``)."""
+    return (
+        "systemd",
+        "systemd-sysv",
+        "dbus",
+        "iproute2",
+        "procps",
+        "python3",
+        SUITES[suite].python,
+        "libudev1",
+        "libgcc-s1",
+        "libstdc++6",
+        "netplan.io",
+        "network-manager",
+        "python3-gi",
+    )
+
+
+PACKAGES = packages()
 #: Bump when the way the tree is made changes (the cache key covers it).
-LAYOUT = 1
+LAYOUT = 2  # 2: a machine-id of its own (networkd 257's DHCP needs one)
 CACHE_DIR = Path(os.environ.get("NICR_TEST_CACHE", "/var/cache/nicreconciled-tests"))
 #: PATH inside (``env -i`` drops the host's, which may hold pyenv shims).
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -92,9 +118,10 @@ class ContainerError(RuntimeError):
 # --- the root file system -------------------------------------------------------------------
 
 
-def rootfs_key(packages: Sequence[str] = PACKAGES) -> str:
+def rootfs_key(suite: str = SUITE, names: Sequence[str] | None = None) -> str:
     """The cache key: suite, variant, package list and layout, nothing host-specific."""
-    spec = {"suite": SUITE, "variant": VARIANT, "packages": sorted(packages), "layout": LAYOUT}
+    names = packages(suite) if names is None else names
+    spec = {"suite": suite, "variant": VARIANT, "packages": sorted(names), "layout": LAYOUT}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -116,9 +143,32 @@ def _deb822_paragraphs(text: str) -> Iterator[dict[str, str]]:
             para[last] = value.strip()
 
 
+def host_suite(os_release: Path = Path("/etc/os-release")) -> str:
+    """The host's Debian release (VERSION_CODENAME), "" when it does not say."""
+    with contextlib.suppress(OSError):
+        for line in os_release.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key == "VERSION_CODENAME":
+                return value.strip().strip('"')
+    return ""
+
+
 def mirror_lines(suite: str = SUITE, etc: Path = Path("/etc/apt")) -> list[str]:
     """The host's own apt sources for SUITE (and SUITE-updates, SUITE-security) as one-line
-    ``deb`` entries for mmdebstrap: the mirrors this machine is known to reach."""
+    ``deb`` entries for mmdebstrap: the mirrors this machine is known to reach. When the host
+    lists none for SUITE (a Debian 12 host and trixie), its own release's entries with the
+    release's name replaced: the same mirrors carry every release."""
+    lines = _mirror_lines(suite, etc)
+    own = host_suite(etc.parent / "os-release")
+    if not lines and own and own != suite:
+        lines = [
+            re.sub(rf"(\s){re.escape(own)}(-\S+)?(\s)", rf"\g<1>{suite}\g<2>\g<3>", line)
+            for line in _mirror_lines(own, etc)
+        ]
+    return lines
+
+
+def _mirror_lines(suite: str, etc: Path) -> list[str]:
     lines: list[str] = []
     for path in sorted((etc / "sources.list.d").glob("*.sources")):
         for para in _deb822_paragraphs(path.read_text()):
@@ -170,9 +220,9 @@ def _require(*tools: str) -> None:
         )
 
 
-def ensure_rootfs(cache: Path = CACHE_DIR, log: Log = _quiet) -> Path:
-    """The extracted root file system (built and cached on first use); never written to."""
-    key = rootfs_key()
+def ensure_rootfs(suite: str = SUITE, cache: Path = CACHE_DIR, log: Log = _quiet) -> Path:
+    """SUITE's extracted root file system (built and cached on first use); never written to."""
+    key = rootfs_key(suite)
     tarball = cache / f"rootfs-{key}.tar.zst"
     tree = cache / f"rootfs-{key}"
     if tree.is_dir():
@@ -188,7 +238,7 @@ def ensure_rootfs(cache: Path = CACHE_DIR, log: Log = _quiet) -> Path:
             else:
                 stale.unlink(missing_ok=True)
         if not tarball.exists():
-            _build_tarball(tarball, log)
+            _build_tarball(tarball, suite, log)
         log(f"extracting {tarball}")
         scratch = Path(tempfile.mkdtemp(prefix=f".rootfs-{key}.", dir=cache))
         try:
@@ -199,6 +249,9 @@ def ensure_rootfs(cache: Path = CACHE_DIR, log: Log = _quiet) -> Path:
             )
             # mmdebstrap copies the host's name; nspawn then sets the machine's own.
             (scratch / "etc" / "hostname").unlink(missing_ok=True)
+            # A fresh tree's is empty: networkd 257's DHCP client then fails ("No medium
+            # found"). Every container gets its own from nspawn (--volatile=overlay).
+            (scratch / "etc" / "machine-id").write_text(uuid.uuid4().hex + "\n")
             scratch.chmod(0o755)
             scratch.rename(tree)
         except BaseException:
@@ -207,18 +260,18 @@ def ensure_rootfs(cache: Path = CACHE_DIR, log: Log = _quiet) -> Path:
     return tree
 
 
-def _build_tarball(tarball: Path, log: Log) -> None:
-    mirrors = mirror_lines()
+def _build_tarball(tarball: Path, suite: str, log: Log) -> None:
+    mirrors = mirror_lines(suite)
     if not mirrors:
-        raise ContainerError(f"no apt source for {SUITE} in /etc/apt: cannot run mmdebstrap")
+        raise ContainerError(f"no apt source for {suite} in /etc/apt: cannot run mmdebstrap")
     # The temporary name keeps the extension: mmdebstrap picks the format from it.
     partial = tarball.with_name(f".{tarball.name[: -len('.tar.zst')]}.{os.getpid()}.tar.zst")
     argv = [
         "mmdebstrap",
         "--quiet",
         f"--variant={VARIANT}",
-        f"--include={','.join(PACKAGES)}",
-        SUITE,
+        f"--include={','.join(packages(suite))}",
+        suite,
         str(partial),
         *mirrors,
     ]
@@ -545,8 +598,15 @@ class Container:
 
     # -- the package
 
-    def install_deb(self, inside: str, *, start: bool = False, timeout: float = 300) -> float:
-        """``dpkg -i`` (offline: the tree holds every dependency). Unless START, a
+    def install_deb(
+        self,
+        inside: str,
+        *,
+        start: bool = False,
+        timeout: float = 300,
+        options: Sequence[str] = (),
+    ) -> float:
+        """``dpkg [OPTIONS] -i`` (offline: the tree holds every dependency). Unless START, a
         policy-rc.d (exit 101, the Debian way for chroots and image builds) keeps postinst
         from starting the service, so that the caller starts it with its own configuration."""
         started = time.monotonic()
@@ -554,7 +614,9 @@ class Container:
             self.write("/usr/sbin/policy-rc.d", "#!/bin/sh\nexit 101\n", 0o755)
         try:
             self.run(
-                ["dpkg", "-i", inside], timeout=timeout, env={"DEBIAN_FRONTEND": "noninteractive"}
+                ["dpkg", *options, "-i", inside],
+                timeout=timeout,
+                env={"DEBIAN_FRONTEND": "noninteractive"},
             )
         finally:
             if not start:
@@ -584,9 +646,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEB_SOURCES = ("pyproject.toml", "README.md", "nicreconciled", "contrib", "docs", "packaging")
 
 
-def deb_path(repo: Path = REPO) -> Path:
-    """dist/nicreconciled_<version>_<arch>.deb, as packaging/build-deb names it (read here
-    without dpkg-dev, which build-deb installs itself when it first runs)."""
+def deb_path(suite: str = SUITE, repo: Path = REPO) -> Path:
+    """dist/nicreconciled_<version>~deb<N>_<arch>.deb, as packaging/build-deb names SUITE's
+    package (read here without dpkg-dev, which build-deb installs itself when it first runs)."""
     head = (repo / "packaging/debian/changelog").read_text().split("\n", 1)[0]
     found = re.match(r"(\S+) \(([^)]+)\)", head)
     if not found:
@@ -594,7 +656,8 @@ def deb_path(repo: Path = REPO) -> Path:
     arch = subprocess.run(
         ["dpkg", "--print-architecture"], check=True, capture_output=True, text=True
     ).stdout.strip()
-    return repo / "dist" / f"{found.group(1)}_{found.group(2)}_{arch}.deb"
+    version = found.group(2) + SUITES[suite].deb_suffix
+    return repo / "dist" / f"{found.group(1)}_{version}_{arch}.deb"
 
 
 def newer_source(deb: Path, repo: Path = REPO) -> Path | None:
@@ -610,21 +673,25 @@ def newer_source(deb: Path, repo: Path = REPO) -> Path | None:
     return None
 
 
-def ensure_deb(repo: Path = REPO, cache: Path = CACHE_DIR, log: Log = _quiet) -> Path:
-    """dist/'s .deb, rebuilt with packaging/build-deb when missing or older than a source."""
+def ensure_deb(
+    suite: str = SUITE, repo: Path = REPO, cache: Path = CACHE_DIR, log: Log = _quiet
+) -> Path:
+    """dist/'s .deb for SUITE, rebuilt with ``SUITE=<suite> packaging/build-deb`` when
+    missing or older than a source."""
     with _locked(cache / "build-deb.lock"):
-        deb = deb_path(repo)
+        deb = deb_path(suite, repo)
         reason = "missing" if not deb.exists() else None
         if reason is None:
             newer = newer_source(deb, repo)
             reason = f"older than {newer.relative_to(repo)}" if newer else None
         if reason is None:
             return deb
-        log(f"{deb.name} is {reason}: packaging/build-deb")
+        log(f"{deb.name} is {reason}: SUITE={suite} packaging/build-deb")
         started = time.monotonic()
         done = subprocess.run(
             [str(repo / "packaging/build-deb")],
             cwd=repo,
+            env={**os.environ, "SUITE": suite},
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -632,9 +699,78 @@ def ensure_deb(repo: Path = REPO, cache: Path = CACHE_DIR, log: Log = _quiet) ->
         )
         if done.returncode != 0 or not deb.exists():
             tail = "\n".join((done.stdout + done.stderr).splitlines()[-40:])
-            raise ContainerError(f"packaging/build-deb failed (exit {done.returncode}):\n{tail}")
+            raise ContainerError(
+                f"SUITE={suite} packaging/build-deb failed (exit {done.returncode}):\n{tail}"
+            )
         log(f"built {deb} in {time.monotonic() - started:.1f} s")
         return deb
+
+
+#: The package's last release per suite, what an upgrade starts from: its version and the
+#: commit of this repository it was built from (0.2.0: the last release before the package
+#: was built per release; there is no earlier trixie package).
+PREVIOUS: dict[str, tuple[str, str]] = {
+    "bookworm": ("0.2.0", "fb3727892d03cfbd3a2726b29f4cbf2b4a5d861a"),
+}
+
+
+def ensure_previous_deb(
+    suite: str = SUITE, repo: Path = REPO, cache: Path = CACHE_DIR, log: Log = _quiet
+) -> Path | None:
+    """SUITE's previous release of the package (None: there is none), built once from its
+    commit with that commit's own packaging/build-deb and cached under CACHE_DIR."""
+    if suite not in PREVIOUS:
+        return None
+    version, commit = PREVIOUS[suite]
+    arch = subprocess.run(
+        ["dpkg", "--print-architecture"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    name = f"nicreconciled_{version}_{arch}.deb"
+    target = cache / "previous" / name
+    if target.exists():
+        return target
+    with _locked(cache / "build-previous.lock"):
+        if target.exists():
+            return target
+        known = subprocess.run(
+            ["git", "-C", str(repo), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True
+        )
+        if known.returncode != 0:
+            raise ContainerError(
+                f"commit {commit[:12]} (release {version}) is not in {repo}: a shallow clone? "
+                "(git fetch --unshallow)"
+            )
+        log(f"building the previous release {version} from {commit[:12]}")
+        started = time.monotonic()
+        scratch = Path(tempfile.mkdtemp(prefix=".previous.", dir=cache))
+        try:
+            src = scratch / "src"
+            src.mkdir()
+            archive = subprocess.Popen(
+                ["git", "-C", str(repo), "archive", commit], stdout=subprocess.PIPE
+            )
+            subprocess.run(["tar", "-C", str(src), "-xf", "-"], stdin=archive.stdout, check=True)
+            if archive.wait() != 0:
+                raise ContainerError(f"git archive {commit[:12]} failed")
+            done = subprocess.run(
+                [str(src / "packaging/build-deb")],
+                cwd=src,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=1800,
+            )
+            built = src / "dist" / name
+            if done.returncode != 0 or not built.exists():
+                tail = "\n".join((done.stdout + done.stderr).splitlines()[-40:])
+                raise ContainerError(f"building {version} failed (exit {done.returncode}):\n{tail}")
+            target.parent.mkdir(exist_ok=True)
+            shutil.copyfile(built, scratch / name)
+            (scratch / name).rename(target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        log(f"built {target} in {time.monotonic() - started:.1f} s")
+    return target
 
 
 # --- the daemon's set-up inside -------------------------------------------------------------
@@ -714,10 +850,11 @@ asyncio.run(main())
 """
 
 
-def smoke(deb: Path, log: Log = print) -> None:
-    """The installed unit under a booted systemd: packaging/check-deb's container step."""
+def smoke(deb: Path, suite: str = SUITE, log: Log = print) -> None:
+    """The installed unit under a booted systemd of SUITE: packaging/check-deb's container
+    step."""
     deb = deb.resolve()
-    tree = ensure_rootfs(log=log)
+    tree = ensure_rootfs(suite, log=log)
     missing = missing_depends(deb, tree)
     if missing:
         raise ContainerError(f"the rootfs lacks Depends of {deb.name}: {', '.join(missing)}")
@@ -808,9 +945,11 @@ def _cli(argv: Sequence[str] | None = None) -> int:
         prog="tests/sdcontainer.py", description=__doc__.split("\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("rootfs", help="build the cached root file system if missing; print its path")
+    rootfs = sub.add_parser("rootfs", help="build the cached root file system; print its path")
     run = sub.add_parser("smoke", help="install DEB in a booted container and drive its unit")
     run.add_argument("deb", type=Path)
+    for command in (rootfs, run):
+        command.add_argument("--suite", choices=sorted(SUITES), default=SUITE)
     args = parser.parse_args(argv)
     # SIGTERM (check-deb stopped, CI's time out) unwinds like Ctrl-C: the container is halted.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -819,9 +958,9 @@ def _cli(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         if args.command == "rootfs":
-            print(ensure_rootfs(log=print))
+            print(ensure_rootfs(args.suite, log=print))
         else:
-            smoke(args.deb)
+            smoke(args.deb, args.suite)
     except ContainerError as exc:
         print(f"sdcontainer: FAIL: {exc}", file=sys.stderr)
         return 1

@@ -2,7 +2,11 @@
 
 Used by the kernel-level tests (``tests/integration/lab``), and meant for the demo and the
 benchmarks. Root only; synchronous (subprocesses). Needs (Debian 12): systemd, netplan.io,
-network-manager, dbus-daemon, dnsmasq-base, iproute2, tcpdump, iputils-ping, util-linux.
+network-manager, dbus-daemon, dnsmasq-base, iproute2, tcpdump, iputils-ping, util-linux;
+udev for a lab with ``udev_rules`` (a real systemd-udevd with the test's rules: ``udevd``).
+Runs the same from another release's root (``scripts/suite-lab trixie``, Debian 13's
+stack): everything enters the instance with the holder's root as well (``nsenter -r``), and
+the manager's and the daemon's binaries are checked to be that root's.
 
     with Lab("networkd", workdir, tag="demo") as lab:   # or "nm"
         primary = lab.plug_primary("0a:00:00:00:00:01", "10.0.0.10")  # foreign config

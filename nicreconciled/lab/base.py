@@ -33,13 +33,14 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from nicreconciled import coexist
-from nicreconciled.lab import kernel, texts
+from nicreconciled.lab import kernel, texts, udevd
 from nicreconciled.lab.daemon import Daemon
 from nicreconciled.lab.kernel import Family
 from nicreconciled.lab.nics import Nic
 from nicreconciled.lab.procs import Proc, ProcSet, wait_until
 from nicreconciled.lab.simctl import SimControl
 from nicreconciled.lab.watch import PEER4, PEER6, AddressMonitor
+from nicreconciled.system import sysfs
 
 Manager = Literal["networkd", "nm"]
 L = TypeVar("L", bound="LabBase")
@@ -92,10 +93,28 @@ class LabError(RuntimeError):
     """The lab could not be set up (or not cleaned up)."""
 
 
-def missing_tools(manager: Manager) -> list[str]:
+def missing_tools(manager: Manager, *, udev: bool = False) -> list[str]:
     """Tools the lab needs that are not installed (Debian: systemd netplan.io
-    network-manager dbus-daemon dnsmasq-base iproute2 tcpdump iputils-ping util-linux)."""
-    return [t for t in (*LAB_TOOLS, *MANAGER_TOOLS[manager]) if shutil.which(t) is None]
+    network-manager dbus-daemon dnsmasq-base iproute2 tcpdump iputils-ping util-linux; UDEV:
+    udev)."""
+    tools = (*LAB_TOOLS, *MANAGER_TOOLS[manager], *(udevd.TOOLS if udev else ()))
+    return [t for t in tools if shutil.which(t) is None]
+
+
+def check_binary(proc: Proc, path: str) -> None:
+    """LabError unless PROC (running) executes PATH as this process sees it: the lab's
+    processes must run the binaries of the root the tests run in (a chrooted lab entering
+    the instance without the holder's root would run the host's, and pass unnoticed)."""
+    if not proc.alive():
+        return  # gone already (a crash test): its own failure says more
+    try:
+        running = os.stat(f"/proc/{proc.pid}/exe")
+        wanted = os.stat(path)
+    except OSError as exc:
+        raise LabError(f"{proc.name}: cannot compare its binary with {path}: {exc}") from exc
+    if (running.st_dev, running.st_ino) != (wanted.st_dev, wanted.st_ino):
+        exe = os.readlink(f"/proc/{proc.pid}/exe")
+        raise LabError(f"{proc.name} runs {exe}, not this root's {path}")
 
 
 class LabBase:
@@ -103,7 +122,13 @@ class LabBase:
     inside; the instance's kernel state. ``Lab`` adds NICs, the daemon and the probes."""
 
     def __init__(
-        self, manager: Manager, workdir: Path, tag: str = "lab", *, networkd_drop_in: bool = True
+        self,
+        manager: Manager,
+        workdir: Path,
+        tag: str = "lab",
+        *,
+        networkd_drop_in: bool = True,
+        udev_rules: Mapping[str, str] | None = None,
     ) -> None:
         if manager not in BUS_NAME:
             raise ValueError(f"manager must be networkd or nm, not {manager!r}")
@@ -113,7 +138,7 @@ class LabBase:
         self.workdir = workdir.resolve()
         #: The daemons' TMPDIR (netplan's scratch trees), inside workdir.
         self.tmp = self.workdir / "tmp"
-        if any(self.workdir.is_relative_to(d) for d in PRIVATE_DIRS):
+        if any(self.workdir.is_relative_to(d) for d in (*PRIVATE_DIRS, *udevd.PRIVATE_DIRS)):
             raise ValueError(f"workdir {workdir} would be hidden inside the instance")
         base = f"nrl-{tag}-{os.getpid()}-{next(_counter)}"
         self.instance = f"{base}-i"
@@ -144,6 +169,12 @@ class LabBase:
         #: False: networkd's defaults, as on a host without our package.
         self.networkd_drop_in = networkd_drop_in
         self._manager_starts = 0
+        #: Run a real systemd-udevd with these rules (file name -> text) only; None: no
+        #: udevd, /sys read-only (see ``udevd``). The daemon then reads udev's properties.
+        self.udev_rules = None if udev_rules is None else dict(udev_rules)
+        if self.udev_rules is not None:
+            udevd.check_rules(self.udev_rules)
+        self.udevd: Proc | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -166,7 +197,7 @@ class LabBase:
     def start(self) -> None:
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network and mount namespaces)")
-        missing = missing_tools(self.manager)
+        missing = missing_tools(self.manager, udev=self.udev_rules is not None)
         if missing:
             raise LabError(f"not installed: {', '.join(missing)}")
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -197,6 +228,10 @@ class LabBase:
         t1 = time.monotonic()
         self._start_bus()
         self.timings["bus"] = time.monotonic() - t1
+        if self.udev_rules is not None:
+            t_udev = time.monotonic()
+            self._start_udevd(self.udev_rules)
+            self.timings["udevd"] = time.monotonic() - t_udev
         t2 = time.monotonic()
         self._start_manager()
         self.timings["manager"] = time.monotonic() - t2
@@ -228,8 +263,11 @@ class LabBase:
             # A sysfs of this network namespace, then read-only: "no udevd here".
             ["umount", "-l", "/sys"],
             ["mount", "-t", "sysfs", "sysfs", "/sys"],
-            ["mount", "-o", "remount,bind,ro", "/sys"],
         ]
+        if self.udev_rules is None:
+            steps.append(["mount", "-o", "remount,bind,ro", "/sys"])
+        else:
+            steps += udevd.holder_steps()
         script = " && ".join(shlex.join(step) for step in steps)
         self.run(["sh", "-ec", script])
 
@@ -244,6 +282,14 @@ class LabBase:
         socket = self.path("/run/dbus/system_bus_socket")
         if not wait_until(socket.exists, 20):
             raise LabError(f"dbus-daemon did not start: {self.procs.procs[-1].tail()}")
+
+    def _start_udevd(self, rules: Mapping[str, str]) -> None:
+        self.udevd = udevd.start(self, rules)
+
+    def udev_properties(self, ifname: str) -> dict[str, str] | None:
+        """IFNAME's properties in the instance's udev database (None: not processed)."""
+        (link,) = self.ip_json("link", "show", "dev", ifname)
+        return sysfs.udev_properties(int(link["ifindex"]), self.path("/run"))
 
     def _start_manager(self) -> None:
         self._manager_starts += 1
@@ -280,6 +326,7 @@ class LabBase:
 
         if not wait_until(owned, 30):
             raise LabError(f"{name} not on the bus after 30 s:\n{self.manager_proc.tail()}")
+        check_binary(self.manager_proc, NETWORKD if self.manager == "networkd" else NETWORK_MANAGER)
 
     def restart_manager(self) -> float:
         """Stop the manager (SIGTERM; its bus name goes), start it again and wait until its
@@ -330,9 +377,14 @@ class LabBase:
     # --- running things ------------------------------------------------------------------
 
     def enter_instance(self) -> list[str]:
-        """The argv prefix that runs a command in the instance's net + mount namespaces."""
+        """The argv prefix that runs a command in the instance's net + mount namespaces.
+
+        ``-r``: with the holder's root too. Entering a mount namespace resets the root to
+        that namespace's top; in a chrooted lab (tests/suitelab.py) that is the host's
+        file system, and the manager, the bus and the daemon would silently be the host's.
+        """
         assert self.holder is not None, "lab not started"
-        return ["nsenter", "-t", str(self.holder.pid), "-m", "-n", "--"]
+        return ["nsenter", "-t", str(self.holder.pid), "-m", "-n", "-r", "--"]
 
     def enter_router(self) -> list[str]:
         """The argv prefix that runs a command in the router's network namespace."""

@@ -17,6 +17,18 @@ from nicreconciled.lab.procs import Proc, wait_until
 DEFAULT_POLLING: dict[str, float] = {"deadline": 8, "ipv6_grace": 6, "max_interval": 1}
 
 
+#: The daemon's netplan generator in its bin dir (``[netplan] generator``): the real one,
+#: then the veth fix (texts.generator_wrapper).
+GENERATOR = "netplan-generate"
+
+
+def generator() -> str:
+    """The real netplan generator of this root."""
+    from nicreconciled.system.netplan import generate_command
+
+    return generate_command()[0]
+
+
 #: The file in a daemon's bin dir that arms its ``Crash`` (taken by the crash).
 CRASH_ARMED = "crash-armed"
 
@@ -97,15 +109,15 @@ def write_bin_dir(path: Path, failing: Iterable[str], crash: Crash | None = None
     """A directory for the front of the daemon's PATH: the netplan wrapper, plus a failing
     stand-in for each tool in FAILING (e.g. "networkctl", "nmcli"), and CRASH's stand-in."""
     path.mkdir(parents=True, exist_ok=True)
-    tools = {"netplan": texts.netplan_wrapper()}
+    tools = {"netplan": texts.netplan_wrapper(), GENERATOR: texts.generator_wrapper(generator())}
     for name in failing:
         if "/" in name or not name:
             raise ValueError(f"not a tool name: {name!r}")
         tools[name] = texts.failing_tool(name)
     if crash is not None:
-        if crash.tool == "netplan":
-            tools["netplan-lab"] = tools["netplan"]
-            real = str(path / "netplan-lab")
+        if crash.tool in ("netplan", GENERATOR):
+            tools[f"{crash.tool}-lab"] = tools[crash.tool]
+            real = str(path / f"{crash.tool}-lab")
         else:
             found = shutil.which(crash.tool)
             if found is None:

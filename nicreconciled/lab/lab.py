@@ -19,8 +19,9 @@ from nicreconciled.lab.base import (
     LabBase,
     LabError,
     LabTimeout,
+    check_binary,
 )
-from nicreconciled.lab.daemon import DEFAULT_POLLING, Crash, Daemon, write_bin_dir
+from nicreconciled.lab.daemon import DEFAULT_POLLING, GENERATOR, Crash, Daemon, write_bin_dir
 from nicreconciled.lab.nics import Nic, check_subnet6
 from nicreconciled.lab.procs import wait_until
 from nicreconciled.lab.simctl import SimControl
@@ -218,11 +219,13 @@ class Lab(LabBase):
         cloud: str = "ec2",
         kernel: Mapping[str, bool | int] | None = None,
         crash: Crash | None = None,
+        metrics: str = "",
     ) -> Daemon:
         """``nicreconciled run`` in the instance, JSON log in workdir; FAILING: tools whose
         stand-ins fail (e.g. ``("networkctl",)``). Call ``start_sim`` (EC2) or ``start_vr``
         (``cloud = "cloudstack"``) first. KERNEL: the ``[kernel]`` table (heal, heal_limit).
-        CRASH: where ``Daemon.arm_crash`` makes it die (SIGKILL) in an apply. Its TMPDIR
+        METRICS: ``[metrics] textfile``. CRASH: where ``Daemon.arm_crash`` makes it die
+        (SIGKILL) in an apply. Its netplan generator is the lab's wrapper. Its TMPDIR
         (netplan's scratch trees) is the lab's own ``tmp``."""
         if self.sim is None and cloud != "cloudstack":
             raise LabError("start_sim() first")
@@ -242,6 +245,10 @@ class Lab(LabBase):
                 resync_interval=resync_interval,
                 cloud=cloud,
                 kernel=kernel,
+                # A lab with udevd: the daemon reads udev's events and database, as on a host.
+                udev_source="kernel" if self.udev_rules is None else "udev",
+                generator=str(self.workdir / f"bin-daemon-{n}" / GENERATOR),
+                metrics=metrics,
             )
         )
         bin_dir = write_bin_dir(self.workdir / f"bin-daemon-{n}", failing, crash)
@@ -262,6 +269,7 @@ class Lab(LabBase):
         self.daemons.append(self.daemon)
         if wait_ready:
             self.daemon.wait_ready(30)
+            check_binary(proc, sys.executable)
         return self.daemon
 
     def stop_daemon(self, grace: float = 10.0) -> int:

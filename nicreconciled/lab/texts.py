@@ -115,6 +115,29 @@ exit 0
 """
 
 
+def generator_wrapper(real: str) -> str:
+    """TEST-ONLY netplan generator (``[netplan] generator``): the REAL one, then
+    MACAddress= instead of PermanentMACAddress= in the files it wrote under ``--root-dir``
+    (veths have no permanent MAC: see netplan_wrapper)."""
+    return f"""#!/bin/sh
+# nicreconciled lab (test only): netplan's generator, then MACAddress= for veths
+{shlex.quote(real)} "$@" || exit
+root=
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+        --root-dir=*) root=${{1#--root-dir=}} ;;
+        --root-dir) [ "$#" -gt 1 ] && root=$2 && shift ;;
+    esac
+    shift
+done
+for f in "$root"/run/systemd/network/10-netplan-*.network; do
+    [ -f "$f" ] || continue
+    sed -i 's/^PermanentMACAddress=/MACAddress=/' "$f" || exit 1
+done
+exit 0
+"""
+
+
 def failing_tool(name: str) -> str:
     """A stand-in that fails like a broken tool would (apply-failure tests)."""
     return f"""#!/bin/sh
@@ -190,6 +213,9 @@ def daemon_config(
     resync_interval: float,
     cloud: str = "ec2",
     kernel: Mapping[str, bool | int] | None = None,
+    udev_source: str = "kernel",
+    generator: str = "",
+    metrics: str = "",
 ) -> str:
     lines = [
         f'cloud = "{cloud}"',
@@ -202,7 +228,7 @@ def daemon_config(
         "virtual = true",
         "ignore = [" + ", ".join(f'"{pattern}"' for pattern in ignore) + "]",
         "[udev]",
-        'source = "kernel"',
+        f'source = "{udev_source}"',
         # The simulator's address as the cloud's endpoint (every cloud but CloudStack, whose
         # virtual routers are found as on a real instance); EC2 also loses its fallback.
         *([f"[{cloud}]", f'endpoint = "{endpoint}"'] if cloud != "cloudstack" else []),
@@ -210,6 +236,10 @@ def daemon_config(
         "[polling]",
         *(f"{key} = {value:g}" for key, value in polling.items()),
     ]
+    if generator:
+        lines += ["[netplan]", f'generator = "{generator}"']
+    if metrics:
+        lines += ["[metrics]", f'textfile = "{metrics}"']
     if kernel:
         lines.append("[kernel]")
         lines += [f"{key} = {str(value).lower()}" for key, value in kernel.items()]

@@ -132,10 +132,14 @@ class NetplanRenderer:
 
     @classmethod
     def from_config(cls, config: Config) -> NetplanRenderer:
-        from nicreconciled.system.netplan import supports_ra_table
+        from nicreconciled.system.netplan import generate_command, supports_ra_table
 
         # Asked (once per process) the first time a NIC needs it, never at start.
-        return cls(config.netplan.backend, ra_table=supports_ra_table)
+        generator = config.netplan.generator
+        return cls(
+            config.netplan.backend,
+            ra_table=lambda: supports_ra_table(generate_command(generator)),
+        )
 
     def filename(self, mac: str) -> str:
         """``90-nicreconciled-0a1b2c3d4e5f.yaml``; ValueError if MAC is not a MAC."""

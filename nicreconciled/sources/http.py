@@ -31,8 +31,11 @@ from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import aiohttp
+import structlog
 
 from nicreconciled.errors import FetchError, MetadataError
+
+log = structlog.get_logger(__name__)
 
 DEFAULT_MAX_BODY = 256 * 1024
 DEFAULT_CONCURRENCY = 8
@@ -64,6 +67,14 @@ class TransportError(FetchError):
     Distinguished from an HTTP error status so a caller can try another endpoint: a server
     that answered 503 is reachable, one that refused the connection may not be.
     """
+
+
+class RequestTimeout(TransportError):
+    """No answer within the request timeout."""
+
+
+class OversizedBody(FetchError):
+    """An answer bigger than max_body: not metadata."""
 
 
 class StatusError(FetchError):
@@ -240,6 +251,32 @@ class HttpClient:
     async def request(
         self, method: str, url: str, headers: Mapping[str, str] | None = None
     ) -> Answer:
+        """One request; its outcome is logged (debug ``metadata_request``: ok, http_error,
+        timeout, garbage), which the metrics count."""
+        try:
+            answer = await self._request(method, url, headers)
+        except (MetadataError, OversizedBody):
+            outcome = "garbage"  # not UTF-8, too big
+            raise
+        except RequestTimeout:
+            outcome = "timeout"
+            raise
+        except FetchError:
+            outcome = "http_error"  # 429, 5xx, refused, reset
+            raise
+        except asyncio.CancelledError:
+            outcome = ""
+            raise
+        else:
+            outcome = "ok"
+            return answer
+        finally:
+            if outcome:
+                log.debug("metadata_request", outcome=outcome, request=f"{method} {_path(url)}")
+
+    async def _request(
+        self, method: str, url: str, headers: Mapping[str, str] | None = None
+    ) -> Answer:
         session, bucket, slots = self._ensure()
         await self._hold()
         async with slots:
@@ -265,7 +302,7 @@ class HttpClient:
             except (FetchError, MetadataError):
                 raise
             except TimeoutError:
-                raise TransportError(f"{where}: timeout after {self.timeout:g}s") from None
+                raise RequestTimeout(f"{where}: timeout after {self.timeout:g}s") from None
             except (aiohttp.ClientError, OSError) as exc:
                 # A refused connection was never taken: nothing held, nothing to spread.
                 dropped = not isinstance(exc, aiohttp.ClientConnectorError)
@@ -296,7 +333,7 @@ class HttpClient:
                 raise StatusError(f"{where}: HTTP {status}", status)
             if resp.content_length is not None and resp.content_length > self.max_body:
                 resp.close()
-                raise FetchError(
+                raise OversizedBody(
                     f"{where}: oversized body ({resp.content_length} > {self.max_body} bytes)"
                 )
             data = await self._read_limited(resp, where)
@@ -320,7 +357,7 @@ class HttpClient:
             chunks.append(chunk)
             size += len(chunk)
         resp.close()
-        raise FetchError(f"{where}: oversized body (> {self.max_body} bytes)")
+        raise OversizedBody(f"{where}: oversized body (> {self.max_body} bytes)")
 
     async def close(self) -> None:
         if self._session is not None:

@@ -94,11 +94,14 @@ def temp_name(name: str) -> str:
     return f"{name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
 
 
-def write_if_changed(directory: Path, name: str, text: str, mode: int = 0o600) -> bool:
-    """Atomically make directory/name hold TEXT with MODE; True if anything changed."""
+def write_if_changed(
+    directory: Path, name: str, text: str, mode: int = 0o600, *, create: bool = True
+) -> bool:
+    """Atomically make directory/name hold TEXT with MODE; True if anything changed.
+    CREATE: make DIRECTORY (and its parents) if missing, else FileNotFoundError."""
     _check_name(name)
     data = text.encode("utf-8")
-    with _open_dir(directory, create=True) as dfd:
+    with _open_dir(directory, create=create) as dfd:
         current = _read_at(dfd, name)
         if current == data:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)

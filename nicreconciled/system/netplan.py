@@ -1,4 +1,13 @@
-"""What the installed netplan can express, found by asking it (once per process).
+"""netplan's generator, and what the installed netplan can express (asked once per process).
+
+The generator. ``netplan generate`` (the Python front end) runs netplan's C generator and, from
+netplan 1.0 on, then ``systemctl daemon-reload`` whatever ``--root-dir`` says: that reruns
+netplan's systemd generator on the live tree, which rewrites every netplan-generated file in
+/run/systemd/network, and the next ``networkctl reload`` reconfigures every netplan link (seen
+on Debian 13, netplan 1.1.2 and networkd 257: another NIC "Unmanaging interface", its lease and
+addresses gone, at a hot-plug). So the appliers and the probe below call the generator itself
+(``GENERATORS``, or ``[netplan] generator``): the same output, no side effect, and 17 ms
+instead of the front end's ~0.19 s.
 
 netplan has no version flag (0.106 answers ``netplan --version`` with a usage error) and
 ``netplan info`` lists no feature for ``ra-overrides``, so the one reliable test is the
@@ -44,14 +53,50 @@ _PROBE_YAML: Final = f"""network:
 """
 
 
+#: Where distributions put netplan's generator (Debian and Ubuntu: /usr/libexec/netplan,
+#: with a /lib/netplan link on Debian 12; others /usr/lib/netplan).
+GENERATORS: Final = (
+    "/usr/libexec/netplan/generate",
+    "/lib/netplan/generate",
+    "/usr/lib/netplan/generate",
+)
+
+
+def generate_command(configured: str = "") -> tuple[str, ...]:
+    """The argv that generates netplan's output (``--root-dir DIR`` is appended): CONFIGURED
+    (``[netplan] generator``), else the first of GENERATORS that exists, else the front end
+    (``netplan generate``; on netplan >= 1.0 it also reloads systemd: logged once)."""
+    if configured:
+        return (configured,)
+    for path in GENERATORS:
+        if os.access(path, os.X_OK):
+            return (path,)
+    _warn_front_end()
+    return ("netplan", "generate")
+
+
 @functools.cache
-def supports_ra_table(netplan: str = "netplan") -> bool:
-    """Whether NETPLAN accepts ``ra-overrides: {table: N}`` and renders it for networkd.
+def _warn_front_end() -> None:
+    log.warning(
+        "netplan_generator_not_found",
+        tried=list(GENERATORS),
+        fallback="netplan generate",
+        consequence="netplan >= 1.0 then reloads systemd at every apply, which reconfigures "
+        "every netplan link; set [netplan] generator",
+    )
+
+
+@functools.cache
+def supports_ra_table(netplan: str | tuple[str, ...] = ()) -> bool:
+    """Whether NETPLAN accepts ``ra-overrides: {table: N}`` and renders it for networkd:
+    a front end's path (run as ``PATH generate``), or the generator's argv (() = found by
+    ``generate_command``).
 
     Never raises: a netplan that is missing, fails or hangs counts as "no". Logs the answer
     once (a warning when it is no: the IPv6 default route then stays out of the NIC tables).
     """
-    supported, reason = _probe(netplan)
+    argv = (netplan, "generate") if isinstance(netplan, str) else netplan or generate_command()
+    supported, reason = _probe(argv)
     if supported:
         log.info("netplan_ra_table", supported=True)
     else:
@@ -65,7 +110,7 @@ def supports_ra_table(netplan: str = "netplan") -> bool:
     return supported
 
 
-def _probe(netplan: str) -> tuple[bool, str]:
+def _probe(argv: tuple[str, ...]) -> tuple[bool, str]:
     try:
         scratch = Path(tempfile.mkdtemp(prefix="nicreconciled-netplan-probe."))
     except OSError as exc:
@@ -81,7 +126,7 @@ def _probe(netplan: str) -> tuple[bool, str]:
             return False, f"cannot write the probe: {exc.strerror}"
         try:
             done = subprocess.run(
-                [netplan, "generate", "--root-dir", str(scratch)],
+                [*argv, "--root-dir", str(scratch)],
                 env=child_env(),
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
@@ -90,7 +135,7 @@ def _probe(netplan: str) -> tuple[bool, str]:
                 check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            return False, f"{netplan} generate: {exc}"
+            return False, f"{' '.join(argv)}: {exc}"
         if done.returncode != 0:
             lines = (done.stderr.strip() or done.stdout.strip()).splitlines()
             first = lines[0].replace(f"{scratch}/", "") if lines else ""

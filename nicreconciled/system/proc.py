@@ -22,8 +22,14 @@ class Completed:
         return self.returncode == 0
 
     def summary(self) -> str:
-        """One line for logs: the command, its exit status and the last line it complained."""
-        tail = (self.stderr.strip() or self.stdout.strip()).splitlines()[-1:] or [""]
+        """One line for logs: the command, its exit status and the last line it complained
+        that says something: the last one naming an error if any, else the last with a word.
+        netplan ends its complaints with the offending YAML line and a caret under it
+        (``path:9:7: Error in network definition: unknown key 'x'`` / ``  x: 1`` / ``  ^``)."""
+        lines = (self.stderr.strip() or self.stdout.strip()).splitlines()
+        worded = [line.strip() for line in lines if any(c.isalnum() for c in line)]
+        errors = [line for line in worded if "error" in line.lower()]
+        tail = (errors or worded)[-1:] or [""]
         return f"{' '.join(self.argv)} exited {self.returncode}: {tail[0][:200]}"
 
 

@@ -134,6 +134,9 @@ class Stack:
             lines += ['fallback_endpoint = ""']
         lines += ["[polling]"]
         lines += [f"{k} = {v}" for k, v in polling.items()]
+        if self.fakebin is not None:
+            # The daemon runs netplan's generator itself: the recording stand-in.
+            lines += ["[netplan]", f'generator = "{self.fakebin / "netplan-generate"}"']
         path = self.tmp / "nicreconciled.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -248,10 +251,11 @@ async def stack(netns: Netns, tmp_path: Path) -> AsyncIterator[Stack]:
 
 @pytest.fixture
 def fakebin(stack: Stack) -> Path:
-    """netplan/networkctl stand-ins that record their arguments (no networkd in a netns)."""
+    """netplan, its generator and networkctl stand-ins that record their arguments (no
+    networkd in a netns)."""
     path = stack.tmp / "bin"
     path.mkdir()
-    for tool in ("netplan", "networkctl"):
+    for tool in ("netplan", "netplan-generate", "networkctl"):
         (path / tool).write_text(FAKE_TOOL)
         (path / tool).chmod(0o755)
     stack.fakebin = path

@@ -198,7 +198,7 @@ class TestApply:
         calls = stack.apply_log.read_text().splitlines()
         # Generated in a scratch tree (only our NIC's output is installed), one reload; the
         # kernel side of this is proved on a real networkd in tests/integration/lab.
-        assert calls[0].startswith("netplan generate --root-dir /")
+        assert calls[0].startswith("netplan-generate --root-dir /")
         assert calls[1:] == ["networkctl reload"]
 
     async def test_a_failing_apply_is_retried_and_not_fatal(

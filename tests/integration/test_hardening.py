@@ -64,6 +64,8 @@ class TestSecurityScore:
             "/run/netplan",
             "/run/NetworkManager/system-connections",
             "/run/systemd/network",
+            # [metrics] textfile: Debian's node_exporter textfile collector directory.
+            "/var/lib/prometheus/node-exporter",
         }
         # The rest of /run is read-only (MountAPIVFS would leave it writable).
         assert unit_values("ReadOnlyPaths") == ["/run"]

@@ -48,6 +48,7 @@ WRONG_TYPE: dict[str, list[Any]] = {
     "cloudstack.endpoint": [1],
     "netplan": ["networkd"],
     "netplan.backend": [1],
+    "netplan.generator": [1, ["/usr/libexec/netplan/generate"]],
     "polling": [5],
     "polling.initial_interval": ["0.25", False],
     "polling.max_interval": [[5]],
@@ -61,6 +62,8 @@ WRONG_TYPE: dict[str, list[Any]] = {
     "kernel": [True],
     "kernel.heal": ["yes", 1],
     "kernel.heal_limit": [5.0, "5", True],
+    "metrics": ["/var/lib/prometheus/node-exporter/nicreconciled.prom"],
+    "metrics.textfile": [1, True, ["/x.prom"]],
 }
 
 #: key -> values of the right type but out of range or malformed.
@@ -95,6 +98,7 @@ WRONG_VALUE: dict[str, list[Any]] = {
     "ec2.token_ttl": [59, 21601, 0, -1],
     "cloudstack.endpoint": ["10.1.1.1", "file:///etc/passwd"],
     "netplan.backend": ["networkmanager", "ifupdown"],
+    "netplan.generator": ["generate", "usr/libexec/netplan/generate"],
     "polling.initial_interval": [0, -0.25, 61, math.nan],
     "polling.max_interval": [0, 601],
     "polling.probe_interval": [0, 61],
@@ -105,6 +109,7 @@ WRONG_VALUE: dict[str, list[Any]] = {
     "polling.request_rate": [0, 1001],
     "polling.request_timeout": [0, 61, -2],
     "kernel.heal_limit": [-1, 1001],
+    "metrics.textfile": ["nicreconciled.prom", "/var/lib/x.txt", "/var/lib/.prom", "x/y.prom"],
 }
 
 #: Keys whose type admits no wrong value: a boolean is either; any glob list is a list of

@@ -148,10 +148,9 @@ class TestForeignOwner:
             ({"ID_NET_MANAGED_BY": ""}, None),
             ({"ID_NET_MANAGED_BY": NM}, f"ID_NET_MANAGED_BY={NM}"),
             ({"ID_NET_MANAGED_BY": "unmanaged"}, "ID_NET_MANAGED_BY=unmanaged"),
-            ({"NM_UNMANAGED": "1"}, "NM_UNMANAGED=1"),
-            ({"NM_UNMANAGED": "TRUE"}, "NM_UNMANAGED=TRUE"),
-            ({"NM_UNMANAGED": "0"}, None),
-            ({"ID_NET_MANAGED_BY": NETWORKD, "NM_UNMANAGED": "1"}, "NM_UNMANAGED=1"),
+            # netplan's own rules set it on every networkd definition, ours included.
+            ({"NM_UNMANAGED": "1"}, None),
+            ({"ID_NET_MANAGED_BY": NETWORKD, "NM_UNMANAGED": "1"}, None),
             ({"ID_NET_MANAGED_BY": "a\nb" + "c" * 100}, "ID_NET_MANAGED_BY=a?b" + "c" * 77 + "..."),
         ],
     )
@@ -159,6 +158,21 @@ class TestForeignOwner:
         self, properties: dict[str, str], why: str | None
     ) -> None:
         assert foreign_owner(properties, {NETWORKD}) == why
+
+    @pytest.mark.parametrize(
+        ("properties", "why"),
+        [
+            ({"NM_UNMANAGED": "1"}, "NM_UNMANAGED=1"),
+            ({"NM_UNMANAGED": "TRUE"}, "NM_UNMANAGED=TRUE"),
+            ({"NM_UNMANAGED": "0"}, None),
+            ({"ID_NET_MANAGED_BY": NM, "NM_UNMANAGED": "1"}, "NM_UNMANAGED=1"),
+            ({"ID_NET_MANAGED_BY": NETWORKD}, f"ID_NET_MANAGED_BY={NETWORKD}"),
+        ],
+    )
+    def test_nm_unmanaged_gives_a_nic_away_only_from_networkmanager(
+        self, properties: dict[str, str], why: str | None
+    ) -> None:
+        assert foreign_owner(properties, {NM}) == why
 
     def test_a_udev_event_carries_the_ownership_properties(self) -> None:
         class Device:
@@ -180,16 +194,17 @@ class TestUdevOwnership:
         self, host: Host, make_daemon: MakeDaemon
     ) -> None:
         host.plug("eth1", "0a:00:00:00:00:01", {"ID_NET_MANAGED_BY": NM})
-        host.plug("eth2", "0a:00:00:00:00:02", {"NM_UNMANAGED": "1", "ID_NET_DRIVER": "mlx5"})
+        host.plug("eth2", "0a:00:00:00:00:02", {"ID_NET_MANAGED_BY": "unmanaged"})
         host.plug("eth3", "0a:00:00:00:00:03", {"ID_NET_MANAGED_BY": NETWORKD})
-        host.plug("eth4", "0a:00:00:00:00:04", {})
+        # What netplan's 90-netplan.rules gives every NIC it renders for networkd.
+        host.plug("eth4", "0a:00:00:00:00:04", {"NM_UNMANAGED": "1"})
         source = PerMac()
         daemon = make_daemon(source)
         daemon.scan()
         assert sorted(daemon.reconcilers) == ["0a:00:00:00:00:03", "0a:00:00:00:00:04"]
         assert {m: s.managed_text for m, s in daemon.ignored.items()} == {
             "0a:00:00:00:00:01": f"foreign: ID_NET_MANAGED_BY={NM}",
-            "0a:00:00:00:00:02": "foreign: NM_UNMANAGED=1",
+            "0a:00:00:00:00:02": "foreign: ID_NET_MANAGED_BY=unmanaged",
         }
         # Counted like a NIC the metadata does not list: there, settled, not managed.
         assert daemon._status_line() == "4 NICs (0 managed): 2 converged, 2 waiting, 0 failing"
@@ -225,6 +240,26 @@ class TestUdevOwnership:
             (Managed.FOREIGN, f"ID_NET_MANAGED_BY={foreign}")
         ]
 
+    @pytest.mark.parametrize(
+        ("overrides", "foreign"),
+        [
+            ({}, False),
+            ({"netplan": {"backend": "NetworkManager"}}, True),
+            ({"renderer": "networkmanager"}, True),
+        ],
+    )
+    async def test_nm_unmanaged_counts_only_where_networkmanager_loads_our_files(
+        self, host: Host, make_daemon: MakeDaemon, overrides: dict[str, Any], foreign: bool
+    ) -> None:
+        """netplan's own rules mark every NIC it renders for networkd NM_UNMANAGED (ours
+        too, after any live ``netplan generate`` and a udev event): on networkd that is not
+        a reason to give the NIC up; where our files are NetworkManager's, it is."""
+        host.plug("eth1", "0a:00:00:00:00:01", {"NM_UNMANAGED": "1"})
+        daemon = make_daemon(**overrides)
+        (link,) = daemon_links(daemon)
+        verdict = daemon.not_ours(link)
+        assert verdict == ((Managed.FOREIGN, "NM_UNMANAGED=1") if foreign else None)
+
     async def test_with_kernel_events_udev_is_not_consulted(
         self, host: Host, make_daemon: MakeDaemon
     ) -> None:
@@ -253,7 +288,7 @@ class TestUdevOwnership:
         assert daemon.ignored == {}
         assert daemon._status_line().startswith("0 NICs")
         daemon.on_event(event("add", "eth1", host))
-        daemon.on_event(event("add", "eth2", host, NM_UNMANAGED="1"))
+        daemon.on_event(event("add", "eth2", host, ID_NET_MANAGED_BY="unmanaged"))
         assert list(daemon.reconcilers) == ["0a:00:00:00:00:01"]
         assert list(daemon.ignored) == ["0a:00:00:00:00:02"]
         daemon.scan()  # the entries are still missing: what the events said stands
@@ -293,8 +328,8 @@ class TestUdevOwnership:
     async def test_a_foreign_nic_that_goes_away_takes_its_status_with_it(
         self, host: Host, make_daemon: MakeDaemon
     ) -> None:
-        host.plug("eth1", "0a:00:00:00:00:01", {"NM_UNMANAGED": "1"})
-        host.plug("eth2", "0a:00:00:00:00:02", {"NM_UNMANAGED": "1"})
+        host.plug("eth1", "0a:00:00:00:00:01", {"ID_NET_MANAGED_BY": "unmanaged"})
+        host.plug("eth2", "0a:00:00:00:00:02", {"ID_NET_MANAGED_BY": "unmanaged"})
         daemon = make_daemon()
         daemon.scan()
         assert host.status_of("0a:00:00:00:00:01") is not None

@@ -28,3 +28,23 @@ class TestRun:
     async def test_a_timeout_is_exit_124(self) -> None:
         done = await proc.run(["sleep", "5"], timeout=0.1)
         assert done.returncode == 124
+
+
+class TestSummary:
+    @pytest.mark.parametrize(
+        ("stderr", "said"),
+        [
+            ("Failed to reload: boom\n", "Failed to reload: boom"),
+            ("first\nsecond\n", "second"),
+            # netplan: the error, the offending line, a caret under it.
+            (
+                "/etc/netplan/x.yaml:9:7: Error in network definition: unknown key 'x'\n"
+                "      x: 1\n      ^\n",
+                "/etc/netplan/x.yaml:9:7: Error in network definition: unknown key 'x'",
+            ),
+            ("", ""),
+        ],
+    )
+    def test_the_line_that_says_what_went_wrong(self, stderr: str, said: str) -> None:
+        done = proc.Completed(("netplan", "generate"), 1, "", stderr)
+        assert done.summary() == f"netplan generate exited 1: {said}"

@@ -490,7 +490,7 @@ class TestRaTableProbe:
             'printf "[IPv6AcceptRA]\\nRouteTable=10099\\n"'
             ' > "$ROOT/run/systemd/network/10-netplan-nicr-probe.network"',
         )
-        assert netplan_probe._probe(netplan) == (True, "")
+        assert netplan_probe._probe((netplan, "generate")) == (True, "")
 
     def test_a_netplan_that_rejects_the_key_does_not(self, tmp_path: Path) -> None:
         netplan = self.fake(
@@ -498,7 +498,7 @@ class TestRaTableProbe:
             'echo "$ROOT/etc/netplan/probe.yaml:9:7: Error in network definition: unknown key'
             " 'ra-overrides'\" >&2\nexit 1",
         )
-        supported, reason = netplan_probe._probe(netplan)
+        supported, reason = netplan_probe._probe((netplan, "generate"))
         assert not supported
         # The scratch path is left out of the reason (it is logged).
         assert reason == (
@@ -511,19 +511,19 @@ class TestRaTableProbe:
             'mkdir -p "$ROOT/run/systemd/network"\n'
             'echo "[Network]" > "$ROOT/run/systemd/network/10-netplan-nicr-probe.network"',
         )
-        assert netplan_probe._probe(netplan) == (
+        assert netplan_probe._probe((netplan, "generate")) == (
             False,
             "accepted, but no RouteTable= in the generated file",
         )
 
     def test_a_missing_netplan_does_not(self, tmp_path: Path) -> None:
-        supported, reason = netplan_probe._probe(str(tmp_path / "no-such-netplan"))
+        supported, reason = netplan_probe._probe((str(tmp_path / "no-such-netplan"), "generate"))
         assert not supported
         assert "No such file" in reason
 
     def test_the_scratch_tree_is_removed(self, tmp_path: Path) -> None:
         netplan = self.fake(tmp_path, f'echo "$ROOT" > {tmp_path}/root; exit 1')
-        netplan_probe._probe(netplan)
+        netplan_probe._probe((netplan, "generate"))
         assert not Path((tmp_path / "root").read_text().strip()).exists()
 
     def test_the_answer_is_cached_per_netplan(self, tmp_path: Path) -> None:
@@ -543,7 +543,7 @@ class TestRaTableProbe:
         old = netplan_probe.tempfile.tempdir
         netplan_probe.tempfile.tempdir = str(readonly / "gone")
         try:
-            supported, reason = netplan_probe._probe("netplan")
+            supported, reason = netplan_probe._probe(("netplan", "generate"))
         finally:
             netplan_probe.tempfile.tempdir = old
         assert not supported
@@ -573,5 +573,5 @@ class TestRaTableFlagIsLazy:
         netplan_probe.supports_ra_table.cache_clear()
         renderer = make_renderer(parse_config({"renderer": "netplan"}))
         assert isinstance(renderer, NetplanRenderer)
-        assert renderer._ra_table is netplan_probe.supports_ra_table
+        assert callable(renderer._ra_table)
         assert netplan_probe.supports_ra_table.cache_info().currsize == 0

@@ -8,7 +8,7 @@ daemon dies at STEP (a stand-in of the tool SIGKILLs it, ``lab.Crash``):
 ========  ==============================================  =====================================
 manager   ``first``                                       ``last``
 ========  ==============================================  =====================================
-networkd  after ``netplan generate`` into the scratch     at ``networkctl reload``: our files
+networkd  after netplan's generator ran into the scratch  at ``networkctl reload``: our files
           tree, before anything is installed               installed, networkd not told
 nm        at ``nmcli connection load``: keyfiles written,  at ``nmcli connection up``: loaded,
           not loaded                                       A's active profile not re-activated
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration
 
 STEPS: dict[str, dict[str, Crash]] = {
     "networkd": {
-        "first": Crash("netplan", "generate", after=True),
+        "first": Crash("netplan-generate", "--root-dir", after=True),
         "last": Crash("networkctl", "reload"),
     },
     "nm": {
@@ -70,7 +70,7 @@ def test_a_daemon_killed_mid_apply_is_finished_by_the_next(stack: LabStack, step
     assert first.proc.popen.returncode == -9
     assert ADDED not in {x.local for x in lab.addresses(a.ifname, 4)}, "loaded by a dead daemon"
     left = _scratch(lab)
-    if crash.tool == "netplan":
+    if crash.tool == "netplan-generate":
         assert len(left) == 1, f"the killed generate's scratch tree: {left}"
     else:
         assert left == []
@@ -80,7 +80,7 @@ def test_a_daemon_killed_mid_apply_is_finished_by_the_next(stack: LabStack, step
     took_a = stack.wait_complete(a, ipv4s=[*a.ipv4s, ADDED])
     stack.wait_complete(b)
     assert _scratch(lab) == []
-    if crash.tool == "netplan":
+    if crash.tool == "netplan-generate":
         removed = second.events("scratch_removed")
         assert [e["path"].rsplit("/", 1)[1] for e in removed] == left
     # A's change was in the killed batch; B's attach may have had a batch of its own before

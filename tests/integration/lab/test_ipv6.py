@@ -7,7 +7,9 @@ IPv6 default route, as seen here and asserted below:
 
 * NetworkManager 1.42 (renderer ``networkmanager``): ``ipv6.route-table=T`` puts the RA's
   default route into T and none into main: a remote IPv6 peer is answered through the ENI.
-* netplan >= 1.1 on networkd (``ra-overrides.table``, probed at run time): the same.
+* netplan >= 1.1 on networkd (``ra-overrides.table``, probed at run time; Debian 13): the
+  same. ``test_netplan_ra_overrides_table_is_what_sends_ipv6_replies_out_by_the_eni`` turns
+  the key off and on for one ENI, and holds the daemon's probe to the package's version.
 * netplan 0.106 (Debian 12) on networkd: no way to put RA routes in T. T holds the IPv6
   subnet route only; the RA default routes are in main, with each ENI's metric, so a reply
   from a secondary ENI's IPv6 address to an off-subnet peer leaves by the ENI with the best
@@ -18,19 +20,28 @@ IPv6 default route, as seen here and asserted below:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from nicreconciled.apply import ApplyError, Change, NetplanNetworkdApplier
 from nicreconciled.lab import PEER6, Eni, Lab, Manager, Nic, SimControl, missing_state
 from nicreconciled.lab.base import missing_tools
-from nicreconciled.lab.daemon import Daemon
+from nicreconciled.lab.daemon import Daemon, write_bin_dir
+from nicreconciled.lab.eni import plan_state
+from nicreconciled.lab.texts import NETPLAN
+from nicreconciled.lab.versions import package_version
+from nicreconciled.render.netplan import NetplanRenderer
+from nicreconciled.system import fs, proc
 from nicreconciled.system.netplan import supports_ra_table
+from nicreconciled.system.proc import Completed
 from tests.conftest import require_tool
 from tests.integration.lab.conftest import MANAGERS, PRIMARY_IPV4, PRIMARY_MAC, record_timing
 
@@ -137,9 +148,10 @@ def stack(
         # No heals: the negative controls delete a rule on purpose and must see it gone
         # (healing is test_drift.py's subject).
         daemon = lab.start_daemon(kernel={"heal": False})
-        # The daemon's netplan renderer asks the same netplan (the lab's wrapper runs it).
+        # From the stack's version, not the daemon's probe of it (which the test of
+        # ra-overrides below holds to the same answer).
         table_default = manager == "nm" or renderer == "networkd"
-        table_default = table_default or supports_ra_table("/usr/sbin/netplan")
+        table_default = table_default or package_version(lab, "netplan.io") >= (1, 1)
         record_timing(
             f"[{manager}] IPv6 lab with the daemon ready {time.monotonic() - started:.2f} s;"
             f" RA default route in the ENI's table: {table_default}"
@@ -232,3 +244,99 @@ def test_a_remote_ipv6_peer_is_answered_through_the_eni_that_owns_the_address(
     record_timing(f"{stack.tag} negative control, B's IPv6 rule deleted: {result}")
     assert b.nic.port not in result.ports, str(result)
     stack.detach(a.nic, b.nic)
+
+
+def test_netplan_ra_overrides_table_is_what_sends_ipv6_replies_out_by_the_eni(
+    tmp_path: Path,
+) -> None:
+    """netplan's ``ra-overrides: {table: T}`` on the real netplan and networkd, off and then
+    on for the same ENI B, next to an ENI A whose RA default route has the better metric in
+    main. The daemon's netplan renderer with the key forced, loaded the daemon's way
+    (``NetplanNetworkdApplier``: scratch generate, our files installed, one reload).
+
+    Off (every netplan): no IPv6 default route in T_B; the remote peer's pings to B's IPv6
+    address are answered, out by A (the negative control). On: with netplan >= 1.1 (told by
+    the package's version; the daemon's probe must agree) T_B gets the RA's default route
+    and the replies leave by B; without B's IPv6 rule they do not. (networkd 257 leaves the
+    RA default route it had put in main before the reload where it is, as a foreign route
+    under the package's drop-in, until the RA's lifetime ends: harmless, A's is better.) With
+    netplan 0.106 the key is refused ("unknown key") and nothing changes: why the renderer
+    writes it only when the probe says yes."""
+    if os.geteuid() != 0:
+        pytest.fail("the lab tests need root (network and mount namespaces)", pytrace=False)
+    for tool in missing_tools("networkd"):
+        require_tool(tool)
+    with Lab("networkd", tmp_path / "lab", tag="ra") as lab:
+        netplan = package_version(lab, "netplan.io")
+        expect_table = netplan >= (1, 1)
+        assert supports_ra_table(NETPLAN) is expect_table, f"netplan {netplan}"
+        lab.plug_primary(PRIMARY_MAC, PRIMARY_IPV4)
+        a, b = Eni.plan(36, secondaries=0), Eni.plan(37, secondaries=0)
+        a.nic = lab.prepare(lab.new_nic(a.mac, a.ipv4s[0], 24, a.subnet6))
+        b.nic = lab.prepare(lab.new_nic(b.mac, b.ipv4s[0], 24, b.subnet6))
+        lab.attach(a.nic, b.nic)
+        load = NetplanLoader(lab)
+        load(a, b, ra_table=False)
+        for eni in (a, b):
+            lab.wait_for(lambda e=eni: not missing_state(lab, e), 30, f"{eni.mac} complete")
+        lab.wait_for(lambda: len(main_ipv6_defaults(lab)) == 2, 30, "both RA defaults in main")
+        assert "default" not in lab.route_destinations(6, b.table), lab.describe()
+        off = lab.ping_from_peer(b.ipv6s[0])
+        record_timing(f"[netplan {netplan}] ra-overrides off, B's replies: {off}")
+        assert off.received == off.sent == 3, f"{off}\n{lab.describe()}"
+        assert off.ports == {a.nic.port}, f"{off}\n{lab.describe()}"
+
+        if not expect_table:
+            with pytest.raises(ApplyError, match="ra-overrides"):
+                load(b, ra_table=True)
+            assert "default" not in lab.route_destinations(6, b.table), lab.describe()
+            record_timing(f"[netplan {netplan}] ra-overrides refused; T_B unchanged")
+            return
+
+        t0 = time.monotonic()
+        load(b, ra_table=True)
+        generated = lab.path(
+            f"/run/systemd/network/10-netplan-nicr-{b.mac.replace(':', '')}.network"
+        )
+        assert f"RouteTable={b.table}" in generated.read_text().splitlines()
+
+        def in_table() -> bool:
+            route = next((r for r in lab.routes(6, b.table) if r.get("dst") == "default"), {})
+            return route.get("protocol") == "ra" and route.get("dev") == b.ifname
+
+        lab.wait_for(in_table, 30, "B's RA default route in T_B")
+        took = time.monotonic() - t0
+        on = lab.ping_from_peer(b.ipv6s[0])
+        record_timing(f"[netplan {netplan}] ra-overrides on (+{took:.2f} s), B's replies: {on}")
+        assert on.received == on.sent == 3, f"{on}\n{lab.describe()}"
+        assert on.ports == {b.nic.port}, f"{on}\n{lab.describe()}"
+
+        lab.run(["ip", "-6", "rule", "del", "from", b.ipv6s[0], "table", str(b.table)])
+        control = lab.ping_from_peer(b.ipv6s[0])
+        record_timing(f"[netplan {netplan}] negative control, B's IPv6 rule deleted: {control}")
+        assert b.nic.port not in control.ports, str(control)
+
+
+class NetplanLoader:
+    """Render ENIs with the daemon's netplan renderer into the instance's /run/netplan and
+    load them with the daemon's applier (its netplan: the lab's wrapper, veths' MACs)."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.dir = lab.path("/run/netplan")
+        self.dir.mkdir(mode=0o755, exist_ok=True)
+        wrapper = write_bin_dir(lab.workdir / "bin-loader", ()) / "netplan"
+        self.applier = NetplanNetworkdApplier(self._run, root=lab.path("/"), netplan=str(wrapper))
+
+    async def _run(self, argv: Sequence[str], *, timeout: float = 30.0) -> Completed:
+        return await proc.run([*self.lab.enter_instance(), *argv], timeout=timeout)
+
+    def __call__(self, *enis: Eni, ra_table: bool) -> None:
+        renderer = NetplanRenderer("networkd", ra_table=ra_table)
+        changes = []
+        for eni in enis:
+            name = renderer.filename(eni.mac)
+            fs.write_if_changed(self.dir, name, renderer.render(plan_state(eni)), renderer.mode)
+            changes.append(Change(eni.mac, self.dir / name, eni.ifname))
+        outcome = asyncio.run(self.applier.apply_batch(changes))
+        assert outcome == {c.mac: None for c in changes}

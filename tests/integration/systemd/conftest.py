@@ -1,9 +1,15 @@
-"""A booted Debian 12 per test module, with the .deb installed and the unit exactly as shipped.
+"""A booted Debian per release and test module, with that release's .deb installed and the unit
+exactly as shipped.
 
-* ``deb`` (session): dist/'s .deb, rebuilt with packaging/build-deb when it is missing or
-  older than a source (the rule packaging/check-deb applies);
-* ``rootfs`` (session): the cached mmdebstrap tree (tests/sdcontainer.py builds it on first
-  use, about 40 s, and keeps it under /var/cache/nicreconciled-tests);
+* ``suite`` (session, parametrized): the Debian releases the package is built for, Debian 12
+  "bookworm" (systemd 252, NetworkManager 1.42, netplan 0.106, Python 3.11) and Debian 13
+  "trixie" (systemd 257, NetworkManager 1.52, netplan 1.1, Python 3.13): the host's own in
+  ``make test``, the ones NICR_SUITES names in ``make matrix`` (CI runs both);
+* ``deb`` (session): dist/'s .deb for the suite, rebuilt with ``SUITE=<suite>
+  packaging/build-deb`` when it is missing or older than a source (the rule
+  packaging/check-deb applies);
+* ``rootfs`` (session): the suite's cached mmdebstrap tree (tests/sdcontainer.py builds it on
+  first use, about 40 s, and keeps it under /var/cache/nicreconciled-tests);
 * ``booted`` (module): systemd as PID 1 in its own fresh network namespace, the package
   installed with dpkg, the IMDS simulator running inside on 127.0.0.1:8080, and a "router"
   namespace where each NIC is born (a veth, its end carrying the ENI's MAC, moved into the
@@ -67,6 +73,29 @@ done
 """
 
 
+#: TEST-ONLY, installed in place of netplan's generator (/usr/libexec/netplan/generate, the
+#: real one moved to generate.real; the container's /usr is an overlay): the same fix for the
+#: daemon, which calls the generator itself from where it finds it (system/netplan.py), as
+#: shipped, with no configuration for it; netplan's own front end calls it too.
+GENERATOR_WRAPPER = """#!/bin/sh
+# TEST-ONLY (tests/integration/systemd/conftest.py): netplan's generator, then MACAddress=
+# for veths (no permanent MAC); see NETPLAN_WRAPPER.
+root=
+prev=
+for arg in "$@"; do
+  case $prev in --root-dir) root=$arg ;; esac
+  case $arg in --root-dir=*) root=${arg#--root-dir=} ;; esac
+  prev=$arg
+done
+/usr/libexec/netplan/generate.real "$@" || exit
+for file in "$root"/run/systemd/network/10-netplan-*.network; do
+  [ -f "$file" ] || continue
+  sed -i 's/^PermanentMACAddress=/MACAddress=/' "$file"
+done
+"""
+GENERATOR_PATH = "/usr/libexec/netplan/generate"
+
+
 @dataclass(frozen=True)
 class Nic:
     """One ENI: subnet 10.0.<10+n>.0/24 (gateway .1, DHCP gives .25, .26 is a secondary),
@@ -125,6 +154,8 @@ class Booted:
     box: Container
     router: str
     workdir: Path
+    #: The Debian release booted (``sdcontainer.SUITES``).
+    suite: str = sdcontainer.SUITE
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     router_made: bool = False
     config: str = ""
@@ -166,6 +197,9 @@ class Booted:
         """The daemon running with RENDERER (restarted only if needed); its properties."""
         changed = self.configure(renderer)
         if changed or self.prop("ActiveState") != "active":
+            # The tests restart the unit more often than its start limit (5 in 5 minutes)
+            # allows a real host; systemd 257 counts the watchdog's restart too.
+            self.box.systemctl("reset-failed", UNIT, check=False)
             self.box.systemctl("restart", UNIT)
         return self.service()
 
@@ -316,38 +350,59 @@ def _fail(message: str) -> None:
     pytest.fail(message, pytrace=False)
 
 
+def _suites() -> list[str]:
+    """NICR_SUITES (comma-separated; ``make matrix`` sets it), else the host's own release
+    (``make test``: the release CI runs on; its other release runs in ``make matrix``)."""
+    names = os.environ.get("NICR_SUITES", "").split(",") if os.environ.get("NICR_SUITES") else []
+    names = names or [sdcontainer.host_suite() or sdcontainer.SUITE]
+    unknown = [n for n in names if n not in sdcontainer.SUITES]
+    if unknown:
+        raise pytest.UsageError(
+            f"NICR_SUITES: unknown {unknown}; known {sorted(sdcontainer.SUITES)}"
+        )
+    return names
+
+
+@pytest.fixture(scope="session", params=_suites())
+def suite(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
 @pytest.fixture(scope="session")
-def deb() -> Path:
+def deb(suite: str) -> Path:
     if os.geteuid() != 0:
         _fail("the systemd container tests need root (nspawn, cgroups, dpkg)")
     require_tool("dpkg-deb")
     try:
-        return sdcontainer.ensure_deb(log=lambda line: print(line, file=sys.stderr))
+        return sdcontainer.ensure_deb(suite, log=lambda line: print(line, file=sys.stderr))
     except sdcontainer.ContainerError as exc:
         _fail(str(exc))
         raise
 
 
 @pytest.fixture(scope="session")
-def rootfs() -> Path:
+def rootfs(suite: str) -> Path:
     for tool in ("mmdebstrap", "zstd", "systemd-nspawn", "nsenter", "ip", "dnsmasq"):
         require_tool(tool)
     try:
-        return sdcontainer.ensure_rootfs(log=lambda line: print(line, file=sys.stderr))
+        return sdcontainer.ensure_rootfs(suite, log=lambda line: print(line, file=sys.stderr))
     except sdcontainer.ContainerError as exc:
         _fail(str(exc))
         raise
 
 
 @pytest.fixture(scope="module")
-def booted(deb: Path, rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Booted]:
+def booted(
+    suite: str, deb: Path, rootfs: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Booted]:
     missing = sdcontainer.missing_depends(deb, rootfs)
     if missing:
         _fail(f"the cached rootfs lacks Depends of {deb.name}: {missing}; add to PACKAGES")
     name = f"nicr-sd{os.getpid() % 100000}-{next(_names)}"
     workdir = tmp_path_factory.mktemp(name)
     box = Container(name, rootfs, workdir, {str(deb.parent): "/mnt/debs"})
-    booted = Booted(box, f"{name}-r", workdir)
+    booted = Booted(box, f"{name}-r", workdir, suite)
     try:
         box.boot()
         # Before any NIC moves in: no IPv6 duplicate address detection (1-7 s per address).
@@ -355,6 +410,8 @@ def booted(deb: Path, rootfs: Path, tmp_path_factory: pytest.TempPathFactory) ->
              "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")  # fmt: skip
         box.install_deb(f"/mnt/debs/{deb.name}")
         box.write("/usr/local/sbin/netplan", NETPLAN_WRAPPER, 0o755)
+        box.run(["mv", GENERATOR_PATH, f"{GENERATOR_PATH}.real"])
+        box.write(GENERATOR_PATH, GENERATOR_WRAPPER, 0o755)
         sdcontainer.start_sim(box)
 
         async def primary(sim: SimClient) -> None:

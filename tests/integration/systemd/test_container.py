@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ import pytest
 
 from nicreconciled.sim.client import SimClient
 from nicreconciled.sim.openstack import OpenStackSim
+from tests import sdcontainer
 from tests.conftest import wait_for
 from tests.integration.systemd.conftest import PRIMARY, Booted, Nic
 from tests.sdcontainer import CONFIG, UNIT, VENV_PYTHON, daemon_config
@@ -322,7 +324,12 @@ class TestForeignRouting:
             monitor.terminate()
             watched, _ = monitor.communicate(timeout=10)
         # (rule there, route there); the monitor's lines say who removed what, and when.
-        assert seen == (True, True), f"after the plug: {seen}\n{watched}"
+        if seen != (True, True):
+            # networkd's account: which link it reconfigured and why (a changed file).
+            networkd = booted.box.run(
+                ["journalctl", "-u", "systemd-networkd", "--no-pager", "-n", "60"], check=False
+            ).stdout
+            raise AssertionError(f"after the plug: {seen}\n{watched}\n{networkd}")
         # Not even removed and put back: the only deletions are ours, in the finally.
         deleted = [
             line
@@ -599,6 +606,8 @@ class TestStalledLoop:
         tracer: subprocess.Popen[str] | None = None
         try:
             booted.box.systemctl("daemon-reload")
+            # A fresh start limit: this test is about the watchdog's restart, not the limit.
+            booted.box.systemctl("reset-failed", UNIT, check=False)
             booted.box.systemctl("restart", UNIT)
             before = booted.service()
             assert before["WatchdogUSec"] == "3s", before
@@ -623,7 +632,12 @@ class TestStalledLoop:
                 fresh = now["MainPID"] not in ("0", before["MainPID"])
                 return now if fresh and now["ActiveState"] == "active" else None
 
-            after: dict[str, str] = wait_for(restarted, 20, "the restart after the watchdog")
+            try:
+                after: dict[str, str] = wait_for(restarted, 20, "the restart after the watchdog")
+            except AssertionError as exc:
+                # PID 1's own account of the watchdog, the kill and the restart.
+                lines = "\n".join(pid1_lines(booted, since))
+                raise AssertionError(f"{exc}\n{lines}\n{booted.service()}") from None
             took = time.monotonic() - stalled
             lines = pid1_lines(booted, since)
             assert any("Watchdog timeout (limit 3s)!" in m for m in lines), lines
@@ -640,6 +654,7 @@ class TestStalledLoop:
                 tracer.wait(timeout=10)
             booted.box.run(["rm", "-f", DROP_IN])
             booted.box.systemctl("daemon-reload")
+            booted.box.systemctl("reset-failed", UNIT, check=False)
             booted.box.systemctl("restart", UNIT, check=False)
 
 
@@ -649,7 +664,54 @@ def networkd_process(booted: Booted) -> dict[str, str]:
     )
 
 
+#: dpkg's answers to a conffile the administrator changed and the package changed too.
+KEEP_CONFFILES = ("--force-confdef", "--force-confold")
+
+
 class TestPackage:
+    def test_an_upgrade_from_the_previous_release_keeps_the_nic_and_restarts_the_unit(
+        self, booted: Booted, deb: Path, networkd_nic: Nic
+    ) -> None:
+        """The previous release of the package for this Debian release (bookworm: 0.2.0,
+        built from its commit; trixie: none exists, this is the first, so the package over
+        itself) installed and running with a NIC applied, then ``dpkg -i`` of this one on a
+        live host: the unit restarted on the new version, the configuration file kept, the
+        NIC still complete in the kernel and ``nicreconciled check`` content."""
+        previous = sdcontainer.ensure_previous_deb(
+            booted.suite, log=lambda line: print(line, file=sys.stderr)
+        )
+        package = f"/mnt/debs/{deb.name}"
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        try:
+            if previous is not None:
+                booted.box.run(["dpkg", "--purge", "nicreconciled"], env=env)
+                booted.config = ""
+                inside = f"/var/tmp/{previous.name}"
+                shutil.copyfile(previous, booted.box.path(inside))
+                booted.box.install_deb(inside)
+            booted.ensure("netplan")
+            booted.wait_applied(networkd_nic)
+            old = booted.box.run(["dpkg-query", "-W", "-f=${Version}", "nicreconciled"]).stdout
+            before = booted.service()
+            assert before["ActiveState"] == "active", before
+            # The configuration file is a conffile the test edited and the package changed
+            # since: what an unattended upgrade (unattended-upgrades) answers, keep ours.
+            booted.box.install_deb(package, start=True, options=KEEP_CONFFILES)
+            after = booted.service()
+            new = booted.box.run(["dpkg-query", "-W", "-f=${Version}", "nicreconciled"]).stdout
+            assert new == deb.name.split("_")[1], new
+            assert after["ActiveState"] == "active", after
+            assert after["MainPID"] != before["MainPID"], (before, after)
+            assert booted.box.path(CONFIG).read_text() == booted.config
+            booted.wait_applied(networkd_nic)
+            code, rows = check_json(booted)
+            assert code == 0, rows
+            print(f"upgrade {old} -> {new}: unit restarted, NIC kept", file=sys.stderr)
+        finally:
+            # This release, whatever happened above.
+            booted.box.install_deb(package, options=KEEP_CONFFILES)
+            booted.ensure("netplan")
+
     def test_a_fresh_install_restarts_a_running_networkd_and_a_reinstall_does_not(
         self, booted: Booted, deb: Path
     ) -> None:
