@@ -45,7 +45,10 @@ DELETE_EVERY = 60.0
 SAMPLE_EVERY = 10.0
 IPV6_LATE = 3.0
 GOAL_MIB_PER_HOUR, GOAL_FDS_PER_HOUR = 1.0, 0.0
-STRICT_MIB_PER_HOUR = 8.0
+#: The 5-minute run's limit: its line still holds the allocator's warm-up, which the hour
+#: shows flattening after ~12 minutes (CI's 5-minute runs: 6.9 MiB/h with no leak); a leak
+#: of 10 KiB per attach (1,800 an hour) would add 18 MiB/h on top.
+STRICT_MIB_PER_HOUR = 16.0
 PRIMARY_MAC, PRIMARY_IPV4 = "0a:00:00:00:00:01", "10.0.0.10"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
