@@ -38,9 +38,11 @@ def test_a_parser_gives_an_observation_or_a_metadata_error(cloud: str, data: st.
 def test_the_documents_were_both_accepted_and_rejected() -> None:
     """The strategies are hostile without being only garbage: a fuzz run in which every
     document is rejected (or none) would pass while proving little."""
+    if not any(counts.total() for counts in OUTCOMES.values()):
+        # Run alone (-k): the property test draws its documents now.
+        for cloud in CLOUDS:
+            test_a_parser_gives_an_observation_or_a_metadata_error(cloud=cloud)
     ran = {cloud: counts for cloud, counts in OUTCOMES.items() if counts.total()}
-    if not ran:
-        pytest.skip("the property test did not run in this session (-k?)")
     for cloud, counts in ran.items():
         total = counts.total()
         assert counts["accepted"] >= 0.15 * total, (cloud, dict(counts))
