@@ -7,11 +7,18 @@ import json
 
 from nicreconciled.model import NicState
 
+#: NicState fields that came after fingerprints were first stored.
+LATER_FIELDS = ("local_routes",)
+
 
 def canonical(state: NicState | None) -> str:
     if state is None:
         return "null"
-    return json.dumps(state.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    # Fields added since the first release are left out while empty, so that a state which
+    # does not use them keeps the fingerprint it had (no re-render at an upgrade).
+    unused = {name for name in LATER_FIELDS if not getattr(state, name)}
+    data = state.model_dump(mode="json", exclude=unused)
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 def fingerprint(state: NicState | None) -> str:

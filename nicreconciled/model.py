@@ -107,6 +107,13 @@ class NicState(BaseModel):
     #: Delegated prefixes (EC2 prefix delegation): routed to this NIC, not assigned to it.
     ipv4_prefixes: tuple[IPv4Network, ...] = Field(default=(), max_length=MAX_ADDRESSES)
     ipv6_prefixes: tuple[IPv6Network, ...] = Field(default=(), max_length=MAX_ADDRESSES)
+    #: Ranges the cloud delivers to this NIC for the instance to accept as its own without
+    #: assigning them (GCE alias IP ranges, forwarded IPs, target-instance IPs): each a route
+    #: of type local in table local (255) out of the NIC, scope host, with our routing protocol
+    #: number where the renderer can say it (``render/addressing.LOCAL_ROUTE_PROTOCOL``).
+    local_routes: tuple[IPv4Network | IPv6Network, ...] = Field(
+        default=(), max_length=MAX_ADDRESSES
+    )
 
     @property
     def key(self) -> str:
