@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from nicreconciled import conflicts
+from nicreconciled import conflicts, upstream
 from nicreconciled import fingerprint as fp
 from nicreconciled.apply import Applier
 from nicreconciled.config import DeviceRange, excluded_device_number
@@ -78,6 +78,9 @@ class Context:
     read_kernel: Callable[[int, Promise], Snapshot] | None = None
     #: Asks the daemon to look at MAC's kernel state again in DELAY seconds (debounced).
     recheck: Callable[[str, float], None] = lambda mac, delay: None
+    #: True while the source's long poll answers (upstream.ChangeWatch): changes then arrive
+    #: through it, and the idle re-checks stretch to upstream.STRETCH x resync_interval.
+    long_poll_healthy: Callable[[], bool] = lambda: False
     #: The network manager's bus name is gone (stopped, restarting): nothing can heal now,
     #: and what it took down with it is no fight; its return re-checks every NIC.
     manager_away: bool = False
@@ -196,6 +199,8 @@ class Reconciler(KernelKeeping):
 
     def _resync_delay(self) -> float:
         interval = self.ctx.resync_interval
+        if self.ctx.long_poll_healthy():
+            interval *= upstream.STRETCH
         if not getattr(self.ctx.source, "ONE_ANSWER", False):
             return interval * self.tracker.rng.uniform(0.8, 1.2)
         # One answer serves every NIC: re-check on the daemon-wide ticks, so that the NICs'
