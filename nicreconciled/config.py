@@ -1,13 +1,16 @@
 """The TOML configuration file: pydantic models, defaults, and load().
 
 Unknown keys are errors. Every key has a default, so a missing default file means defaults.
+The sources' own tables (``[ec2]``, ...) are validated by their sources' models, which the
+source registry hands over (``use_source_tables``): config never imports a source.
 """
 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Collection
 from pathlib import Path
-from typing import Annotated, Literal, Self, TypeVar
+from typing import Annotated, Literal, Protocol, Self, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -53,6 +56,41 @@ class Section(BaseModel):
 
 _Section = Section
 _S = TypeVar("_S", bound=Section)
+
+
+class SourceTables(Protocol):
+    """What the source registry (sources/__init__.py) hands config: the sources' tables."""
+
+    def names(self) -> Collection[str]:
+        """The tables' names, which are also the values of ``cloud`` besides "auto"."""
+        ...
+
+    def settings(self, name: str) -> type[Section]:
+        """The Settings model of table NAME (its source imported on first use)."""
+        ...
+
+    def name_of(self, kind: type[Section]) -> str | None:
+        """The table whose Settings is KIND; None when it is no registered source's."""
+        ...
+
+
+_source_tables: SourceTables | None = None
+
+
+def use_source_tables(tables: SourceTables) -> None:
+    """Called once by the source registry, when it is imported."""
+    global _source_tables
+    _source_tables = tables
+
+
+def _tables() -> SourceTables:
+    # Every source module lives in the registry's package, so a Settings class never exists
+    # without the registry; only a document naming a table or a cloud needs it.
+    if _source_tables is None:
+        raise RuntimeError(
+            "no source registry handed to config: import nicreconciled.sources first"
+        )
+    return _source_tables
 
 
 def check_endpoint(value: str) -> str:
@@ -235,17 +273,17 @@ class Config(_Section):
     def _source_tables(cls, data: object, handler: ModelWrapValidatorHandler[Config]) -> Config:
         """A source's table is validated by the source's own Settings model, imported only
         when the document has that table; every other key by this model."""
-        from nicreconciled.sources import SOURCES, source_class
-
-        if not isinstance(data, dict):
-            return handler(data)
-        config = handler({key: value for key, value in data.items() if key not in SOURCES})
+        if not isinstance(data, dict) or all(key in cls.model_fields for key in data):
+            return handler(data)  # no table that could be a source's
+        source_tables = _tables()
+        names = source_tables.names()
+        config = handler({key: value for key, value in data.items() if key not in names})
         tables: dict[str, Section] = {}
-        for name in SOURCES:
+        for name in names:
             if name not in data:
                 continue
             try:
-                tables[name] = source_class(name).Settings.model_validate(data[name])
+                tables[name] = source_tables.settings(name).model_validate(data[name])
             except ValidationError as exc:
                 errors = [{**e, "loc": (name, *e["loc"])} for e in exc.errors(include_url=False)]
                 raise ValidationError.from_exception_data(cls.__name__, errors) from None  # type: ignore[arg-type]
@@ -255,10 +293,11 @@ class Config(_Section):
     @field_validator("cloud")
     @classmethod
     def _cloud(cls, value: str) -> str:
-        from nicreconciled.sources import SOURCES
-
-        if value != "auto" and value not in SOURCES:
-            raise ValueError(f"must be one of {', '.join([*SOURCES, 'auto'])}")
+        if value == "auto":
+            return value
+        names = _tables().names()
+        if value not in names:
+            raise ValueError(f"must be one of {', '.join([*names, 'auto'])}")
         return value
 
     def section(self, kind: type[_S]) -> _S:
@@ -301,9 +340,7 @@ def _describe(error: ValidationError, table: str = "") -> str:
 
 
 def _table_of(kind: type[Section]) -> str:
-    from nicreconciled.sources import settings_names
-
-    name = settings_names().get(kind)
+    name = _tables().name_of(kind)
     if name is None:
         raise TypeError(f"{kind.__name__} is no registered source's Settings")
     return name
@@ -321,13 +358,6 @@ def parse(data: dict[str, object]) -> Config:
         return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
-
-
-def all_sections(config: Config) -> dict[str, Section]:
-    """Every registered source's table, as CONFIG has it (imports every source)."""
-    from nicreconciled.sources import SOURCES, source_class
-
-    return {name: config.section(source_class(name).Settings) for name in SOURCES}
 
 
 def load(path: Path | None) -> Config:

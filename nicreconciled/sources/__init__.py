@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import importlib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol, cast
 
 import structlog
 
+from nicreconciled.config import use_source_tables
 from nicreconciled.model import Observation
 
 if TYPE_CHECKING:
@@ -96,16 +97,33 @@ def source_class(name: str) -> type[Source]:
     return cast("type[Source]", cls)
 
 
-def settings_names() -> dict[type[Section], str]:
-    """Settings class -> table name, for the sources imported so far (a Settings class
-    exists only once its module is imported)."""
-    return {source_class(n).Settings: n for n in SOURCES if _imported(n)}
+class _Tables:
+    """The registry as config sees it (config.SourceTables), handed over below: read from
+    SOURCES when asked, so a name added to SOURCES is a table of the file at once."""
+
+    def names(self) -> Collection[str]:
+        return tuple(SOURCES)
+
+    def settings(self, name: str) -> type[Section]:
+        return source_class(name).Settings
+
+    def name_of(self, kind: type[Section]) -> str | None:
+        # Among the sources imported so far: a Settings class exists only once its module is.
+        return {source_class(n).Settings: n for n in SOURCES if _imported(n)}.get(kind)
 
 
 def _imported(name: str) -> bool:
     import sys
 
     return SOURCES[name].partition(":")[0] in sys.modules
+
+
+use_source_tables(_Tables())
+
+
+def all_sections(config: Config) -> dict[str, Section]:
+    """Every registered source's table, as CONFIG has it (imports every source)."""
+    return {name: config.section(source_class(name).Settings) for name in SOURCES}
 
 
 def make_source(cloud: str, config: Config, http: HttpClient) -> Source:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,3 +120,41 @@ class TestErrors:
         bad.write_text("cloud = \n")
         with pytest.raises(ConfigError, match="not valid TOML"):
             config.load(bad)
+
+
+#: Run in a fresh interpreter: config alone, then the registry handing it the sources' tables.
+ALONE = """
+import sys
+from nicreconciled import config
+assert "nicreconciled.sources" not in sys.modules, "config imported the source registry"
+assert config.parse({"renderer": "networkd", "polling": {"deadline": 30}}) != config.Config()
+try:
+    config.parse({"cloud": "ec2"})
+except RuntimeError as exc:
+    assert "nicreconciled.sources" in str(exc), exc
+else:
+    raise AssertionError("a cloud was accepted with no registry to check it against")
+import nicreconciled.sources
+assert config.parse({"cloud": "ec2", "ec2": {"token_ttl": 60}}).cloud == "ec2"
+"""
+
+
+class TestNoImportCycle:
+    """The registry hands config the sources' tables; config never imports a source."""
+
+    def test_config_names_no_source_module_anywhere(self) -> None:
+        tree = ast.parse(Path(config.__file__).read_text(encoding="utf-8"))
+        imported = [
+            node.module if isinstance(node, ast.ImportFrom) else alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in node.names
+        ]
+        assert imported  # the walk sees imports, including those inside functions
+        assert not [m for m in imported if m and m.startswith("nicreconciled.sources")]
+
+    def test_config_works_alone_and_takes_the_tables_from_the_registry(self) -> None:
+        done = subprocess.run(
+            [sys.executable, "-c", ALONE], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
