@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from nicreconciled.model import NicState
-from nicreconciled.sources import cloudstack, ec2
+from nicreconciled.sources import cloudstack, ec2_parse
 
 
 def ec2_state(fields: Mapping[str, Any]) -> NicState:
@@ -15,7 +15,7 @@ def ec2_state(fields: Mapping[str, Any]) -> NicState:
     data = dict(fields)
     card = data.pop("network_card", 0)
     data.setdefault("cloud", "ec2")
-    table, metric = ec2.numbering(data["device_number"], card)
+    table, metric = ec2_parse.numbering(data["device_number"], card)
     data.setdefault("route_table", table)
     data.setdefault("route_metric", metric)
     return NicState.model_validate(data)

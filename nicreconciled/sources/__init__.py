@@ -4,7 +4,8 @@ A cloud is one module in this package: its Source class (fetch, probe, detect), 
 ``[<name>]`` table (``Settings``, validated by config.parse), its red-flag kinds, how it numbers
 its NICs' tables, and a DMI check that may settle detection before any network probe.
 Registering it is one line in ``SOURCES`` (and its place in ``AUTO_ORDER``); nothing else in
-the daemon names a cloud. ``sources/ec2.py`` is the example to read.
+the daemon names a cloud. ``sources/ec2.py`` is the example to read; like any cloud past
+~400 lines, it keeps its pure parsing in a module of its own, ``ec2_parse.py``.
 """
 
 from __future__ import annotations

@@ -27,14 +27,14 @@ from nicreconciled.render import networkd, networkmanager
 from nicreconciled.render.netplan import NetplanRenderer
 from nicreconciled.render.networkd import NetworkdRenderer
 from nicreconciled.render.networkmanager import NetworkManagerRenderer
-from nicreconciled.sources import cloudstack, ec2, oci, openstack
+from nicreconciled.sources import cloudstack, ec2_parse, oci, openstack
 from tests.fuzz.strategies import CloudStackDoc, Ec2Doc, OciDoc, OpenStackDoc
 
 CLOUDS = ("ec2", "oci", "openstack", "cloudstack")
 
 
 def _ec2(doc: Ec2Doc) -> Observation:
-    return ec2.parse_nic(doc.mac, doc.listing, doc.raw, doc.primary_mac)
+    return ec2_parse.parse_nic(doc.mac, doc.listing, doc.raw, doc.primary_mac)
 
 
 def _oci(doc: OciDoc) -> Observation:

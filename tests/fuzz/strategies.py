@@ -34,7 +34,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from nicreconciled.model import MAX_TABLE, MIN_TABLE, NicState, StaticRoute
-from nicreconciled.sources import ec2
+from nicreconciled.sources import ec2_parse
 from nicreconciled.sources.common import MAX_DOCUMENT
 from nicreconciled.sources.leases import Lease, parse_networkd_lease
 
@@ -526,7 +526,7 @@ def ec2_documents(draw: Draw) -> Ec2Doc:
     mac = draw(macs)
     primary = mac if draw(st.booleans()) else draw(macs)
     net4, net6 = draw(subnets4()), draw(subnets6())
-    spoil = Spoiler(draw, len(ec2.WANTED) + 3)
+    spoil = Spoiler(draw, len(ec2_parse.WANTED) + 3)
     card = draw(st.sampled_from((0, 0, 0, 1, 99)))
     values = {
         "device-number": spoil.number(str(draw(st.integers(0, 99)))),
@@ -549,15 +549,15 @@ def ec2_documents(draw: Draw) -> Ec2Doc:
         values[key] = many_lines(draw, version, length)
     # One key not listed (in about half the documents), or none of the IPv4 keys (the shape
     # of an ENI of an IPv6-only subnet).
-    left_out = draw(st.integers(0, 2 * len(ec2.WANTED)))
-    names = [key for i, key in enumerate(ec2.WANTED) if i != left_out]
-    if left_out == 2 * len(ec2.WANTED):
-        names = [key for key in names if key not in ec2.IPV4_KEYS]
+    left_out = draw(st.integers(0, 2 * len(ec2_parse.WANTED)))
+    names = [key for i, key in enumerate(ec2_parse.WANTED) if i != left_out]
+    if left_out == 2 * len(ec2_parse.WANTED):
+        names = [key for key in names if key not in ec2_parse.IPV4_KEYS]
     names += draw(st.lists(st.sampled_from(EC2_EXTRA), max_size=3))
     turn = draw(st.integers(0, len(names)))  # the listing's order: a rotation will do
     listing = spoil.text("\n".join(names[turn:] + names[:turn]))
     # A listed key answering 404 now and then; an unlisted key's answer is ignored.
-    lost = draw(st.integers(0, 3 * len(ec2.WANTED)))
+    lost = draw(st.integers(0, 3 * len(ec2_parse.WANTED)))
     raw: dict[str, str | None] = {
         key: None if i == lost else value for i, (key, value) in enumerate(values.items())
     }
@@ -897,7 +897,7 @@ def good_documents() -> dict[str, Any]:
     """One complete document per cloud, from the captured fixtures: the parser gives its
     MAC a state without a flag."""
     cap = json.loads((FIXTURES / "ec2" / "complete_eni.json").read_text())
-    directory = f"{ec2.MACS_DIR}{cap['mac']}/"
+    directory = f"{ec2_parse.MACS_DIR}{cap['mac']}/"
     answers: dict[str, str | None] = cap["answers"]
     raw = {
         path.removeprefix(directory): body

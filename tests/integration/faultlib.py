@@ -28,7 +28,7 @@ from typing import Any
 
 from nicreconciled.render.netplan import NetplanRenderer
 from nicreconciled.sim.imds import LISTED_404, NicSpec
-from nicreconciled.sources.ec2 import parse_nic
+from nicreconciled.sources.ec2_parse import parse_nic
 from tests.conftest import PYTHON, read_json_lines
 from tests.integration.conftest import PORT, PRIMARY, Stack
 

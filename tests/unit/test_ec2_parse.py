@@ -9,7 +9,7 @@ import pytest
 
 from nicreconciled.errors import MetadataError
 from nicreconciled.model import MAX_ADDRESSES, Observation
-from nicreconciled.sources.ec2 import parse_mac_listing, parse_nic
+from nicreconciled.sources.ec2_parse import parse_mac_listing, parse_nic
 from tests.unit.conftest import Ec2Capture
 
 Load = Callable[[str], Ec2Capture]

@@ -12,7 +12,8 @@ from structlog.testing import capture_logs
 
 from nicreconciled.errors import FetchError, MetadataError
 from nicreconciled.sim.imds import ImdsSim
-from nicreconciled.sources.ec2 import MACS_DIR, Ec2Config, Ec2Source, mac_dir, parse_nic
+from nicreconciled.sources.ec2 import Ec2Config, Ec2Source
+from nicreconciled.sources.ec2_parse import MACS_DIR, mac_dir, parse_nic
 from nicreconciled.sources.http import HttpClient
 from tests.unit.conftest import Ec2Capture
 

@@ -22,7 +22,8 @@ import nicreconciled
 from nicreconciled.errors import FetchError
 from nicreconciled.sim.client import SimClient, SimControlError
 from nicreconciled.sim.imds import LISTED_404, ImdsSim
-from nicreconciled.sources.ec2 import Ec2Config, Ec2Source, mac_dir
+from nicreconciled.sources.ec2 import Ec2Config, Ec2Source
+from nicreconciled.sources.ec2_parse import mac_dir
 from nicreconciled.sources.http import Answer, HttpClient
 
 PRIMARY = "0a:00:00:00:00:01"

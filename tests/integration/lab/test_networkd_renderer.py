@@ -33,7 +33,7 @@ from nicreconciled.apply import Change, NetworkdApplier
 from nicreconciled.lab import PEER6, Eni, Lab, missing_state, missing_tools
 from nicreconciled.model import NicState
 from nicreconciled.render.networkd import NetworkdRenderer
-from nicreconciled.sources.ec2 import parse_nic
+from nicreconciled.sources.ec2_parse import parse_nic
 from nicreconciled.system import fs, proc
 from nicreconciled.system.proc import Completed
 from tests.conftest import require_tool
