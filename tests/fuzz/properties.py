@@ -27,7 +27,7 @@ from nicreconciled.render import networkd, networkmanager
 from nicreconciled.render.netplan import NetplanRenderer
 from nicreconciled.render.networkd import NetworkdRenderer
 from nicreconciled.render.networkmanager import NetworkManagerRenderer
-from nicreconciled.sources import cloudstack, ec2_parse, oci, openstack
+from nicreconciled.sources import cloudstack, ec2_parse, oci, openstack_parse
 from tests.fuzz.strategies import CloudStackDoc, Ec2Doc, OciDoc, OpenStackDoc
 
 CLOUDS = ("ec2", "oci", "openstack", "cloudstack")
@@ -42,8 +42,8 @@ def _oci(doc: OciDoc) -> Observation:
 
 
 def _openstack(doc: OpenStackDoc) -> Observation:
-    document = openstack.parse_document(doc.text)
-    return openstack.build_observation(
+    document = openstack_parse.parse_document(doc.text)
+    return openstack_parse.build_observation(
         doc.mac, document, doc.primary_mac, doc.number, doc.text, doc.lease
     )
 

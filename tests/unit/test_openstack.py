@@ -20,10 +20,9 @@ from nicreconciled.sim.openstack import OpenStackSim
 from nicreconciled.sources import select_source
 from nicreconciled.sources.http import HttpClient
 from nicreconciled.sources.leases import Lease, lease_key
-from nicreconciled.sources.openstack import (
+from nicreconciled.sources.openstack import OpenStackConfig, OpenStackSource
+from nicreconciled.sources.openstack_parse import (
     NETWORK_DATA,
-    OpenStackConfig,
-    OpenStackSource,
     build_observation,
     numbering,
     parse_document,

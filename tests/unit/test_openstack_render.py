@@ -17,7 +17,7 @@ from nicreconciled.model import NicState
 from nicreconciled.render.netplan import NetplanRenderer
 from nicreconciled.render.networkd import NetworkdRenderer
 from nicreconciled.render.networkmanager import NetworkManagerRenderer
-from nicreconciled.sources.openstack import build_observation, parse_document
+from nicreconciled.sources.openstack_parse import build_observation, parse_document
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "openstack"
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
