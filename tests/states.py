@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from nicreconciled.model import NicState
-from nicreconciled.sources import cloudstack, ec2_parse
+from nicreconciled.sources import cloudstack_parse, ec2_parse
 
 
 def ec2_state(fields: Mapping[str, Any]) -> NicState:
@@ -23,7 +23,7 @@ def ec2_state(fields: Mapping[str, Any]) -> NicState:
 
 def cloudstack_state(number: int, fields: Mapping[str, Any]) -> NicState:
     """FIELDS of a CloudStack NIC whose device_numbers() number is NUMBER."""
-    table, metric = cloudstack.numbering(number)
+    table, metric = cloudstack_parse.numbering(number)
     return NicState.model_validate(
         {"cloud": "cloudstack", "route_table": table, "route_metric": metric, **fields}
     )

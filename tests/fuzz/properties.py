@@ -27,7 +27,7 @@ from nicreconciled.render import networkd, networkmanager
 from nicreconciled.render.netplan import NetplanRenderer
 from nicreconciled.render.networkd import NetworkdRenderer
 from nicreconciled.render.networkmanager import NetworkManagerRenderer
-from nicreconciled.sources import cloudstack, ec2_parse, oci, openstack_parse
+from nicreconciled.sources import cloudstack_parse, ec2_parse, oci, openstack_parse
 from tests.fuzz.strategies import CloudStackDoc, Ec2Doc, OciDoc, OpenStackDoc
 
 CLOUDS = ("ec2", "oci", "openstack", "cloudstack")
@@ -49,7 +49,7 @@ def _openstack(doc: OpenStackDoc) -> Observation:
 
 
 def _cloudstack(doc: CloudStackDoc) -> Observation:
-    return cloudstack.build_state(
+    return cloudstack_parse.build_state(
         doc.mac,
         doc.raw,
         doc.lease,

@@ -18,18 +18,17 @@ from nicreconciled.model import NicState
 from nicreconciled.sim.cloudstack import VrSim
 from nicreconciled.sim.imds import LISTED_404
 from nicreconciled.sources import AUTO_ORDER, make_source, select_source
-from nicreconciled.sources.cloudstack import (
-    CloudStackConfig,
-    CloudStackSource,
+from nicreconciled.sources.cloudstack import CloudStackConfig, CloudStackSource
+from nicreconciled.sources.cloudstack_parse import (
     VrMetadata,
     build_state,
-    device_numbers,
-    lease_key,
     link_key,
     metadata_url,
     parse_metadata,
 )
+from nicreconciled.sources.common import device_numbers
 from nicreconciled.sources.http import HttpClient
+from nicreconciled.sources.leases import lease_key
 from nicreconciled.sources.vr_discovery import Lease, Resolver
 from nicreconciled.system.sysfs import Link
 from tests.states import cloudstack_state

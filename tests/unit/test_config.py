@@ -93,7 +93,7 @@ class TestErrors:
         [
             ({"colud": "ec2"}, "colud", "unknown key"),
             ({"interfaces": {"virtaul": True}}, "interfaces.virtaul", "unknown key"),
-            ({"cloud": "azure"}, "cloud", "must be one of ec2, cloudstack"),
+            ({"cloud": "nimbus"}, "cloud", "must be one of ec2, cloudstack"),
             ({"renderer": "ifupdown"}, "renderer", "'networkd' or 'auto'"),
             ({"apply": "yes"}, "apply", "valid boolean"),
             ({"resync_interval": 0}, "resync_interval", "greater than or equal to 1"),
