@@ -43,19 +43,23 @@ What to disable, per tool (README-ready):
   the NIC from what the metadata says at that moment (on EC2 since 25.1, for 30 s more) and
   applies it globally. Disable hotplug in the user data, or delete the rule and run
   ``udevadm control --reload``.
+
+systemd-networkd's directories (amazon-ec2-net-utils, other ``.network`` files) are scanned
+by conflicts_networkd.py; conflicts_files.py reads the files, never raising.
 """
 
 from __future__ import annotations
 
 import configparser
 import fnmatch
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
 
+from nicreconciled import conflicts_networkd
+from nicreconciled.conflicts_files import exists, files, keyfile_mac, read_text
 from nicreconciled.model import normalize_mac
 
 NM_DIRS: Final = (
@@ -64,37 +68,14 @@ NM_DIRS: Final = (
     "usr/lib/NetworkManager/system-connections",
 )
 NETPLAN_DIRS: Final = ("etc/netplan", "run/netplan", "lib/netplan")
-EC2_NET_UTILS_DIR: Final = "run/systemd/network"
-#: Its file name prefixes: upstream, and Debian's package (update-networkd-priorities.patch).
-EC2_NET_UTILS_PREFIXES: Final = ("70-", "07-")
-EC2_NET_UTILS_RULE: Final = "99-vpc-policy-routes.rules"
-EC2_NET_UTILS_UNIT: Final = "policy-routes@.service"
-UDEV_RULE_DIRS: Final = ("usr/lib/udev/rules.d", "lib/udev/rules.d")
-#: A same-named rule here replaces (a link to /dev/null: masks) the packaged one.
-UDEV_OVERRIDE_DIRS: Final = ("etc/udev/rules.d", "run/udev/rules.d")
-UNIT_OVERRIDE_DIRS: Final = ("etc/systemd/system", "run/systemd/system")
-#: systemd-networkd's directories, highest precedence first (a same-named file masks later ones).
-NETWORKD_DIRS: Final = (
-    "etc/systemd/network",
-    "run/systemd/network",
-    "usr/local/lib/systemd/network",
-    "usr/lib/systemd/network",
-    "lib/systemd/network",
-)
 CLOUD_INIT_HOTPLUG_RULE: Final = "etc/udev/rules.d/90-cloud-init-hook-hotplug.rules"
 
-#: Our own files: NetworkManagerRenderer, NetplanRenderer, NetworkdRenderer.
+#: Our own files: NetworkManagerRenderer, NetplanRenderer.
 OURS_NM: Final = "nicreconciled-"
 OURS_NETPLAN: Final = "90-nicreconciled-"
-OURS_NETWORKD: Final = "05-nicreconciled-"
-#: networkd files netplan generates (reported through their YAML, see NETPLAN_GENERATED_NM).
-NETPLAN_GENERATED_NETWORKD: Final = "10-netplan-"
 #: Keyfiles netplan generates from YAML: the YAML is scanned and reported instead (it is
 #: what an operator has to change; editing the generated file would not survive a reboot).
 NETPLAN_GENERATED_NM: Final = "netplan-"
-
-#: Files larger than this are not configuration we could be competing with; skip them.
-MAX_FILE_BYTES: Final = 1 << 20
 
 ADVICE: Final = {
     "networkmanager": (
@@ -126,10 +107,10 @@ def find_conflicts(mac: str, ifname: str | None, root: Path = Path("/")) -> list
     mac = normalize_mac(mac)
     found = list(_networkmanager(root, mac, ifname))
     found += _netplan(root, mac, ifname)
-    ec2_net_utils = list(_ec2_net_utils(root, mac, ifname))
+    ec2_net_utils = list(conflicts_networkd.ec2_net_utils(root, mac, ifname))
     found += ec2_net_utils
-    found += _networkd(root, mac, ifname)
-    if _exists(root / CLOUD_INIT_HOTPLUG_RULE):
+    found += conflicts_networkd.networkd(root, mac, ifname)
+    if exists(root / CLOUD_INIT_HOTPLUG_RULE):
         found.append(
             f"cloud-init: /{CLOUD_INIT_HOTPLUG_RULE} runs cloud-init's hotplug hook for "
             "every NIC that is attached"
@@ -148,7 +129,7 @@ def advice(conflict: str) -> str:
 
 def _networkmanager(root: Path, mac: str, ifname: str | None) -> Iterator[str]:
     for rel in NM_DIRS:
-        for path in _files(root / rel, suffix=None):
+        for path in files(root / rel, suffix=None):
             if path.name.startswith((OURS_NM, NETPLAN_GENERATED_NM)):
                 continue
             parser = _read_ini(path)
@@ -175,7 +156,7 @@ def _nm_default_wired(parser: configparser.RawConfigParser) -> bool:
 def _nm_reason(parser: configparser.RawConfigParser, mac: str, ifname: str | None) -> str | None:
     for section in ("ethernet", "802-3-ethernet"):
         value = parser.get(section, "mac-address", fallback=None)
-        if value is not None and _keyfile_mac(value) == mac:
+        if value is not None and keyfile_mac(value) == mac:
             return f"is bound to MAC {mac}"
     name = parser.get("connection", "interface-name", fallback=None)
     if ifname is not None and name is not None and name.strip() == ifname:
@@ -183,27 +164,12 @@ def _nm_reason(parser: configparser.RawConfigParser, mac: str, ifname: str | Non
     return None
 
 
-def _keyfile_mac(value: str) -> str | None:
-    """A keyfile MAC: ``0A:1B:..`` or the old list of decimal bytes ``10;27;..``."""
-    value = value.strip()
-    if ";" in value:
-        try:
-            octets = [int(b) for b in value.strip(";").split(";")]
-            value = ":".join(f"{b:02x}" for b in octets if 0 <= b <= 255)
-        except ValueError:
-            return None
-    try:
-        return normalize_mac(value)
-    except ValueError:
-        return None
-
-
 def _read_ini(path: Path) -> configparser.RawConfigParser | None:
     # GLib key files are close enough to INI for the three keys we read; strict=False
     # tolerates repeated keys, and anything else unparsable means "skip".
     parser = configparser.RawConfigParser(strict=False, interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
-    text = _read_text(path)
+    text = read_text(path)
     if text is None:
         return None
     try:
@@ -218,10 +184,10 @@ def _read_ini(path: Path) -> configparser.RawConfigParser | None:
 
 def _netplan(root: Path, mac: str, ifname: str | None) -> Iterator[str]:
     for rel in NETPLAN_DIRS:
-        for path in _files(root / rel, suffix=".yaml"):
+        for path in files(root / rel, suffix=".yaml"):
             if path.name.startswith(OURS_NETPLAN):
                 continue
-            text = _read_text(path)
+            text = read_text(path)
             if text is None:
                 continue
             try:
@@ -277,214 +243,3 @@ def _netplan_reason(
     elif isinstance(set_name, str) and reasons:
         reasons.append(f"renames it to {set_name}")
     return ", ".join(reasons) if reasons else None
-
-
-# --- amazon-ec2-net-utils ---------------------------------------------------------------
-
-
-def _ec2_net_utils(root: Path, mac: str, ifname: str | None) -> Iterator[str]:
-    """Its files are named after the interface (``70-IFACE.network`` + ``.d``, ``07-`` in
-    Debian's package); the ``eni.conf`` drop-in also carries the MAC, which still finds them
-    after a rename. Without any file yet, its udev rule (the tool will write them)."""
-    base = root / EC2_NET_UTILS_DIR
-    seen: set[str] = set()
-    if ifname is not None:
-        for prefix in EC2_NET_UTILS_PREFIXES:
-            for name in (f"{prefix}{ifname}.network", f"{prefix}{ifname}.network.d"):
-                if _exists(base / name):
-                    seen.add(f"{prefix}{ifname}.network")
-    for dropin in _files(base, suffix=".network.d", dirs=True):
-        if not dropin.name.startswith(EC2_NET_UTILS_PREFIXES):
-            continue
-        text = _read_text(dropin / "eni.conf")
-        if text is not None and _matches_mac_line(text, mac):
-            seen.add(dropin.name.removesuffix(".d"))
-    for name in sorted(seen):
-        iface = name[3:].removesuffix(".network")
-        yield (
-            f"amazon-ec2-net-utils: /{EC2_NET_UTILS_DIR}/{name} "
-            f"(policy-routes@{iface}.service) configures this NIC"
-        )
-    rule = None if seen else _ec2_net_utils_rule(root)
-    if rule is not None:
-        unit = f"policy-routes@{ifname}.service" if ifname else EC2_NET_UTILS_UNIT
-        yield (
-            f"amazon-ec2-net-utils: /{rule} starts {unit} for every ena, ixgbevf or vif NIC "
-            "that is attached"
-        )
-
-
-def _ec2_net_utils_rule(root: Path) -> str | None:
-    """The packaged udev rule that starts ``policy-routes@``, unless it or the unit is
-    masked (overridden by a link to /dev/null or an empty file)."""
-    if any(_masked(root / d / EC2_NET_UTILS_UNIT) for d in UNIT_OVERRIDE_DIRS):
-        return None
-    for rel in UDEV_OVERRIDE_DIRS:
-        override = root / rel / EC2_NET_UTILS_RULE
-        if _exists(override):
-            return None if _masked(override) else f"{rel}/{EC2_NET_UTILS_RULE}"
-    for rel in UDEV_RULE_DIRS:
-        if _exists(root / rel / EC2_NET_UTILS_RULE):
-            return f"{rel}/{EC2_NET_UTILS_RULE}"
-    return None
-
-
-def _masked(path: Path) -> bool:
-    try:
-        if path.is_symlink():
-            return os.readlink(path) == os.devnull
-        return path.is_file() and path.stat().st_size == 0
-    except OSError:
-        return False
-
-
-def _matches_mac_line(text: str, mac: str) -> bool:
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if not sep or key.strip() != "MACAddress":
-            continue
-        if any(_keyfile_mac(v) == mac for v in value.split()):
-            return True
-    return False
-
-
-# --- systemd-networkd -------------------------------------------------------------------
-
-
-def _networkd(root: Path, mac: str, ifname: str | None) -> Iterator[str]:
-    """Other ``.network`` files that match the NIC (see the module docstring)."""
-    seen: set[str] = set()
-    for rel in NETWORKD_DIRS:
-        try:
-            entries = sorted(e for e in (root / rel).iterdir() if e.name.endswith(".network"))
-        except OSError:
-            continue
-        for path in entries:
-            if path.name in seen:
-                continue  # masked by the same name in a directory of higher precedence
-            seen.add(path.name)  # a link to /dev/null masks too, and is no file to read
-            if path.name.startswith((OURS_NETWORKD, NETPLAN_GENERATED_NETWORKD)):
-                continue
-            if _ec2_net_utils_file(root / rel, path.name):
-                continue
-            text = _read_text(path) if _is_file(path) else None
-            if text is None:
-                continue
-            reason = _networkd_reason(_match_section(text), path.name, mac, ifname)
-            if reason is not None:
-                yield f"systemd-networkd: /{rel}/{path.name} {reason}"
-
-
-def _ec2_net_utils_file(directory: Path, name: str) -> bool:
-    """One of amazon-ec2-net-utils' files (reported as that tool): its name and a drop-in
-    directory, or a link to the package's ``80-ec2.network``."""
-    if not name.startswith(EC2_NET_UTILS_PREFIXES):
-        return False
-    if _exists(directory / f"{name}.d"):
-        return True
-    try:
-        return os.readlink(directory / name).endswith("/80-ec2.network")
-    except OSError:
-        return False
-
-
-def _match_section(text: str) -> dict[str, list[str]]:
-    """The ``[Match]`` keys of a unit-style file: each key's words, lists merged across
-    repeated lines, an empty assignment resetting the list (systemd's rules)."""
-    values: dict[str, list[str]] = {}
-    section = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            section = line[1:-1].strip()
-            continue
-        key, sep, value = line.partition("=")
-        if section != "Match" or not sep:
-            continue
-        words = value.split()
-        if words:
-            values.setdefault(key.strip(), []).extend(words)
-        else:
-            values[key.strip()] = []
-    return values
-
-
-def _networkd_reason(
-    match: dict[str, list[str]], name: str, mac: str, ifname: str | None
-) -> str | None:
-    for key in ("MACAddress", "PermanentMACAddress"):
-        if any(_networkd_mac(word) == mac for word in match.get(key, [])):
-            return f"matches {key}={mac}"
-    names = match.get("Name", [])
-    if not names or ifname is None:
-        return None
-    inverted = names[0].startswith("!")
-    patterns = [n.removeprefix("!") for n in names]
-    hit = any(fnmatch.fnmatchcase(ifname, p) for p in patterns)
-    if inverted or not hit:
-        return None
-    if ifname in patterns:
-        return f"matches Name={ifname}"
-    # A glob: a catch-all of the host. It matters only when it sorts before our files.
-    if name < OURS_NETWORKD:
-        pattern = next(p for p in patterns if fnmatch.fnmatchcase(ifname, p))
-        return f"matches Name={pattern} and sorts before {OURS_NETWORKD}*.network"
-    return None
-
-
-def _networkd_mac(word: str) -> str | None:
-    """A MAC in any of networkd's notations (colons, dashes, or ``1234.5678.90ab``)."""
-    if "." in word:
-        groups = word.split(".")
-        if len(groups) != 3 or not all(len(g) == 4 for g in groups):
-            return None
-        word = ":".join(g[i : i + 2] for g in groups for i in (0, 2))
-    try:
-        return normalize_mac(word)
-    except ValueError:
-        return None
-
-
-# --- files ------------------------------------------------------------------------------
-
-
-def _files(directory: Path, *, suffix: str | None, dirs: bool = False) -> list[Path]:
-    """Entries of DIRECTORY (sorted; none if it is unreadable), regular files or dirs."""
-    try:
-        entries = sorted(directory.iterdir())
-    except OSError:
-        return []
-    out = []
-    for entry in entries:
-        if suffix is not None and not entry.name.endswith(suffix):
-            continue
-        try:
-            if entry.is_dir() if dirs else entry.is_file():
-                out.append(entry)
-        except OSError:
-            continue
-    return out
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except OSError:
-        return False
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            return None
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-
-
-def _exists(path: Path) -> bool:
-    # lexists: amazon-ec2-net-utils' 70-IFACE.network is a symlink into /usr/lib, which may
-    # not resolve under a test root (or at all, after a package removal).
-    return os.path.lexists(path)

@@ -22,6 +22,7 @@ SIMULATORS: dict[str, str] = {
     "cloudstack": "nicreconciled.sim.cloudstack:VrSim",
     "oci": "nicreconciled.sim.oci:OciSim",
     "openstack": "nicreconciled.sim.openstack:OpenStackSim",
+    "aliyun": "nicreconciled.sim.aliyun:AliyunSim",
 }
 
 
