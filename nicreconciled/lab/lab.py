@@ -220,11 +220,13 @@ class Lab(LabBase):
         kernel: Mapping[str, bool | int] | None = None,
         crash: Crash | None = None,
         metrics: str = "",
+        settings: Mapping[str, str | int | float | bool] | None = None,
     ) -> Daemon:
         """``nicreconciled run`` in the instance, JSON log in workdir; FAILING: tools whose
         stand-ins fail (e.g. ``("networkctl",)``). Call ``start_sim`` (EC2) or ``start_vr``
         (``cloud = "cloudstack"``) first. KERNEL: the ``[kernel]`` table (heal, heal_limit).
-        METRICS: ``[metrics] textfile``. CRASH: where ``Daemon.arm_crash`` makes it die
+        METRICS: ``[metrics] textfile``. SETTINGS: more keys of the cloud's table
+        (``{"token_ttl": 5}``). CRASH: where ``Daemon.arm_crash`` makes it die
         (SIGKILL) in an apply. Its netplan generator is the lab's wrapper. Its TMPDIR
         (netplan's scratch trees) is the lab's own ``tmp``."""
         if self.sim is None and cloud != "cloudstack":
@@ -249,6 +251,7 @@ class Lab(LabBase):
                 udev_source="kernel" if self.udev_rules is None else "udev",
                 generator=str(self.workdir / f"bin-daemon-{n}" / GENERATOR),
                 metrics=metrics,
+                settings=settings,
             )
         )
         bin_dir = write_bin_dir(self.workdir / f"bin-daemon-{n}", failing, crash)

@@ -83,6 +83,12 @@ class SimControl:
     def set_primary(self, mac: str) -> None:
         self._call("PUT", "/primary", {"mac": mac})
 
+    def stats(self, log: bool = True) -> dict[str, Any]:
+        """The simulator's request statistics (``GET /stats``), with its log unless LOG is
+        False."""
+        result: dict[str, Any] = self._call("GET", "/stats" if log else "/stats?log=0")
+        return result
+
     def set_vm(self, changes: Mapping[str, str | None]) -> dict[str, Any]:
         """A CloudStack VR simulator's answers for the VM (``--cloud cloudstack``)."""
         result: dict[str, Any] = self._call("PUT", "/vm", dict(changes))

@@ -3,6 +3,7 @@ NIC's foreign configuration and the daemon's configuration. Pure functions retur
 
 from __future__ import annotations
 
+import json
 import shlex
 import uuid
 from collections.abc import Iterable, Mapping
@@ -216,7 +217,9 @@ def daemon_config(
     udev_source: str = "kernel",
     generator: str = "",
     metrics: str = "",
+    settings: Mapping[str, str | int | float | bool] | None = None,
 ) -> str:
+    """SETTINGS: more keys of the cloud's own table (``token_ttl = 5``)."""
     lines = [
         f'cloud = "{cloud}"',
         f'renderer = "{renderer}"',
@@ -232,6 +235,7 @@ def daemon_config(
         # The simulator's address as the cloud's endpoint (every cloud but CloudStack, whose
         # virtual routers are found as on a real instance); EC2 also loses its fallback.
         *([f"[{cloud}]", f'endpoint = "{endpoint}"'] if cloud != "cloudstack" else []),
+        *(f"{k} = {json.dumps(v)}" for k, v in (settings or {}).items() if cloud != "cloudstack"),
         *(['fallback_endpoint = ""'] if cloud == "ec2" else []),
         "[polling]",
         *(f"{key} = {value:g}" for key, value in polling.items()),
