@@ -34,7 +34,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from nicreconciled.model import MAX_TABLE, MIN_TABLE, NicState, StaticRoute
-from nicreconciled.sources import ec2_parse
+from nicreconciled.sources import aliyun_parse, ec2_parse
 from nicreconciled.sources.common import MAX_DOCUMENT
 from nicreconciled.sources.leases import Lease, parse_networkd_lease
 
@@ -829,12 +829,64 @@ def cloudstack_documents(draw: Draw) -> CloudStackDoc:
     )
 
 
+# --- Alibaba Cloud -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AliyunDoc:
+    """aliyun_parse.parse_nic's arguments: the MAC, the ``macs/`` listing, the answers of
+    its keys (None = 404), the instance's primary MAC."""
+
+    mac: str
+    listing: str
+    raw: dict[str, str | None]
+    primary_mac: str
+
+
+def aliyun_list(draw: Draw, items: list[str]) -> str:
+    """A list in either of the service's shapes: a JSON array, or brackets without quotes."""
+    if draw(st.booleans()):
+        return json.dumps(items, separators=(",", ":"))
+    return "[" + ",".join(items) + "]"
+
+
+@st.composite
+def aliyun_documents(draw: Draw) -> AliyunDoc:
+    mac = draw(macs)
+    primary = mac if draw(st.booleans()) else draw(macs)
+    net4, net6 = draw(subnets4()), draw(subnets6())
+    spoil = Spoiler(draw, len(aliyun_parse.KEYS) + 3)
+    private = [str(host(draw, net4)) for _ in range(draw(st.integers(1, 4)))]
+    ipv6s = [str(host(draw, net6)) for _ in range(draw(st.integers(0, 3)))]
+    values: dict[str, str | None] = {
+        "network-interface-id": spoil.text("eni-bp1" + hex_text(draw, 4, 24)),
+        "primary-ip-address": spoil.text(draw(st.sampled_from(private))),
+        "private-ipv4s": spoil.text(aliyun_list(draw, private)),
+        "vswitch-cidr-block": spoil.text(str(net4)),
+        # The vSwitch's router is a host of its block (.253 on ECS), not always the first.
+        "gateway": spoil.text(str(host(draw, net4))),
+        "ipv6s": spoil.text(aliyun_list(draw, ipv6s)) if ipv6s or draw(st.booleans()) else None,
+        "vswitch-ipv6-cidr-block": spoil.text(str(net6)) if draw(st.integers(0, 3)) else None,
+        "ipv6-gateway": spoil.text(str(host(draw, net6))),
+    }
+    if spoil.hit():  # more entries than the parser allows
+        key = draw(st.sampled_from(("private-ipv4s", "ipv6s")))
+        values[key] = aliyun_list(draw, many_lines(draw, 4 if "4" in key else 6).split("\n"))
+    lost = draw(st.integers(0, 3 * len(aliyun_parse.KEYS)))  # a key answering 404
+    raw = {key: None if i == lost else value for i, (key, value) in enumerate(values.items())}
+    others = draw(st.lists(macs, max_size=3))
+    listed = [mac, primary, *others] if draw(st.integers(0, 7)) else [primary, *others]
+    listing = spoil.text("\n".join(f"{m}/" for m in dict.fromkeys(listed)))
+    return AliyunDoc(draw(mac_spellings(mac)), listing, raw, draw(mac_spellings(primary)))
+
+
 #: cloud -> its document strategy.
 DOCUMENTS: dict[str, st.SearchStrategy[Any]] = {
     "ec2": ec2_documents(),
     "oci": oci_documents(),
     "openstack": openstack_documents(),
     "cloudstack": cloudstack_documents(),
+    "aliyun": aliyun_documents(),
 }
 
 
@@ -906,6 +958,7 @@ def good_documents() -> dict[str, Any]:
     }
     oci = json.loads((FIXTURES / "oci" / "vm_dual_stack.json").read_text())
     openstack = (FIXTURES / "openstack" / "static_dual_stack.json").read_text()
+    ali = json.loads((FIXTURES / "aliyun" / "secondary_dual_stack.json").read_text())
     vr = json.loads((FIXTURES / "cloudstack" / "metadata" / "complete.json").read_text())
     router = IPv4Address("10.1.1.1")
     return {
@@ -921,6 +974,7 @@ def good_documents() -> dict[str, Any]:
             primary=False,
             device_number=1,
         ),
+        "aliyun": AliyunDoc(ali["mac"], ali["listing"], dict(ali["answers"]), ali["primary_mac"]),
     }
 
 
