@@ -13,7 +13,7 @@ import structlog
 
 from nicreconciled import __version__, coexist, systemd
 from nicreconciled import log as logsetup
-from nicreconciled.apply import remove_stale_scratch
+from nicreconciled.apply_netplan import remove_stale_scratch
 from nicreconciled.config import Config
 from nicreconciled.errors import UnsafePathError
 from nicreconciled.kernelside import MANAGER_BUS_NAMES, KernelSide

@@ -8,13 +8,9 @@ from pathlib import Path
 
 import structlog
 
-from nicreconciled.apply import (
-    Applier,
-    NetplanNetworkdApplier,
-    NetplanNetworkManagerApplier,
-    NetworkdApplier,
-    NetworkManagerApplier,
-)
+from nicreconciled.apply import Applier, NetworkdApplier
+from nicreconciled.apply_netplan import NetplanNetworkdApplier, NetplanNetworkManagerApplier
+from nicreconciled.apply_nm import NetworkManagerApplier
 from nicreconciled.config import Config
 from nicreconciled.daemon import Daemon
 from nicreconciled.promise import Choices

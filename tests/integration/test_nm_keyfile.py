@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from nicreconciled.apply import netplan_nm_connection_id
+from nicreconciled.apply_netplan import netplan_nm_connection_id
 from nicreconciled.model import NicState
 from nicreconciled.render.netplan import NetplanRenderer
 from nicreconciled.render.networkmanager import NetworkManagerRenderer, connection_uuid

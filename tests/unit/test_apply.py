@@ -13,15 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from nicreconciled import apply
-from nicreconciled.apply import (
-    TIMEOUT,
-    Applier,
+from nicreconciled import apply_netplan, apply_nm
+from nicreconciled.apply import TIMEOUT, Applier
+from nicreconciled.apply_netplan import (
     NetplanNetworkdApplier,
     NetplanNetworkManagerApplier,
-    NetworkManagerApplier,
     netplan_nm_connection_id,
 )
+from nicreconciled.apply_nm import NetworkManagerApplier
 from nicreconciled.errors import ApplyError
 from nicreconciled.render.networkmanager import NetworkManagerRenderer, connection_uuid
 from nicreconciled.system import proc
@@ -277,7 +276,7 @@ class TestOneApplierAtATime:
 @pytest.fixture(autouse=True)
 def short_autoconnect_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     """NetworkManager is given AUTOCONNECT_WAIT to activate a new profile: short here."""
-    monkeypatch.setattr(apply, "AUTOCONNECT_WAIT", 0.1)
+    monkeypatch.setattr(apply_nm, "AUTOCONNECT_WAIT", 0.1)
 
 
 class TestNetworkManagerApplier:
@@ -455,12 +454,12 @@ def _dead_pid() -> int:
 
 
 def test_scratch_trees_of_dead_daemons_are_removed_and_nothing_else(tmp_path: Path) -> None:
-    prefix = apply.SCRATCH_PREFIX
+    prefix = apply_netplan.SCRATCH_PREFIX
     stale = [f"{prefix}{_dead_pid()}.abc_12", f"{prefix}{os.getpid()}.x1", f"{prefix}old1"]
     kept = [f"{prefix}{os.getppid()}.live9", f"{prefix}new1", "nicreconciled-other.1.a"]
     for name in stale + kept:
         (tmp_path / name / "run").mkdir(parents=True)
-    old = (tmp_path / f"{prefix}old1").stat().st_mtime - apply.UNTAGGED_STALE_AFTER - 1
+    old = (tmp_path / f"{prefix}old1").stat().st_mtime - apply_netplan.UNTAGGED_STALE_AFTER - 1
     os.utime(tmp_path / f"{prefix}old1", (old, old))
     # Not a directory, or a link to one: never followed, never removed.
     (tmp_path / f"{prefix}{_dead_pid()}.file").write_text("")
@@ -468,12 +467,12 @@ def test_scratch_trees_of_dead_daemons_are_removed_and_nothing_else(tmp_path: Pa
     (tmp_path / f"{prefix}{_dead_pid()}.link").symlink_to(tmp_path / "elsewhere")
     kept += [p.name for p in tmp_path.iterdir() if p.name.endswith((".file", ".link"))]
 
-    removed = apply.remove_stale_scratch(tmp_path)
+    removed = apply_netplan.remove_stale_scratch(tmp_path)
 
     assert sorted(p.name for p in removed) == sorted(stale)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "elsewhere"])
-    assert apply.remove_stale_scratch(tmp_path / "missing") == []
+    assert apply_netplan.remove_stale_scratch(tmp_path / "missing") == []
 
 
 def test_a_scratch_tree_carries_the_daemons_pid() -> None:
-    assert apply.scratch_prefix() == f"{apply.SCRATCH_PREFIX}{os.getpid()}."
+    assert apply_netplan.scratch_prefix() == f"{apply_netplan.SCRATCH_PREFIX}{os.getpid()}."

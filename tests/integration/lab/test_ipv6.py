@@ -31,7 +31,9 @@ from typing import Any
 
 import pytest
 
-from nicreconciled.apply import ApplyError, Change, NetplanNetworkdApplier
+from nicreconciled.apply import Change
+from nicreconciled.apply_netplan import NetplanNetworkdApplier
+from nicreconciled.errors import ApplyError
 from nicreconciled.lab import PEER6, Eni, Lab, Manager, Nic, SimControl, missing_state
 from nicreconciled.lab.base import missing_tools
 from nicreconciled.lab.daemon import Daemon, write_bin_dir
