@@ -22,6 +22,7 @@ SIMULATORS: dict[str, str] = {
     "cloudstack": "nicreconciled.sim.cloudstack:VrSim",
     "oci": "nicreconciled.sim.oci:OciSim",
     "openstack": "nicreconciled.sim.openstack:OpenStackSim",
+    "azure": "nicreconciled.sim.azure:AzureSim",
     "aliyun": "nicreconciled.sim.aliyun:AliyunSim",
 }
 
