@@ -1,4 +1,9 @@
-"""Wiring: udev events, the coldplug scan, signals and timers -> one reconciler per MAC."""
+"""Wiring: udev events, the coldplug scan, signals and timers -> one reconciler per MAC.
+
+Which NICs are ours, and the inputs that tell (scan, udev), are daemon_nics.py's; the status
+the daemon saves itself and STATUS= are daemon_status.py's (both mixins of Daemon); what
+the kernel and the network manager say, kernelside.py's.
+"""
 
 from __future__ import annotations
 
@@ -13,28 +18,17 @@ import structlog
 
 from nicreconciled import __version__, coexist, systemd
 from nicreconciled import log as logsetup
-from nicreconciled.apply_netplan import remove_stale_scratch
 from nicreconciled.config import Config
-from nicreconciled.errors import UnsafePathError
+from nicreconciled.daemon_nics import NicTracking
+from nicreconciled.daemon_status import StatusBoard
 from nicreconciled.kernelside import MANAGER_BUS_NAMES, KernelSide
 from nicreconciled.kernelwatch import KernelWatch
-from nicreconciled.model import key_to_mac
-from nicreconciled.ownership import NOT_READY, NotOurs, Ownership
+from nicreconciled.ownership import Ownership
 from nicreconciled.reconciler import Context, Reconciler
-from nicreconciled.render import owned_names
-from nicreconciled.status import (
-    PRUNE_AFTER,
-    DaemonPhase,
-    DaemonStatus,
-    Managed,
-    NicPhase,
-    NicStatus,
-    StatusStore,
-    summary,
-)
-from nicreconciled.system import fs, rtnl, sysfs
+from nicreconciled.status import DaemonPhase, DaemonStatus, NicStatus, StatusStore
+from nicreconciled.system import rtnl
 from nicreconciled.system.busname import NameWatch
-from nicreconciled.udev import NicEvent, UdevWatcher
+from nicreconciled.udev import UdevWatcher
 
 if TYPE_CHECKING:
     from nicreconciled.metrics import Metrics
@@ -53,7 +47,7 @@ RELOAD_BOUND = 10.0
 Detect = Callable[[Callable[[str], object], asyncio.Event], Awaitable[Context]]
 
 
-class Daemon:
+class Daemon(NicTracking, StatusBoard):
     def __init__(
         self,
         config: Config,
@@ -119,121 +113,7 @@ class Daemon:
             # ``once`` loads and leaves: keeping the kernel true is the daemon's job.
             ctx.recheck = self.recheck
 
-    # -- which NICs ----------------------------------------------------------------------
-    def eligible(self, link: sysfs.Link) -> bool:
-        return self.ownership.eligible(link)
-
-    def not_ours(
-        self, link: sysfs.Link, properties: Mapping[str, str] | None = None
-    ) -> NotOurs | str | None:
-        return self.ownership.not_ours(link, properties)
-
-    def _owned(self, link: sysfs.Link, properties: Mapping[str, str] | None = None) -> bool:
-        """Whether LINK is ours to reconcile now; if not, it is recorded as not ours."""
-        verdict = self.not_ours(link, properties)
-        if verdict == NOT_READY:
-            # Keep what we know; a NIC new to us waits for udev's event.
-            if link.mac not in self.reconcilers and link.mac not in self.ignored:
-                log.debug("nic_not_ready", mac=link.mac, ifname=link.name, reason=NOT_READY)
-            return link.mac in self.reconcilers
-        if isinstance(verdict, tuple):
-            self._ignore(link, *verdict)
-            return False
-        if self.ignored.pop(link.mac, None) is not None:
-            log.info("nic_ours_again", mac=link.mac, ifname=link.name)
-        return True
-
-    def _ignore(self, link: sysfs.Link, managed: Managed, reason: str) -> None:
-        """LINK is not ours: no reconciler (a running one stops), a status that says why."""
-        mac = link.mac
-        handed_over = mac in self.reconcilers
-        if handed_over:
-            # Our file, if written, stays: it is ours, but the NIC is no longer ours to load
-            # or unload; the log says so, the operator decides.
-            del self.reconcilers[mac]
-            task = self.tasks.pop(mac, None)
-            if task is not None:
-                task.cancel()
-            self._reload_progress(mac)
-        previous = self.ignored.get(mac)
-        status = NicStatus(
-            mac=mac,
-            ifname=link.name,
-            file=self.ctx.renderer.filename(mac),
-            phase=NicPhase.CONVERGED,
-            managed=managed,
-            managed_detail=reason,
-        )
-        self.ignored[mac] = status
-        if previous is None or previous.managed_text != status.managed_text:
-            path = self.ctx.output_dir / self.ctx.renderer.filename(mac)
-            kept = path.is_file()
-            (log.warning if kept else log.info)(
-                "nic_not_ours",
-                mac=mac,
-                ifname=link.name,
-                managed=str(managed),
-                reason=reason,
-                stopped=handed_over,
-                **({"file_kept": str(path)} if kept else {}),
-            )
-        elif previous.ifname == link.name:
-            return
-        self._save_status(status)
-        self._update_status()
-
-    def _forget(self, mac: str) -> None:
-        """A NIC that was not ours is gone: so is its status."""
-        if self.ignored.pop(mac, None) is not None:
-            self._delete_status(mac)
-            self._update_status()
-
-    def _save_status(self, status: NicStatus) -> None:
-        self._unsaved[status.mac] = status
-        self._save_unsaved(status.mac)
-
-    def _save_unsaved(self, key: str) -> None:
-        status = self._unsaved[key]
-        where = {"mac": key} if key else {}
-        try:
-            if isinstance(status, DaemonStatus):
-                self._daemon_status.save_daemon(status)
-            else:
-                self.ctx.status.save(status)
-        except (OSError, UnsafePathError) as exc:
-            if str(exc) != self._status_errors.get(key):
-                log.warning("status_write_failed", **where, error=str(exc))
-            self._status_errors[key] = str(exc)
-            return
-        del self._unsaved[key]
-        previous = self._status_errors.pop(key, None)
-        if previous is not None:
-            log.info("status_write_recovered", **where, previous_error=previous)
-
-    def _retry_unsaved(self) -> None:
-        """Save again what the daemon could not save (a broken state_dir fixed since)."""
-        for key in list(self._unsaved):
-            if key and key not in self.ignored:
-                # Forgotten, or ours again (its reconciler saves it now).
-                del self._unsaved[key]
-                self._status_errors.pop(key, None)
-            else:
-                self._save_unsaved(key)
-
-    def _status_trouble(self) -> str | None:
-        """Why some status could not be saved (None: all of it was)."""
-        for rec in self.reconcilers.values():
-            if rec.status_error is not None:
-                return rec.status_error
-        # The daemon's own phase (""), and NICs still not ours (a forgotten one is dropped).
-        return next((e for k, e in self._status_errors.items() if not k or k in self.ignored), None)
-
-    def _delete_status(self, mac: str) -> None:
-        try:
-            self.ctx.status.delete(mac)
-        except OSError as exc:
-            log.warning("status_write_failed", mac=mac, error=str(exc))
-
+    # -- one reconciler per MAC -----------------------------------------------------------
     def _ensure(self, mac: str, ifname: str | None, ifindex: int | None = None) -> Reconciler:
         rec = self.reconcilers.get(mac)
         if rec is None:
@@ -267,127 +147,7 @@ class Daemon:
                 self._reload_progress(rec.mac)
                 self._update_status()
 
-    # -- inputs ----------------------------------------------------------------------------
-    def scan(self) -> None:
-        """Reconcile what is present with what we track (coldplug, missed events)."""
-        present: dict[str, sysfs.Link] = {}
-        for link in sysfs.list_links(self.sys_root):
-            if self.eligible(link):
-                present[link.mac] = link
-        self._names = {link.name: mac for mac, link in present.items()}
-        for mac, link in present.items():
-            if not self._owned(link):
-                continue
-            known = self.reconcilers.get(mac)
-            if known is None or not known.present:
-                self._ensure(mac, link.name, link.ifindex).kick(new_episode=True)
-            else:
-                known.set_link(link.name, link.ifindex)
-        for mac, rec in list(self.reconcilers.items()):
-            if mac not in present and rec.present:
-                log.info("nic_missing", mac=mac, ifname=rec.ifname)
-                rec.set_link(None)
-                rec.kick(new_episode=True)
-        for mac in [m for m in self.ignored if m not in present]:
-            self._forget(mac)
-
-    def adopt_orphans(self) -> None:
-        """Our files for MACs not attached now (detached while we were stopped).
-
-        Also removes the temp files and netplan scratch trees a killed run left. Trouble with
-        output_dir is logged, not fatal: each reconciler reports and retries its own writes.
-        """
-        renderer = self.ctx.renderer
-        owned = owned_names(renderer)
-        if self.config.apply:
-            for path in remove_stale_scratch():
-                log.info("scratch_removed", path=str(path))
-        try:
-            self.ctx.status.sweep()
-        except OSError as exc:
-            # state_dir's trouble (each status write reports it) must not keep output_dir's
-            # temps and orphans from being handled, nor be reported as output_dir's.
-            log.warning("status_sweep_failed", path=str(self.ctx.status.directory), error=str(exc))
-        try:
-            fs.remove_stale_temps(self.ctx.output_dir, owned)
-            names = [
-                n
-                for n in fs.list_names(self.ctx.output_dir, renderer.prefix, renderer.suffix)
-                if owned.fullmatch(n)
-            ]
-        except OSError as exc:
-            log.error("output_dir_unreadable", path=str(self.ctx.output_dir), error=str(exc))
-            return
-        attached = set(self._names.values())  # eligible; not ours, or not processed by udev yet
-        for name in names:
-            key = name[len(renderer.prefix) : -len(renderer.suffix)]
-            try:
-                mac = key_to_mac(key)
-            except ValueError:
-                continue
-            if mac not in self.reconcilers and mac not in self.ignored and mac not in attached:
-                self._ensure(mac, None)
-        self.prune_status()
-
-    def prune_status(self) -> None:
-        """Status files of NICs we do not track (after the scan and the orphans).
-
-        Of a NIC attached but no longer eligible: deleted. Of one neither attached nor with
-        our file (detached while we were stopped): deleted when older than PRUNE_AFTER, else
-        looked at once more, like an orphan file (deleted once the metadata says it is gone).
-        """
-        eligible = set(self._names.values())
-        attached = {link.mac for link in sysfs.list_links(self.sys_root)}
-        for mac, age in list(self.ctx.status.ages()):
-            if mac in self.reconcilers or mac in self.ignored or mac in eligible:
-                continue
-            if mac in attached or age > PRUNE_AFTER:
-                why = "not eligible" if mac in attached else "gone"
-                log.info("status_pruned", mac=mac, reason=why, age_hours=round(age / 3600, 1))
-                self._delete_status(mac)
-            else:
-                self._ensure(mac, None)
-
-    def on_event(self, event: NicEvent) -> None:
-        log.debug("udev_event", action=event.action, ifname=event.ifname)
-        if self._ctx is None:
-            return  # still detecting the cloud: the scan that follows sees every NIC
-        if event.action == "remove":
-            mac = self._names.pop(event.ifname, None)
-            rec = self.reconcilers.get(mac) if mac else None
-            if rec is not None:
-                log.info("nic_removed", mac=mac, ifname=event.ifname)
-                rec.set_link(None)
-                rec.kick(new_episode=True)
-            elif mac in self.ignored:
-                log.info("nic_removed", mac=mac, ifname=event.ifname)
-                self._forget(mac)
-            return
-        if event.action == "move" and event.old_ifname:
-            self._names.pop(event.old_ifname, None)
-        link = sysfs.read_link(event.ifname, self.sys_root)
-        if link is None or not self.eligible(link):
-            return
-        self._names[link.name] = link.mac
-        # A udev event carries the properties its rules set (the kernel's: none we read).
-        if not self._owned(link, dict(event.properties)):
-            return
-        if event.action == "add":
-            log.info("nic_added", mac=link.mac, ifname=link.name)
-            self._ensure(link.mac, link.name, link.ifindex).kick(new_episode=True)
-        elif event.action == "move":
-            log.info("nic_renamed", mac=link.mac, ifname=link.name, old=event.old_ifname)
-            self._ensure(link.mac, link.name, link.ifindex)
-        elif link.mac not in self.reconcilers:
-            # "change": udev's rules may just have stopped giving the NIC to someone else.
-            self._ensure(link.mac, link.name, link.ifindex).kick(new_episode=True)
-
-    def _events_lost(self) -> None:
-        if self._ctx is None:
-            return  # still detecting the cloud: the scan that follows sees every NIC
-        self.scan()
-        self._update_status()
-
+    # -- SIGHUP: a resync, RELOADING=1 until it is done -------------------------------------
     def resync_all(self) -> None:
         """SIGHUP: re-poll every NIC now; RELOADING=1 until each has finished that poll."""
         log.info("resync_requested", nics=len(self.reconcilers))
@@ -453,39 +213,6 @@ class Daemon:
         self._stop.set()
 
     # -- main --------------------------------------------------------------------------------
-    def _status_line(self) -> str:
-        """The STATUS= summary (``systemctl status`` shows it): status.summary() of the
-        statuses saved, the same line ``nicreconciled status`` prints from the files.
-
-        managed: NICs whose file we own; converged: nothing left to do (written with every
-        red flag cleared, or found not to be ours); failing: not converged and an error
-        recorded; waiting: the rest (converging, or accepted while a red flag such as late
-        IPv6 still stands). converged + waiting + failing = NICs. While a status cannot be
-        saved (state_dir read-only, full, a file in its way), ``; status not saved: <path>:
-        <reason>`` follows: ``nicreconciled status`` then shows what was last saved.
-        """
-        rows = [r.status for r in self.reconcilers.values()]
-        line = summary(rows + list(self.ignored.values()))
-        # The status files cannot say that they are stale: this line does (and the log).
-        trouble = self._status_trouble()
-        return f"{line}; status not saved: {trouble}" if trouble else line
-
-    def _update_status(self) -> None:
-        """Send STATUS= if the summary changed (cheap: one pass over the reconcilers); the
-        metrics' phases follow."""
-        if self.metrics is not None:
-            self.metrics.phases(
-                r.status.phase
-                for r in self.reconcilers.values()
-                if r.status.managed is Managed.MANAGED
-            )
-        if not self._announcing:
-            return
-        line = self._status_line()
-        if line != self._status_sent:
-            self._notify(systemd.status(line))
-            self._status_sent = line
-
     async def _watchdog(self, interval: float) -> None:
         """Pet systemd's watchdog from the event loop itself: a stalled loop stops petting."""
         while True:
@@ -609,12 +336,6 @@ class Daemon:
             return False
         self._ctx = detect.result()
         return True
-
-    def _save_daemon_status(
-        self, phase: DaemonPhase, detail: str, cloud: str | None = None
-    ) -> None:
-        self._unsaved[""] = DaemonStatus(phase=phase, detail=detail, cloud=cloud)
-        self._save_unsaved("")
 
     def _backend(self) -> str:
         """The manager our files are loaded by: networkd or NetworkManager."""

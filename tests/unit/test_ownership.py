@@ -16,8 +16,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from nicreconciled import config
-from nicreconciled.daemon import NOT_READY, Daemon
+from nicreconciled.daemon import Daemon
 from nicreconciled.model import Observation
+from nicreconciled.ownership import NOT_READY
 from nicreconciled.reconciler import Context
 from nicreconciled.render.netplan import NetplanRenderer
 from nicreconciled.status import Managed, NicPhase, NicStatus, StatusStore
