@@ -3,9 +3,10 @@
 Two event sources, as udev is one for NICs coming and going: the kernel watch's rtnetlink
 notifications (kernelwatch.py) and the network manager's bus name (system/busname.py). A
 notification names a link or a table; the NIC that owns it is looked at once its burst is
-over (a burst of deletions is one look, one heal). A manager that comes back is followed by
-a look at every NIC. What a look finds, and what is done about it, is the reconciler's and
-its keeper's business (reconciler.py, keeper.py); nothing here decides.
+over (a burst of deletions is one look, one heal); a route in table local, which every link
+shares, concerns a NIC by its link only. A manager that comes back is followed by a look at
+every NIC. What a look finds, and what is done about it, is the reconciler's and its
+keeper's business (reconciler.py, keeper.py); nothing here decides.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable, Mapping
 import structlog
 
 from nicreconciled.reconciler import Context, Reconciler
+from nicreconciled.render.addressing import LOCAL_TABLE
 from nicreconciled.system import kernelstate, rtnl
 
 log = structlog.get_logger(__name__)
@@ -90,7 +92,9 @@ class KernelSide:
                 continue
             if rec.ifindex is not None:
                 by_index[rec.ifindex] = mac
-            for table in promised.tables:
+            # Table local is every link's (the kernel adds and removes routes there with every
+            # address anywhere): a change there concerns a NIC by its link alone.
+            for table in promised.tables - {LOCAL_TABLE}:
                 by_table[table] = mac
         if not by_index:
             return

@@ -11,7 +11,13 @@ renderers agree on them; their module docstrings say why each one is there):
   table T at priority T;
 * in table T: the IPv4 subnet route, the IPv4 default route via the subnet's gateway, the
   IPv6 subnet routes (when an IPv6 source is steered into T), the IPv6 default route where
-  the metadata names the router, and the metadata's extra routes.
+  the metadata names the router, and the metadata's extra routes;
+* for every NIC, primary or not, each local route (``addressing.local_routes``): a route of
+  type local to the range in table local (255) out of the NIC's link. The kernel adds its own
+  local routes there for every address of every link, so only type-local routes out of the
+  NIC count (``Snapshot.local``), and only by destination: the protocol number differs per
+  manager (``addressing.py``), and a range the kernel delivers locally out of this NIC is
+  delivered whoever installed the route.
 
 Only static objects are promised. What arrives by DHCP, DHCPv6 or router advertisement (the
 DHCP lease's routes in main, the RA default route in T on EC2) is the manager's own churn: it
@@ -30,7 +36,13 @@ from ipaddress import ip_address, ip_interface, ip_network
 from typing import Any
 
 from nicreconciled.model import NicState
-from nicreconciled.render.addressing import addresses, routes_ipv6, rule_sources
+from nicreconciled.render.addressing import (
+    LOCAL_TABLE,
+    addresses,
+    local_routes,
+    routes_ipv6,
+    rule_sources,
+)
 
 
 @dataclass(frozen=True, order=True)
@@ -60,6 +72,11 @@ class PromisedRoute:
         return f"route {to}{via} table {self.table}"
 
 
+def describe_local(destination: str) -> str:
+    """A local route (DESTINATION a prefix) as ``Promise.missing`` names it."""
+    return f"route local {destination} table local"
+
+
 @dataclass(frozen=True)
 class Choices:
     """What the renderer and its backend can put in the kernel (pure facts, no probing).
@@ -83,6 +100,9 @@ class Snapshot:
     #: The link is administratively up. Someone who set it down meant it: what that takes
     #: away (its routes, its IPv6 addresses) is reported, not healed, until it is up again.
     up: bool = True
+    #: The destinations (prefixes) of the routes of type local in table local out of the
+    #: NIC's link: the kernel's own for its addresses too, whatever their protocol.
+    local: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -92,29 +112,36 @@ class Promise:
     routes: tuple[PromisedRoute, ...] = ()
     #: The NIC's own table (0: none, a primary NIC): the tables whose changes concern it.
     table: int = 0
+    #: The destinations (prefixes) of the NIC's local routes, in table local.
+    local: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not (self.addresses or self.rules or self.routes)
+        return not (self.addresses or self.rules or self.routes or self.local)
 
     @property
     def tables(self) -> frozenset[int]:
-        """Every table a rule or route of the promise lives in."""
+        """Every table a rule or route of the promise lives in (table local only with local
+        routes; it is shared by every link: kernelside.py looks its changes up by link)."""
         found = {r.table for r in self.rules} | {r.table for r in self.routes}
+        found |= {LOCAL_TABLE} if self.local else set()
         return frozenset(found | ({self.table} if self.table else set()))
 
     def missing(self, kernel: Snapshot) -> list[str]:
         """What of the promise is not in KERNEL, one line each, in the promise's order."""
         out = [f"address {a}" for a in self.addresses if a not in kernel.addresses]
         out += [r.describe() for r in self.rules if r not in kernel.rules]
-        return out + [r.describe() for r in self.routes if r not in kernel.routes]
+        out += [r.describe() for r in self.routes if r not in kernel.routes]
+        return out + [describe_local(d) for d in self.local if d not in kernel.local]
 
     def items(self) -> list[str]:
         """Every promised object, one line each, as ``missing`` names them."""
         return self.missing(Snapshot())
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """Without ``local_routes`` when there are none: a NIC without them keeps the status
+        file it had before they existed."""
+        data: dict[str, Any] = {
             "addresses": list(self.addresses),
             "rules": [
                 {"from": r.source, "table": r.table, "priority": r.priority} for r in self.rules
@@ -124,6 +151,9 @@ class Promise:
             ],
             "table": self.table,
         }
+        if self.local:
+            data["local_routes"] = list(self.local)
+        return data
 
     @classmethod
     def from_json(cls, data: Any) -> Promise:
@@ -144,6 +174,8 @@ class Promise:
                     for r in data["routes"]
                 ),
                 table=int(data.get("table", 0)),
+                # Absent from files written before local routes existed.
+                local=tuple(_prefix(d) for d in data.get("local_routes", [])),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a promise: {exc}") from None
@@ -161,8 +193,9 @@ def _prefix(text: str) -> str:
 def promise(state: NicState, choices: Choices = Choices()) -> Promise:
     """What STATE's file, once loaded, puts in the kernel (module docstring)."""
     found = tuple(_address(a) for a in addresses(state))
+    local = tuple(dict.fromkeys(n.compressed for n in local_routes(state)))
     if state.primary:
-        return Promise(addresses=found)
+        return Promise(addresses=found, local=local)
     table = state.route_table
     rules: tuple[PromisedRule, ...] = ()
     if choices.rules:
@@ -181,7 +214,8 @@ def promise(state: NicState, choices: Choices = Choices()) -> Promise:
         if state.ipv6_gateway is not None:
             routes.append(PromisedRoute("::/0", state.ipv6_gateway.compressed, table))
     routes += [PromisedRoute(r.to.compressed, r.via.compressed, table) for r in state.routes]
-    return Promise(addresses=found, rules=rules, routes=tuple(dict.fromkeys(routes)), table=table)
+    once = tuple(dict.fromkeys(routes))
+    return Promise(addresses=found, rules=rules, routes=once, table=table, local=local)
 
 
 def snapshot(
@@ -190,9 +224,11 @@ def snapshot(
     routes: Iterable[tuple[str, str | None, int]],
     *,
     up: bool = True,
+    local: Iterable[str] = (),
 ) -> Snapshot:
     """A Snapshot from plain values: ``addr/len``; (source prefix, table, priority);
-    (destination prefix, gateway or None, table). Normalizes every text."""
+    (destination prefix, gateway or None, table); LOCAL: the destination prefixes of the
+    link's local routes. Normalizes every text."""
     return Snapshot(
         addresses=frozenset(_address(a) for a in addresses),
         rules=frozenset(PromisedRule(_prefix(s), t, p) for s, t, p in rules),
@@ -201,4 +237,5 @@ def snapshot(
             for d, g, t in routes
         ),
         up=up,
+        local=frozenset(_prefix(d) for d in local),
     )

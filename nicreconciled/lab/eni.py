@@ -132,13 +132,20 @@ def _prefix(text: str, family: Family) -> str:
 
 
 def kernel_snapshot(lab: Lab, ifname: str, table: int) -> Snapshot:
-    """IFNAME's addresses (tentative ones not yet), TABLE's rules and routes, both families,
-    as ``ip -j`` shows them in the lab's instance."""
+    """IFNAME's addresses (tentative ones not yet), TABLE's rules and routes, and the routes
+    of type local out of IFNAME in table local, both families, as ``ip -j`` shows them in
+    the lab's instance."""
     addresses = [a.cidr for a in lab.addresses(ifname) if not a.tentative]
     rules: list[tuple[str, int, int]] = []
     routes: list[tuple[str, str | None, int]] = []
+    local: list[str] = []
     families: tuple[Family, Family] = (4, 6)
     for f in families:
+        local += [
+            _prefix(str(route["dst"]), f)
+            for route in lab.routes(f, "local")
+            if route.get("type") == "local" and route.get("dev") == ifname
+        ]
         for rule in lab.rules(f, table):
             source = (
                 rule.src
@@ -150,7 +157,7 @@ def kernel_snapshot(lab: Lab, ifname: str, table: int) -> Snapshot:
             if route.get("type", "unicast") != "unicast":
                 continue
             routes.append((_prefix(str(route.get("dst", "")), f), route.get("gateway"), table))
-    return snapshot(addresses, rules, routes)
+    return snapshot(addresses, rules, routes, local=local)
 
 
 def missing_state(

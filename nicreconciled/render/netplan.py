@@ -65,6 +65,18 @@ Why the output looks the way it does:
   IPv4 at all: DHCPv6 and RAs, its IPv6 addresses, its IPv6 routes and rules. netplan then
   takes the route metric from ``dhcp6-overrides`` alone.
 
+* Local routes (``addressing.py``), on every NIC, after the other routes: ``{to: X, type:
+  local, scope: host, table: 255}`` (no ``scope`` for IPv6: netplan documents it as IPv4-only,
+  and still writes ``Scope=host`` there, which networkd ignores with a warning, as for the
+  IPv6 subnet routes). netplan has no key for a route's protocol: networkd installs them
+  ``proto static``. With ``backend="NetworkManager"`` netplan refuses every route that is not
+  unicast ("NetworkManager only supports unicast routes", 0.106 up to 1.1 and upstream in
+  2026), failing the whole ``generate``; so they go through netplan's keyfile passthrough
+  (``networkmanager: passthrough:``, netplan >= 0.101) as ``ipvN.routeK`` keys, K counting on
+  from the ``routeK`` netplan writes for the same family (it numbers a family's routes 1, 2,
+  ... in the order of ``routes``), with the networkmanager renderer's attributes; the kernel
+  then shows what that renderer gets (its module docstring).
+
 * ``renderer:`` is set on our ethernet definition, not in the ``network:`` block. In the
   network block it is a global scalar, and netplan merges files in lexical order: our
   ``90-`` file would switch every interface configured by other files (cloud-init's
@@ -82,13 +94,22 @@ Why the output looks the way it does:
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, get_args
 
 import yaml
 
 from nicreconciled.model import NicState, mac_to_key
-from nicreconciled.render.addressing import addresses, routes_ipv6, rule_sources, unique
+from nicreconciled.render.addressing import (
+    LOCAL_TABLE,
+    SCOPE_HOST,
+    addresses,
+    local_routes,
+    routes_ipv6,
+    rule_sources,
+    unique,
+)
 
 if TYPE_CHECKING:
     from nicreconciled.config import Config
@@ -192,14 +213,38 @@ class NetplanRenderer:
         if main:
             eth["routes"] = main
         if policy:
-            routes = main + _policy_routes(state)
-            if routes:
-                eth["routes"] = routes
+            main += _policy_routes(state)
+            if main:
+                eth["routes"] = main
             table, priority = state.route_table, state.rule_priority
             rules = [{"from": s, "table": table, "priority": priority} for s in rule_sources(state)]
             if rules:
                 eth["routing-policy"] = rules
+        if state.local_routes:
+            self._local_routes(state, eth, main)
         return eth
+
+    def _local_routes(self, state: NicState, eth: dict[str, Any], routes: list[Any]) -> None:
+        """Add STATE's local routes to ETH, whose ``routes`` are ROUTES (module docstring)."""
+        if self.backend == "networkd":
+            eth["routes"] = routes + [
+                {"to": str(n), "type": "local", "scope": "host", "table": LOCAL_TABLE}
+                if n.version == 4
+                else {"to": str(n), "type": "local", "table": LOCAL_TABLE}
+                for n in local_routes(state)
+            ]
+            return
+        # NetworkManager: netplan numbers each family's routes route1, route2, ... in the
+        # order of ``routes``; ours follow them, as keyfile keys of netplan's passthrough.
+        passthrough: dict[str, str] = {}
+        for family, group in ((4, "ipv4"), (6, "ipv6")):
+            n = sum(1 for r in routes if ipaddress.ip_network(r["to"]).version == family)
+            for network in (x for x in local_routes(state) if x.version == family):
+                n += 1
+                scope = f"scope={SCOPE_HOST}," if family == 4 else ""
+                passthrough[f"{group}.route{n}"] = str(network)
+                passthrough[f"{group}.route{n}_options"] = f"{scope}table={LOCAL_TABLE},type=local"
+        eth["networkmanager"] = {"passthrough": passthrough}
 
 
 def _policy_routes(state: NicState) -> list[dict[str, Any]]:

@@ -59,6 +59,14 @@ systemd 252 (Debian 12) and was checked in the project's lab on the real systemd
 * The primary NIC (rendered only with ``manage_primary``) gets DHCP and its addresses, no
   policy routing, networkd's own metrics and RA handling.
 
+* Local routes (``addressing.py``), on every NIC: ``[Route] Destination=X Type=local
+  Scope=host Table=255 Protocol=110`` (no ``Scope=`` for IPv6, where networkd ignores it
+  with a warning). The kernel shows ``local X dev IF table local proto 110 scope host``
+  (IPv6: ``proto 110 metric 1024``), so ``ip route show table local proto 110`` lists ours
+  and nothing else. networkd puts them back when it reconfigures the link (a heal's
+  ``networkctl reconfigure``, its own restart): they are in the link's configuration, not
+  foreign routes it would drop.
+
 * The file is built as data (sections of key/value pairs; sections repeat) and serialized
   by a writer that refuses any name or value outside a small character set: nothing can
   carry a newline, a comment character, a ``\\`` continuation or a quote into the file.
@@ -70,7 +78,15 @@ import re
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from nicreconciled.model import NicState, mac_to_key
-from nicreconciled.render.addressing import addresses, routes_ipv6, rule_sources, unique
+from nicreconciled.render.addressing import (
+    LOCAL_ROUTE_PROTOCOL,
+    LOCAL_TABLE,
+    addresses,
+    local_routes,
+    routes_ipv6,
+    rule_sources,
+    unique,
+)
 
 if TYPE_CHECKING:
     from nicreconciled.config import Config
@@ -143,6 +159,8 @@ def network(state: NicState) -> list[Section]:
     ]  # the metadata's routes, in main
     if policy:
         sections += _routes(state)
+    sections += _local_routes(state)
+    if policy:
         table, priority = str(state.route_table), str(state.rule_priority)
         sections += [
             ("RoutingPolicyRule", [("From", source), ("Table", table), ("Priority", priority)])
@@ -161,6 +179,19 @@ def _network(state: NicState) -> list[tuple[str, str]]:
         entries.append(("IPv6AcceptRA", "no"))
     entries += [("Address", address) for address in addresses(state)]
     return entries
+
+
+def _local_routes(state: NicState) -> list[Section]:
+    """Each local route: type local in table local, scope host (IPv4: networkd warns about
+    and ignores a scope on an IPv6 route), our protocol number (``addressing.py``)."""
+    sections: list[Section] = []
+    for network in local_routes(state):
+        entries = [("Destination", str(network)), ("Type", "local")]
+        if network.version == 4:
+            entries.append(("Scope", "host"))
+        entries += [("Table", str(LOCAL_TABLE)), ("Protocol", str(LOCAL_ROUTE_PROTOCOL))]
+        sections.append(("Route", entries))
+    return sections
 
 
 def _routes(state: NicState) -> list[Section]:

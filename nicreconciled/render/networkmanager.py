@@ -71,6 +71,19 @@ exists in NetworkManager 1.42 (Debian 12) and was checked with libnm itself:
   The primary NIC (rendered only with ``manage_primary``) without IPv6 gets ``ignore``: we
   do not take IPv6 away from the NIC the instance was booted with.
 
+* Local routes (``addressing.py``), on every NIC: ``routeN=X`` with
+  ``routeN_options=scope=254,table=255,type=local`` (IPv6: ``table=255,type=local``; libnm
+  has no scope for IPv6 routes), after the profile's other routes, in the order
+  NetworkManager writes the attributes back. libnm 1.42 has no route attribute for the
+  protocol (and drops an unknown one without a warning): NetworkManager installs them as
+  ``local X dev IF table local proto static scope host metric M`` (M: the family's
+  ``route-metric``, else NetworkManager's default for the device, as for its other routes),
+  and puts them back on ``nmcli device reapply`` (the heal). It installs a profile's IPv6
+  routes with ``ipv6.method=ignore`` too (seen in the lab), so a primary's stays ``ignore``;
+  a non-primary NIC with an IPv6 local route and no IPv6 address gets ``link-local``, as
+  with delegated prefixes: ``disabled`` would turn IPv6 off on the link, and the kernel
+  refuses an IPv6 route out of such a link.
+
 * IPv4 method. ``auto`` (DHCPv4) with the addresses; an ENI of an IPv6-only subnet
   (``NicState.ipv6_only``) gets ``disabled``: there is no DHCPv4 server there.
 
@@ -88,7 +101,15 @@ import uuid
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from nicreconciled.model import NicState, mac_to_key, normalize_mac
-from nicreconciled.render.addressing import ipv4_cidr, ipv6_cidr, rule_sources, unique
+from nicreconciled.render.addressing import (
+    LOCAL_TABLE,
+    SCOPE_HOST,
+    ipv4_cidr,
+    ipv6_cidr,
+    local_routes,
+    rule_sources,
+    unique,
+)
 
 if TYPE_CHECKING:
     from nicreconciled.config import Config
@@ -188,32 +209,33 @@ def _ipv4(state: NicState) -> Section:
     entries: Section = [("method", "auto")]
     entries += _numbered("address", [ipv4_cidr(state, a) for a in ipv4])
     if state.primary:
-        return entries + _routes(_static(state, 4))
+        return entries + _routes(_static(state, 4) + _local(state, 4))
     entries += [("never-default", "true"), ("route-metric", str(state.route_metric))]
     routes: list[tuple[str, int]] = []
     if state.ipv4_subnet is not None:
         routes.append((str(state.ipv4_subnet), state.route_table))
     if state.ipv4_gateway is not None:
         routes.append((f"{_IPV4_DEFAULT},{state.ipv4_gateway}", state.route_table))
-    entries += _routes(routes + _static(state, 4))
+    entries += _routes(_tables(routes) + _static(state, 4) + _local(state, 4))
     entries += _rules(state, [s for s in rule_sources(state) if ":" not in s])
     return entries
 
 
 def _ipv6(state: NicState) -> Section:
     ipv6 = unique(state.ipv6_addresses)
+    local6 = _local(state, 6)
     if ipv6:
         method = "auto"
     elif state.primary:
         method = "ignore"
-    elif state.ipv6_prefixes:
+    elif state.ipv6_prefixes or local6:
         method = "link-local"
     else:
         return [("method", "disabled")]
     entries: Section = [("method", method)]
     entries += _numbered("address", [ipv6_cidr(state, a) for a in ipv6])
     if state.primary:
-        return entries + _routes(_static(state, 6))
+        return entries + _routes(_static(state, 6) + local6)
     table, subnets = state.route_table, [str(s) for s in unique(state.ipv6_subnets)]
     routes = [(s, table) for s in subnets]
     if state.ipv6_gateway is not None and (ipv6 or state.ipv6_prefixes):
@@ -224,29 +246,44 @@ def _ipv6(state: NicState) -> Section:
         routes += [(s, MAIN_TABLE) for s in [*subnets, _IPV6_LINK_LOCAL]]
     else:
         entries += [("never-default", "true"), ("route-metric", str(state.route_metric))]
-    entries += _routes(routes + _static(state, 6))
+    entries += _routes(_tables(routes) + _static(state, 6) + local6)
     entries += _rules(state, [s for s in rule_sources(state) if ":" in s])
     return entries
 
 
-def _static(state: NicState, family: int) -> list[tuple[str, int]]:
+def _static(state: NicState, family: int) -> list[tuple[str, str]]:
     """The metadata's routes of FAMILY: in main (metric: ipvN.route-metric) and, for a
     non-primary NIC, in table T too."""
     tables = [MAIN_TABLE] if state.primary else [MAIN_TABLE, state.route_table]
-    return [
-        (f"{r.to},{r.via}", table)
-        for r in state.routes
-        if r.to.version == family
-        for table in tables
-    ]
+    return _tables(
+        [
+            (f"{r.to},{r.via}", table)
+            for r in state.routes
+            if r.to.version == family
+            for table in tables
+        ]
+    )
 
 
-def _routes(routes: list[tuple[str, int]]) -> Section:
-    """``routeN`` + ``routeN_options=table=N`` for each (route, table)."""
+def _local(state: NicState, family: int) -> list[tuple[str, str]]:
+    """The local routes of FAMILY (module docstring): type local in table local, and scope
+    host for IPv4 (libnm has no scope for IPv6 routes); the attributes in the order
+    NetworkManager writes them back."""
+    scope = f"scope={SCOPE_HOST}," if family == 4 else ""
+    options = f"{scope}table={LOCAL_TABLE},type=local"
+    return [(str(n), options) for n in local_routes(state) if n.version == family]
+
+
+def _tables(routes: list[tuple[str, int]]) -> list[tuple[str, str]]:
+    return [(route, f"table={table}") for route, table in routes]
+
+
+def _routes(routes: list[tuple[str, str]]) -> Section:
+    """``routeN`` + ``routeN_options`` for each (route, its attributes)."""
     entries: Section = []
-    for n, (route, table) in enumerate(unique(routes), start=1):
+    for n, (route, options) in enumerate(unique(routes), start=1):
         entries.append((f"route{n}", route))
-        entries.append((f"route{n}_options", f"table={table}"))
+        entries.append((f"route{n}_options", options))
     return entries
 
 

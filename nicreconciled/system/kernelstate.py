@@ -5,11 +5,12 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from nicreconciled.promise import Promise, Snapshot, snapshot
+from nicreconciled.promise import Promise, Snapshot, describe_local, snapshot
+from nicreconciled.render.addressing import LOCAL_TABLE
 from nicreconciled.system import rtnl
 
 _ANY = {rtnl.AF_INET: "0.0.0.0/0", rtnl.AF_INET6: "::/0"}
-RTN_UNICAST = 1
+RTN_UNICAST, RTN_LOCAL = 1, 2
 
 
 def _prefix(family: int, address: str | None, length: int) -> str:
@@ -32,7 +33,9 @@ def link_up(ifindex: int, sys_root: Path = Path("/sys")) -> bool:
 
 def read(ifindex: int, promise: Promise) -> Snapshot:
     """IFINDEX's addresses; the plain source rules and the unicast routes of PROMISE's tables;
-    whether the link is up."""
+    with local routes promised, the type-local routes of table local out of IFINDEX (the
+    kernel's own for every address of every link live there too: filtered by link and
+    type); whether the link is up."""
     tables = promise.tables
     addresses = [a.cidr for a in rtnl.dump_addresses(ifindex) if a.ifindex == ifindex]
     rules = [
@@ -42,16 +45,22 @@ def read(ifindex: int, promise: Promise) -> Snapshot:
     ]
     routes = [
         (_prefix(r.family, r.dst, r.dst_len), r.gateway, r.table)
-        for table in sorted(tables)
+        for table in sorted(tables - {LOCAL_TABLE})
         for r in rtnl.dump_routes(table)
         if r.table == table and r.type == RTN_UNICAST
     ]
-    return snapshot(addresses, rules, routes, up=link_up(ifindex))
+    local = [
+        _prefix(r.family, r.dst, r.dst_len)
+        for r in (rtnl.dump_routes(LOCAL_TABLE) if LOCAL_TABLE in tables else [])
+        if r.table == LOCAL_TABLE and r.type == RTN_LOCAL and r.oif == ifindex
+    ]
+    return snapshot(addresses, rules, routes, up=link_up(ifindex), local=local)
 
 
 def describe_event(event: rtnl.Event) -> str | None:
     """The object a notification adds or removes, named as ``Promise.missing`` names it (an
-    address, a plain source rule, a unicast route); None for anything else."""
+    address, a plain source rule, a unicast route, a local route in table local); None for
+    anything else."""
     if event.kind == "address":
         address = rtnl.parse_address(event.body)
         if address is None:
@@ -67,9 +76,14 @@ def describe_event(event: rtnl.Event) -> str | None:
         return found.describe()
     if event.kind == "route":
         route = rtnl.parse_route(event.body)
-        if route is None or route.type != RTN_UNICAST:
+        if route is None:
             return None
         destination = _prefix(route.family, route.dst, route.dst_len)
+        if route.type == RTN_LOCAL and route.table == LOCAL_TABLE:
+            (local,) = snapshot([], [], [], local=[destination]).local
+            return describe_local(local)
+        if route.type != RTN_UNICAST:
+            return None
         (found_route,) = snapshot([], [], [(destination, route.gateway, route.table)]).routes
         return found_route.describe()
     return None

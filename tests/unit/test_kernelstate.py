@@ -37,8 +37,19 @@ class TestDescribeEvent:
         subnet = rtmsg(AF6, 64, 252, u32(15, 10001), ip(1, "2001:db8:11::"), u32(4, 7))
         assert describe_event(event("route", subnet)) == "route 2001:db8:11::/64 table 10001"
 
-    def test_a_local_route_and_garbage_are_nothing(self) -> None:
-        local = rtmsg(AF4, 32, 255, ip(1, "10.0.11.20"), u32(4, 7), rtype=2)
-        assert describe_event(event("route", local)) is None
+    def test_a_local_route_in_table_local(self) -> None:
+        local = rtmsg(AF4, 24, 255, ip(1, "10.128.16.0"), u32(4, 7), rtype=2)
+        assert describe_event(event("route", local)) == "route local 10.128.16.0/24 table local"
+        local6 = rtmsg(AF6, 128, 255, ip(1, "2001:db8:11:8000::7"), u32(4, 7), rtype=2)
+        assert (
+            describe_event(event("route", local6))
+            == "route local 2001:db8:11:8000::7/128 table local"
+        )
+
+    def test_other_types_in_table_local_and_garbage_are_nothing(self) -> None:
+        broadcast = rtmsg(AF4, 32, 255, ip(1, "10.0.11.255"), u32(4, 7), rtype=3)
+        assert describe_event(event("route", broadcast)) is None
+        elsewhere = rtmsg(AF4, 24, 252, u32(15, 10001), ip(1, "10.128.16.0"), u32(4, 7), rtype=2)
+        assert describe_event(event("route", elsewhere)) is None
         assert describe_event(event("route", b"\x02\x00")) is None
         assert describe_event(event("link", b"\x00" * 16)) is None

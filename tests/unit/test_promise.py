@@ -141,3 +141,106 @@ class TestJson:
     def test_anything_else_is_a_value_error(self, data: object) -> None:
         with pytest.raises(ValueError, match="not a promise"):
             Promise.from_json(data)
+
+
+LOCAL = (
+    IPv4Network("10.128.16.0/24"),
+    IPv4Network("203.0.113.7/32"),
+    IPv6Network("2001:db8:11:8000::7/128"),
+)
+
+
+class TestLocalRoutes:
+    def test_a_nics_local_routes_are_promised_in_table_local(self) -> None:
+        p = promise(eni(local_routes=LOCAL))
+        assert p.local == ("10.128.16.0/24", "203.0.113.7/32", "2001:db8:11:8000::7/128")
+        assert p.items()[-3:] == [
+            "route local 10.128.16.0/24 table local",
+            "route local 203.0.113.7/32 table local",
+            "route local 2001:db8:11:8000::7/128 table local",
+        ]
+
+    def test_the_primary_promises_them_too(self) -> None:
+        p = promise(eni(primary=True, local_routes=LOCAL[:1]))
+        assert p.local == ("10.128.16.0/24",)
+        assert (p.rules, p.routes, p.table) == ((), (), 0)
+        assert not p.empty
+        assert p.tables == {255}
+
+    def test_table_local_is_one_of_its_tables_only_with_local_routes(self) -> None:
+        assert promise(eni()).tables == {10001}
+        assert promise(eni(local_routes=LOCAL)).tables == {10001, 255}
+
+    def test_a_local_route_only_promises_nothing_else(self) -> None:
+        p, plain = promise(eni(local_routes=LOCAL)), promise(eni())
+        assert (p.addresses, p.rules, p.routes, p.table) == (
+            plain.addresses,
+            plain.rules,
+            plain.routes,
+            plain.table,
+        )
+
+    def test_repeats_are_promised_once_ipv4_first(self) -> None:
+        p = promise(eni(local_routes=(LOCAL[2], LOCAL[0], LOCAL[2])))
+        assert p.local == ("10.128.16.0/24", "2001:db8:11:8000::7/128")
+
+    def test_a_missing_local_route_is_one_line_after_the_rest(self) -> None:
+        p = promise(eni(local_routes=LOCAL))
+        whole = snapshot(
+            p.addresses,
+            [(r.source, r.table, r.priority) for r in p.rules],
+            [(r.destination, r.gateway, r.table) for r in p.routes],
+            local=["10.128.16.0/24", "203.0.113.7/32", "2001:db8:11:8000::7/128"],
+        )
+        assert p.missing(whole) == []
+        partial = snapshot(
+            p.addresses[1:],
+            [(r.source, r.table, r.priority) for r in p.rules],
+            [(r.destination, r.gateway, r.table) for r in p.routes],
+            local=["203.0.113.7/32", "10.0.11.20/32"],  # the kernel's own for an address
+        )
+        assert p.missing(partial) == [
+            "address 10.0.11.20/24",
+            "route local 10.128.16.0/24 table local",
+            "route local 2001:db8:11:8000::7/128 table local",
+        ]
+
+    def test_a_unicast_route_to_the_range_is_not_a_local_one(self) -> None:
+        p = promise(eni(primary=True, local_routes=LOCAL[:1]))
+        kernel = snapshot(p.addresses, [], [("10.128.16.0/24", None, 255)])
+        assert p.missing(kernel) == ["route local 10.128.16.0/24 table local"]
+
+    def test_text_forms_are_normalized(self) -> None:
+        p = promise(eni(primary=True, local_routes=LOCAL))
+        kernel = snapshot(
+            p.addresses, [], [], local=["10.128.16.0/24", "203.0.113.7", "2001:0db8:11:8000:0::7"]
+        )
+        assert p.missing(kernel) == []
+
+
+class TestLocalRoutesJson:
+    def test_round_trip(self) -> None:
+        p = promise(eni(local_routes=LOCAL))
+        data = p.to_json()
+        assert data["local_routes"] == list(p.local)
+        assert Promise.from_json(data) == p
+
+    def test_without_local_routes_the_file_is_what_it_was(self) -> None:
+        assert "local_routes" not in promise(eni()).to_json()
+
+    def test_a_file_written_before_local_routes_reads(self) -> None:
+        old = {
+            "addresses": ["10.0.11.20/24"],
+            "rules": [{"from": "10.0.11.20/32", "table": 10001, "priority": 10001}],
+            "routes": [{"to": "0.0.0.0/0", "via": "10.0.11.1", "table": 10001}],
+            "table": 10001,
+        }
+        p = Promise.from_json(old)
+        assert p.local == ()
+        assert p.tables == {10001}
+
+    @pytest.mark.parametrize("bad", [["not a prefix"], "10.0.0.0/8", [None]])
+    def test_a_bad_local_route_is_a_value_error(self, bad: object) -> None:
+        data = promise(eni()).to_json() | {"local_routes": bad}
+        with pytest.raises(ValueError, match="not a promise"):
+            Promise.from_json(data)

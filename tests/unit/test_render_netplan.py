@@ -19,6 +19,9 @@ from nicreconciled.render import Renderer
 from nicreconciled.render.netplan import NetplanRenderer
 from nicreconciled.system import netplan as netplan_probe
 from tests.states import ec2_state
+from tests.unit.local_route_states import CASES as LOCAL_CASES
+from tests.unit.local_route_states import golden_path as local_golden
+from tests.unit.local_route_states import other_mac
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden" / "netplan"
 UPDATE_GOLDEN = os.environ.get("NICR_UPDATE_GOLDEN") == "1"
@@ -575,3 +578,90 @@ class TestRaTableFlagIsLazy:
         assert isinstance(renderer, NetplanRenderer)
         assert callable(renderer._ra_table)
         assert netplan_probe.supports_ra_table.cache_info().currsize == 0
+
+
+#: Local-route golden stem -> (renderer, state): every case on the networkd backend, the
+#: secondaries also on NetworkManager's (as other NICs, so that all load as one instance).
+LOCAL_GOLDEN: dict[str, tuple[NetplanRenderer, NicState]] = {
+    **{stem: (NetplanRenderer(), state) for stem, state in LOCAL_CASES.items()},
+    "secondary-dualstack-networkmanager": (
+        NetplanRenderer(backend="NetworkManager"),
+        other_mac(LOCAL_CASES["secondary-dualstack"], 0x15),
+    ),
+    "secondary-ipv4-ipv6-local-networkmanager": (
+        NetplanRenderer(backend="NetworkManager"),
+        other_mac(LOCAL_CASES["secondary-ipv4-ipv6-local"], 0x16),
+    ),
+}
+
+
+class TestLocalRoutes:
+    """``local_routes``: netplan routes of type local in table 255 (networkd backend), keyfile
+    routes by netplan's passthrough (NetworkManager backend, where netplan refuses them)."""
+
+    def test_each_is_a_local_route_in_table_local_after_the_others(self) -> None:
+        routes = render(LOCAL_CASES["secondary-dualstack"])["routes"]
+        assert routes[-3:] == [
+            {"to": "10.128.16.0/24", "type": "local", "scope": "host", "table": 255},
+            {"to": "203.0.113.7/32", "type": "local", "scope": "host", "table": 255},
+            # netplan documents scope as IPv4-only.
+            {"to": "2600:1900:4010:5:8000::7/128", "type": "local", "table": 255},
+        ]
+        assert all(r.get("type") != "local" for r in routes[:-3])
+
+    def test_the_primary_gets_them_too_and_no_policy_routing(self) -> None:
+        definition = render(LOCAL_CASES["primary-ipv4"])
+        assert [r["to"] for r in definition["routes"]] == [
+            "10.128.32.0/24",
+            "10.128.33.0/28",
+            "203.0.113.8/32",
+        ]
+        assert "routing-policy" not in definition
+
+    def test_nothing_else_changes(self) -> None:
+        state = LOCAL_CASES["secondary-dualstack"]
+        without = NicState.model_validate({**state.model_dump(), "local_routes": ()})
+        for renderer in (NetplanRenderer(), NetplanRenderer(backend="NetworkManager")):
+            definition, plain = render(state, renderer), render(without, renderer)
+            definition.pop("networkmanager", None)
+            definition["routes"] = [r for r in definition["routes"] if r.get("type") != "local"]
+            assert definition == plain
+
+    def test_networkmanager_gets_them_as_keyfile_routes_numbered_after_netplans(self) -> None:
+        # netplan refuses any non-unicast route for NetworkManager ("NetworkManager only
+        # supports unicast routes", 0.106 to 1.1): they go through its passthrough, numbered
+        # after the routeN netplan writes for the definition's routes of the same family.
+        definition = render(LOCAL_CASES["secondary-dualstack"], NetplanRenderer("NetworkManager"))
+        assert all(r.get("type") is None for r in definition["routes"])
+        ipv4 = [r for r in definition["routes"] if ":" not in r["to"]]
+        ipv6 = [r for r in definition["routes"] if ":" in r["to"]]
+        assert (len(ipv4), len(ipv6)) == (2, 1)
+        assert definition["networkmanager"] == {
+            "passthrough": {
+                "ipv4.route3": "10.128.16.0/24",
+                "ipv4.route3_options": "scope=254,table=255,type=local",
+                "ipv4.route4": "203.0.113.7/32",
+                "ipv4.route4_options": "scope=254,table=255,type=local",
+                "ipv6.route2": "2600:1900:4010:5:8000::7/128",
+                "ipv6.route2_options": "table=255,type=local",
+            }
+        }
+
+    def test_without_local_routes_there_is_no_passthrough(self) -> None:
+        assert "networkmanager" not in render(dual_stack(), NetplanRenderer("NetworkManager"))
+
+    @pytest.mark.parametrize("stem", sorted(LOCAL_GOLDEN))
+    def test_rendering_matches_the_golden_file(self, stem: str) -> None:
+        renderer, state = LOCAL_GOLDEN[stem]
+        text = renderer.render(state)
+        path = local_golden("netplan", stem, ".yaml")
+        if UPDATE_GOLDEN:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            return
+        assert path.exists(), f"missing {path}; run with NICR_UPDATE_GOLDEN=1 to create it"
+        assert text == path.read_text(encoding="utf-8")
+
+    def test_every_golden_file_has_a_case(self) -> None:
+        folder = local_golden("netplan", "x", "").parent
+        assert {p.stem for p in folder.glob("*.yaml")} == set(LOCAL_GOLDEN)

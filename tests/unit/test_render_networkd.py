@@ -21,9 +21,12 @@ from nicreconciled.config import parse as parse_config
 from nicreconciled.errors import ApplyError
 from nicreconciled.model import NicState
 from nicreconciled.render import Renderer, make_renderer, owned_names
+from nicreconciled.render.addressing import LOCAL_ROUTE_PROTOCOL
 from nicreconciled.render.networkd import NetworkdRenderer, network, write_network
 from nicreconciled.system.proc import Completed
 from tests.states import ec2_state
+from tests.unit.local_route_states import CASES as LOCAL_CASES
+from tests.unit.local_route_states import golden_path as local_golden
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden" / "networkd"
 UPDATE_GOLDEN = os.environ.get("NICR_UPDATE_GOLDEN") == "1"
@@ -462,3 +465,84 @@ class TestNetworkdApplier:
         runner = Recorder(returncode=1)
         with pytest.raises(ApplyError, match="networkctl reload exited 1"):
             await NetworkdApplier(runner).apply(mac=MAC, path=tmp_path / "x", ifname="ens6")
+
+
+class TestLocalRoutes:
+    """``local_routes``: type local in table local, scope host, our protocol number."""
+
+    def test_each_is_a_local_route_in_table_local_with_our_protocol(self) -> None:
+        state = LOCAL_CASES["secondary-dualstack"]
+        local = [r for r in every(state, "Route") if r.get("Type") == "local"]
+        assert local == [
+            {
+                "Destination": "10.128.16.0/24",
+                "Type": "local",
+                "Scope": "host",
+                "Table": "255",
+                "Protocol": str(LOCAL_ROUTE_PROTOCOL),
+            },
+            {
+                "Destination": "203.0.113.7/32",
+                "Type": "local",
+                "Scope": "host",
+                "Table": "255",
+                "Protocol": str(LOCAL_ROUTE_PROTOCOL),
+            },
+            # networkd ignores Scope= on an IPv6 route, with a warning: none is written.
+            {
+                "Destination": "2600:1900:4010:5:8000::7/128",
+                "Type": "local",
+                "Table": "255",
+                "Protocol": str(LOCAL_ROUTE_PROTOCOL),
+            },
+        ]
+
+    def test_the_protocol_number_is_no_one_elses(self) -> None:
+        # 66 is google-guest-agent's for these very routes; the kernel's and iproute2's names
+        # stop at 99 (openr) below 186 (bgp).
+        assert LOCAL_ROUTE_PROTOCOL == 110
+
+    def test_the_primary_gets_them_too_and_no_policy_routing(self) -> None:
+        state = LOCAL_CASES["primary-ipv4"]
+        routes = every(state, "Route")
+        assert [r["Destination"] for r in routes] == [
+            "10.128.32.0/24",
+            "10.128.33.0/28",
+            "203.0.113.8/32",
+        ]
+        assert {(r["Type"], r["Table"]) for r in routes} == {("local", "255")}
+        assert every(state, "RoutingPolicyRule") == []
+
+    def test_they_come_after_the_tables_routes_and_change_nothing_else(self) -> None:
+        with_local = LOCAL_CASES["secondary-ipv4-ipv6-local"]
+        without = NicState.model_validate({**with_local.model_dump(), "local_routes": ()})
+        sections = render(with_local)
+        assert [s for s in sections if s[1].get("Type") != ["local"]] == render(without)
+        kinds = [body.get("Type") == ["local"] for title, body in sections if title == "Route"]
+        assert kinds == sorted(kinds)  # every local route after every other route
+
+    def test_an_ipv6_one_without_ipv6_addresses_keeps_ipv6_on_the_link(self) -> None:
+        state = LOCAL_CASES["secondary-ipv4-ipv6-local"]
+        assert section(state, "Network")["LinkLocalAddressing"] == ["ipv6"]
+        destinations = [r["Destination"] for r in every(state, "Route")]
+        assert "2001:db8:77::9/128" in destinations
+
+    def test_repeats_are_written_once_ipv4_first(self) -> None:
+        state = nic(local_routes=("2001:db8::/96", "192.0.2.0/24", "2001:db8::/96"))
+        local = [r["Destination"] for r in every(state, "Route") if r.get("Type") == "local"]
+        assert local == ["192.0.2.0/24", "2001:db8::/96"]
+
+    @pytest.mark.parametrize("stem", sorted(LOCAL_CASES))
+    def test_rendering_matches_the_golden_file(self, stem: str) -> None:
+        text = NetworkdRenderer().render(LOCAL_CASES[stem])
+        path = local_golden("networkd", stem, ".network")
+        if UPDATE_GOLDEN:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            return
+        assert path.exists(), f"missing {path}; run with NICR_UPDATE_GOLDEN=1 to create it"
+        assert text == path.read_text(encoding="utf-8")
+
+    def test_every_golden_file_has_a_case(self) -> None:
+        folder = local_golden("networkd", "x", "").parent
+        assert {p.stem for p in folder.glob("*.network")} == set(LOCAL_CASES)

@@ -26,6 +26,8 @@ from nicreconciled.render.networkmanager import (
     write_keyfile,
 )
 from tests.states import ec2_state
+from tests.unit.local_route_states import CASES as LOCAL_CASES
+from tests.unit.local_route_states import golden_path as local_golden
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden" / "networkmanager"
 UPDATE_GOLDEN = os.environ.get("NICR_UPDATE_GOLDEN") == "1"
@@ -520,3 +522,67 @@ class TestGoldenFiles:
         assert len({s.mac for s in states}) == len(states)
         non_primary = [s for s in states if not s.primary]
         assert len({s.route_table for s in non_primary}) == len(non_primary)
+
+
+class TestLocalRoutes:
+    """``local_routes``: ``type=local`` routes in table 255, scope host (254) for IPv4."""
+
+    def test_each_is_a_local_route_in_table_local_after_the_others(self) -> None:
+        profile = render(LOCAL_CASES["secondary-dualstack"])
+        assert routes(profile["ipv4"])[-2:] == [
+            ("10.128.16.0/24", "scope=254,table=255,type=local"),
+            ("203.0.113.7/32", "scope=254,table=255,type=local"),
+        ]
+        # libnm has no scope for IPv6 routes.
+        assert routes(profile["ipv6"])[-1] == (
+            "2600:1900:4010:5:8000::7/128",
+            "table=255,type=local",
+        )
+
+    def test_the_primary_gets_them_too(self) -> None:
+        profile = render(LOCAL_CASES["primary-ipv4"])
+        assert routes(profile["ipv4"]) == [
+            ("10.128.32.0/24", "scope=254,table=255,type=local"),
+            ("10.128.33.0/28", "scope=254,table=255,type=local"),
+            ("203.0.113.8/32", "scope=254,table=255,type=local"),
+        ]
+        assert profile["ipv6"] == {"method": "ignore"}
+
+    def test_an_ipv6_one_without_ipv6_addresses_keeps_ipv6_on_the_link(self) -> None:
+        # "disabled" would turn IPv6 off on the link and the kernel would refuse the route.
+        profile = render(LOCAL_CASES["secondary-ipv4-ipv6-local"])
+        assert profile["ipv6"]["method"] == "link-local"
+        assert profile["ipv6"]["never-default"] == "true"
+        assert routes(profile["ipv6"]) == [("2001:db8:77::9/128", "table=255,type=local")]
+
+    def test_nothing_else_changes(self) -> None:
+        state = LOCAL_CASES["secondary-dualstack"]
+        without = render(NicState.model_validate({**state.model_dump(), "local_routes": ()}))
+        profile = render(state)
+        for family, count in (("ipv4", 2), ("ipv6", 1)):
+            assert routes(profile[family])[:-count] == routes(without[family])
+            rest = {k: v for k, v in profile[family].items() if not k.startswith("route")}
+            assert rest == {k: v for k, v in without[family].items() if not k.startswith("route")}
+
+    def test_a_primary_ipv6_one_leaves_the_primarys_ipv6_alone(self) -> None:
+        state = LOCAL_CASES["primary-ipv4"]
+        state = NicState.model_validate({**state.model_dump(), "local_routes": ("2001:db8::/96",)})
+        ipv6 = render(state)["ipv6"]
+        # NetworkManager installs a profile's IPv6 routes with "ignore" too (seen in the lab).
+        assert ipv6["method"] == "ignore"
+        assert routes(ipv6) == [("2001:db8::/96", "table=255,type=local")]
+
+    @pytest.mark.parametrize("stem", sorted(LOCAL_CASES))
+    def test_rendering_matches_the_golden_file(self, stem: str) -> None:
+        text = NetworkManagerRenderer().render(LOCAL_CASES[stem])
+        path = local_golden("networkmanager", stem, ".nmconnection")
+        if UPDATE_GOLDEN:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            return
+        assert path.exists(), f"missing {path}; run with NICR_UPDATE_GOLDEN=1 to create it"
+        assert text == path.read_text(encoding="utf-8")
+
+    def test_every_golden_file_has_a_case(self) -> None:
+        folder = local_golden("networkmanager", "x", "").parent
+        assert {p.stem for p in folder.glob("*.nmconnection")} == set(LOCAL_CASES)
