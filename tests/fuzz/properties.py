@@ -27,10 +27,24 @@ from nicreconciled.render import networkd, networkmanager
 from nicreconciled.render.netplan import NetplanRenderer
 from nicreconciled.render.networkd import NetworkdRenderer
 from nicreconciled.render.networkmanager import NetworkManagerRenderer
-from nicreconciled.sources import aliyun_parse, cloudstack_parse, ec2_parse, oci, openstack_parse
-from tests.fuzz.strategies import AliyunDoc, CloudStackDoc, Ec2Doc, OciDoc, OpenStackDoc
+from nicreconciled.sources import (
+    aliyun_parse,
+    azure_parse,
+    cloudstack_parse,
+    ec2_parse,
+    oci,
+    openstack_parse,
+)
+from tests.fuzz.strategies import (
+    AliyunDoc,
+    AzureDoc,
+    CloudStackDoc,
+    Ec2Doc,
+    OciDoc,
+    OpenStackDoc,
+)
 
-CLOUDS = ("ec2", "oci", "openstack", "cloudstack", "aliyun")
+CLOUDS = ("ec2", "oci", "openstack", "cloudstack", "aliyun", "azure")
 
 
 def _ec2(doc: Ec2Doc) -> Observation:
@@ -64,12 +78,17 @@ def _aliyun(doc: AliyunDoc) -> Observation:
     return aliyun_parse.parse_nic(doc.mac, doc.listing, doc.raw, doc.primary_mac)
 
 
+def _azure(doc: AzureDoc) -> Observation:
+    return azure_parse.parse_nic(doc.mac, doc.text, primary_mac=doc.primary_mac, number=doc.number)
+
+
 PARSERS: dict[str, Callable[[Any], Observation]] = {
     "ec2": _ec2,
     "oci": _oci,
     "openstack": _openstack,
     "cloudstack": _cloudstack,
     "aliyun": _aliyun,
+    "azure": _azure,
 }
 
 

@@ -880,6 +880,88 @@ def aliyun_documents(draw: Draw) -> AliyunDoc:
     return AliyunDoc(draw(mac_spellings(mac)), listing, raw, draw(mac_spellings(primary)))
 
 
+# --- Azure --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AzureDoc:
+    """azure_parse.parse_nic's arguments: the MAC asked for, the network document, the
+    primary MAC and the device number the source would give the NIC."""
+
+    mac: str
+    text: str
+    primary_mac: str | None
+    number: int
+
+
+def azure_host(draw: Draw, net: Network) -> str:
+    """An address of NET, one just above it in about one draw of 32 (``host``'s rate, a
+    quarter of it: an interface carries several addresses)."""
+    address = host(draw, net)
+    return str(address if address in net or not draw(st.integers(0, 3)) else first_host(net))
+
+
+def azure_interface(draw: Draw, spoil: Spoiler, mac: str) -> dict[str, Any]:
+    """An ``interface[]`` entry: every primitive a string, the MAC bare upper case."""
+    net4, net6 = draw(subnets4()), draw(subnets6())
+    if net4.prefixlen > 29 and draw(st.integers(0, 3)):  # Azure's subnets are /29 or larger
+        net4 = net4.supernet(new_prefix=29)
+    publics = ("", "104.46.124.81", str(host(draw, net4)))
+    configs: list[Any] = [
+        present(
+            {
+                "privateIpAddress": spoil.json(azure_host(draw, net4)),
+                "publicIpAddress": spoil.json(draw(st.sampled_from(publics))),
+            }
+        )
+        for _ in range(draw(st.integers(0 if draw(st.integers(0, 7)) == 0 else 1, 3)))
+    ]
+    if spoil.hit():  # more IP configurations than a NIC takes
+        configs = [{"privateIpAddress": a} for a in many_lines(draw, 4).split("\n")]
+    subnet = {"address": str(net4.network_address), "prefix": str(net4.prefixlen)}
+    ipv4 = {
+        "ipAddress": configs,
+        "subnet": [present({k: spoil.json(v) for k, v in subnet.items()})],
+    }
+    ipv6: dict[str, Any] = {
+        "ipAddress": [
+            present({"privateIpAddress": spoil.json(azure_host(draw, net6))})
+            for _ in range(draw(st.integers(0, 2)))
+        ]
+    }
+    if draw(st.booleans()):
+        ipv6["subnet"] = [{"address": str(net6.network_address), "prefix": str(net6.prefixlen)}]
+    bare = mac.replace(":", "").upper()
+    spelling = bare if draw(st.integers(0, 3)) else draw(mac_spellings(mac))
+    entry = {"macAddress": spelling, "ipv4": ipv4, "ipv6": ipv6}
+    entry = present({key: spoil.json(value) for key, value in entry.items()})
+    if spoil.hit():
+        entry[draw(st.text(max_size=8))] = draw(json_junk)
+    return entry
+
+
+@st.composite
+def azure_documents(draw: Draw) -> AzureDoc:
+    count = draw(st.sampled_from((1, 2, 3, 1, 2, 8, 0)))
+    found = draw(st.lists(macs, min_size=count, max_size=count, unique=True))
+    spoil = Spoiler(draw, count * 12 + 2)
+    interfaces: list[Any] = [azure_interface(draw, spoil, mac) for mac in found]
+    if len(interfaces) > 1 and spoil.hit():  # the same NIC twice
+        interfaces.append(interfaces[0])
+    if interfaces and spoil.hit():
+        interfaces[draw(st.integers(0, len(interfaces) - 1))] = draw(json_junk)
+    data: Any = {"interface": interfaces}
+    if draw(st.integers(0, 15)) == 9:  # not the document's shape at all (a mid value:
+        # hypothesis favours the bounds)
+        data = draw(st.sampled_from(({}, {"interface": {}}, {"interface": None}, interfaces)))
+    asked = draw(st.sampled_from(found)) if found and draw(st.integers(0, 7)) else draw(macs)
+    primary = draw(st.sampled_from(found)) if found and draw(st.booleans()) else None
+    text = dumps(draw, data)
+    if draw(st.integers(0, 9)) == 0:
+        text = draw(garbage_documents(text))
+    return AzureDoc(draw(mac_spellings(asked)), text, primary, draw(st.integers(0, 99)))
+
+
 #: cloud -> its document strategy.
 DOCUMENTS: dict[str, st.SearchStrategy[Any]] = {
     "ec2": ec2_documents(),
@@ -887,6 +969,7 @@ DOCUMENTS: dict[str, st.SearchStrategy[Any]] = {
     "openstack": openstack_documents(),
     "cloudstack": cloudstack_documents(),
     "aliyun": aliyun_documents(),
+    "azure": azure_documents(),
 }
 
 
@@ -959,6 +1042,7 @@ def good_documents() -> dict[str, Any]:
     oci = json.loads((FIXTURES / "oci" / "vm_dual_stack.json").read_text())
     openstack = (FIXTURES / "openstack" / "static_dual_stack.json").read_text()
     ali = json.loads((FIXTURES / "aliyun" / "secondary_dual_stack.json").read_text())
+    azure = json.loads((FIXTURES / "azure" / "ipv6_subnet_secondaries.json").read_text())
     vr = json.loads((FIXTURES / "cloudstack" / "metadata" / "complete.json").read_text())
     router = IPv4Address("10.1.1.1")
     return {
@@ -975,6 +1059,7 @@ def good_documents() -> dict[str, Any]:
             device_number=1,
         ),
         "aliyun": AliyunDoc(ali["mac"], ali["listing"], dict(ali["answers"]), ali["primary_mac"]),
+        "azure": AzureDoc(azure["secondary"], json.dumps(azure["document"]), azure["primary"], 1),
     }
 
 
@@ -1002,7 +1087,7 @@ def spoilt_documents(draw: Draw, cloud: str) -> Any:
     """CLOUD's good document (``GOOD``) with one hostile change: one value mutated or of
     another type, or (JSON) the whole text broken. Most are rejected, not all."""
     good = GOOD[cloud]
-    if cloud in ("oci", "openstack"):
+    if cloud in ("oci", "openstack", "azure"):
         if draw(st.integers(0, 3)) == 0:
             text = str(draw(garbage_documents(good.text)))
         else:
