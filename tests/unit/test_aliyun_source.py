@@ -278,8 +278,9 @@ class TestSimulator:
         assert (await http.request("GET", f"{sim.url}/")).body == "2016-01-01\nlatest"
 
     def test_lab_spec(self) -> None:
-        plan = {
-            "mac": "0a:00:00:00:01:01",
+        mac = "0a:00:00:00:01:01"
+        plan: dict[str, Any] = {
+            "mac": mac,
             "device_number": 1,
             "ipv4s": ["10.0.11.20", "10.0.11.21"],
             "subnet4": "10.0.11.0/24",
@@ -290,8 +291,8 @@ class TestSimulator:
         }
         sim = AliyunSim()
         sim.add_nic(AliyunSim.lab_spec(plan | {"primary": True}))
-        raw = {key: sim.lookup(key_path(plan["mac"], key)) for key in KEYS}
-        obs = parse_nic(plan["mac"], sim.lookup(MACS_DIR) or "", raw, sim.primary or "")
+        raw = {key: sim.lookup(key_path(mac, key)) for key in KEYS}
+        obs = parse_nic(mac, sim.lookup(MACS_DIR) or "", raw, sim.primary or "")
         assert obs.state is not None
         assert obs.state.primary
         assert [str(a) for a in obs.state.ipv4_addresses] == plan["ipv4s"]
