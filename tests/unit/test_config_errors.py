@@ -68,7 +68,7 @@ WRONG_TYPE: dict[str, list[Any]] = {
 
 #: key -> values of the right type but out of range or malformed.
 WRONG_VALUE: dict[str, list[Any]] = {
-    "cloud": ["azure", "EC2", ""],
+    "cloud": ["nimbus", "EC2", ""],
     "renderer": ["ifupdown", "NetworkManager"],
     "output_dir": ["run/netplan", ""],
     "state_dir": ["var/lib/nicreconciled", ""],
@@ -288,7 +288,7 @@ def with_key(doc: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
 #: A representative set: top-level and table keys, wrong types and wrong values, a table
 #: given as a scalar, an unknown key, NaN.
 COMMAND_CASES = [
-    ("cloud", "azure"),
+    ("cloud", "nimbus"),
     ("output_dir", "run/netplan"),
     ("state_dir", 5),
     ("apply", "yes"),
