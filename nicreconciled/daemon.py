@@ -12,11 +12,11 @@ import contextlib
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import structlog
 
-from nicreconciled import __version__, coexist, systemd
+from nicreconciled import __version__, coexist, systemd, upstream
 from nicreconciled import log as logsetup
 from nicreconciled.config import Config
 from nicreconciled.daemon_nics import NicTracking
@@ -235,6 +235,7 @@ class Daemon(NicTracking, StatusBoard):
         # Before the scan: no attach falls between the two. Lost events: rescan at once.
         watcher.start(self.on_event, on_lost=self._events_lost)
         bus = None
+        long_poll: asyncio.Task[None] | None = None
         if self.config.apply:
             self.kernel_watch = KernelWatch(self.on_kernel_events, self.recheck_all)
             self.kernel_watch.start()
@@ -266,6 +267,7 @@ class Daemon(NicTracking, StatusBoard):
             log.info(
                 "ready", nics=len(self.reconcilers), source=cloud, cloud=cloud, watchdog=interval
             )
+            long_poll = self._start_long_poll()
             while not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self.config.resync_interval)
@@ -279,6 +281,9 @@ class Daemon(NicTracking, StatusBoard):
         finally:
             self._announcing = False
             self._notify(systemd.STOPPING)
+            if long_poll is not None:
+                long_poll.cancel()
+                await asyncio.gather(long_poll, return_exceptions=True)
             if self._reload_task is not None:
                 self._reload_task.cancel()  # no READY=1 after STOPPING=1
             watcher.stop()
@@ -296,6 +301,24 @@ class Daemon(NicTracking, StatusBoard):
                 await asyncio.gather(watchdog, return_exceptions=True)
         log.info("stopped")
         return 0
+
+    def _start_long_poll(self) -> asyncio.Task[None] | None:
+        """A source that long-polls (GCE) tells of changes itself: every NIC looks at once,
+        and the periodic re-checks stretch while it answers (upstream.py)."""
+        source = self.ctx.source
+        if not upstream.long_polls(source):
+            return None
+        watch = upstream.ChangeWatch(
+            cast("upstream.LongPolling", source),
+            self._upstream_changed,
+            resync_interval=self.config.resync_interval,
+        )
+        self.ctx.long_poll_healthy = lambda: watch.healthy
+        return asyncio.create_task(watch.run(), name="long-poll")
+
+    def _upstream_changed(self) -> None:
+        for rec in self.reconcilers.values():
+            rec.kick()
 
     def _start_metrics(self) -> asyncio.Task[None] | None:
         """[metrics] textfile: the sink on the log, the file written now and at changes."""
