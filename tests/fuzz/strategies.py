@@ -1019,6 +1019,7 @@ def nic_states(draw: Draw) -> NicState:
         "routes": tuple(routes),
         "ipv4_prefixes": tuple(inner_networks(draw, net4, 0, 2, 28)),
         "ipv6_prefixes": tuple(inner_networks(draw, nets6[0], 0, 2, 80)) if nets6 else (),
+        "local_routes": tuple(draw(st.lists(subnets4() | subnets6(), max_size=3))),
     }
     return NicState(**fields)
 
