@@ -22,6 +22,7 @@ SIMULATORS: dict[str, str] = {
     "cloudstack": "nicreconciled.sim.cloudstack:VrSim",
     "oci": "nicreconciled.sim.oci:OciSim",
     "openstack": "nicreconciled.sim.openstack:OpenStackSim",
+    "gce": "nicreconciled.sim.gce:GceSim",
     "azure": "nicreconciled.sim.azure:AzureSim",
     "aliyun": "nicreconciled.sim.aliyun:AliyunSim",
 }

@@ -37,13 +37,14 @@ SOURCES: dict[str, str] = {
     "cloudstack": "nicreconciled.sources.cloudstack:CloudStackSource",
     "oci": "nicreconciled.sources.oci:OciSource",
     "openstack": "nicreconciled.sources.openstack:OpenStackSource",
+    "gce": "nicreconciled.sources.gce:GceSource",
     "azure": "nicreconciled.sources.azure:AzureSource",
     "aliyun": "nicreconciled.sources.aliyun:AliyunSource",
 }
 
 #: The order in which ``cloud = "auto"`` probes the network when no DMI check settled it.
 #: Cheap, fixed-address probes first; CloudStack's may walk the whole VR discovery chain.
-AUTO_ORDER: tuple[str, ...] = ("ec2", "oci", "azure", "openstack", "aliyun", "cloudstack")
+AUTO_ORDER: tuple[str, ...] = ("ec2", "oci", "azure", "gce", "openstack", "aliyun", "cloudstack")
 
 
 class Source(Protocol):

@@ -59,6 +59,8 @@ _STALE_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
 class Answer:
     status: int
     body: str
+    #: The answer's ETag header, where the server sends one (GCE: what a long poll waits on).
+    etag: str | None = None
 
 
 class TransportError(FetchError):
@@ -249,12 +251,25 @@ class HttpClient:
             self._hold_until = now + self._rng.uniform(0.0, self.timeout * RECOVERY_SPREAD)
 
     async def request(
-        self, method: str, url: str, headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        timeout: float | None = None,
     ) -> Answer:
         """One request; its outcome is logged (debug ``metadata_request``: ok, http_error,
-        timeout, garbage), which the metrics count."""
+        timeout, garbage), which the metrics count.
+
+        TIMEOUT: this request's own bound instead of the client's, for a request the server
+        holds on purpose (a long poll, GCE's ``wait_for_change``). Its duration then says
+        nothing about a stalled server, so it never spreads the client's next request; a
+        long poll the server dropped after taking it still does.
+        """
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be positive")
         try:
-            answer = await self._request(method, url, headers)
+            answer = await self._request(method, url, headers, timeout)
         except (MetadataError, OversizedBody):
             outcome = "garbage"  # not UTF-8, too big
             raise
@@ -275,21 +290,28 @@ class HttpClient:
                 log.debug("metadata_request", outcome=outcome, request=f"{method} {_path(url)}")
 
     async def _request(
-        self, method: str, url: str, headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
     ) -> Answer:
         session, bucket, slots = self._ensure()
         await self._hold()
+        bound = self.timeout if timeout is None else timeout
         async with slots:
             await bucket.acquire()
             where = f"{method} {_path(url)}"
             started = time.monotonic()
             dropped = False
             try:
-                async with asyncio.timeout(self.timeout):
+                async with asyncio.timeout(bound):
                     self.requests_sent += 1
                     first = _Attempt()
                     try:
-                        return await self._send(session, method, url, headers, where, first)
+                        return await self._send(
+                            session, method, url, headers, where, first, timeout
+                        )
                     except (aiohttp.ClientError, OSError) as exc:
                         # Only a kept connection that failed before the server could have
                         # been stalled is tried again, once, on a new connection.
@@ -298,17 +320,20 @@ class HttpClient:
                             raise
                     self.stale_retries += 1
                     self.requests_sent += 1
-                    return await self._send(session, method, url, headers, where, _Attempt())
+                    return await self._send(
+                        session, method, url, headers, where, _Attempt(), timeout
+                    )
             except (FetchError, MetadataError):
                 raise
             except TimeoutError:
-                raise RequestTimeout(f"{where}: timeout after {self.timeout:g}s") from None
+                raise RequestTimeout(f"{where}: timeout after {bound:g}s") from None
             except (aiohttp.ClientError, OSError) as exc:
                 # A refused connection was never taken: nothing held, nothing to spread.
                 dropped = not isinstance(exc, aiohttp.ClientConnectorError)
                 raise TransportError(f"{where}: {_describe(exc)}") from None
             finally:
-                self._took(time.monotonic() - started, dropped)
+                # A held request's duration is the server's choice, not a stall (docstring).
+                self._took(0.0 if timeout is not None else time.monotonic() - started, dropped)
 
     async def _send(
         self,
@@ -318,6 +343,7 @@ class HttpClient:
         headers: Mapping[str, str] | None,
         where: str,
         attempt: _Attempt,
+        timeout: float | None = None,
     ) -> Answer:
         async with session.request(
             method,
@@ -325,6 +351,8 @@ class HttpClient:
             headers=dict(headers or {}),
             allow_redirects=False,
             trace_request_ctx=attempt,
+            # The session's total is the client's timeout: a held request needs its own.
+            timeout=session.timeout if timeout is None else aiohttp.ClientTimeout(total=timeout),
         ) as resp:
             attempt.answered = True
             status = resp.status
@@ -337,11 +365,12 @@ class HttpClient:
                     f"{where}: oversized body ({resp.content_length} > {self.max_body} bytes)"
                 )
             data = await self._read_limited(resp, where)
+            etag = resp.headers.get("ETag")
         if status != 200:
             # Not data: only a hint for logs, so do not be strict about its encoding.
             return Answer(status, data.decode("utf-8", errors="replace"))
         try:
-            return Answer(status, data.decode("utf-8"))
+            return Answer(status, data.decode("utf-8"), etag)
         except UnicodeDecodeError:
             raise MetadataError(f"{where}: body is not UTF-8") from None
 

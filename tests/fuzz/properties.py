@@ -32,6 +32,7 @@ from nicreconciled.sources import (
     azure_parse,
     cloudstack_parse,
     ec2_parse,
+    gce_parse,
     oci,
     openstack_parse,
 )
@@ -40,11 +41,12 @@ from tests.fuzz.strategies import (
     AzureDoc,
     CloudStackDoc,
     Ec2Doc,
+    GceDoc,
     OciDoc,
     OpenStackDoc,
 )
 
-CLOUDS = ("ec2", "oci", "openstack", "cloudstack", "aliyun", "azure")
+CLOUDS = ("ec2", "oci", "openstack", "cloudstack", "aliyun", "azure", "gce")
 
 
 def _ec2(doc: Ec2Doc) -> Observation:
@@ -82,6 +84,10 @@ def _azure(doc: AzureDoc) -> Observation:
     return azure_parse.parse_nic(doc.mac, doc.text, primary_mac=doc.primary_mac, number=doc.number)
 
 
+def _gce(doc: GceDoc) -> Observation:
+    return gce_parse.parse_nic(doc.mac, doc.text)
+
+
 PARSERS: dict[str, Callable[[Any], Observation]] = {
     "ec2": _ec2,
     "oci": _oci,
@@ -89,6 +95,7 @@ PARSERS: dict[str, Callable[[Any], Observation]] = {
     "cloudstack": _cloudstack,
     "aliyun": _aliyun,
     "azure": _azure,
+    "gce": _gce,
 }
 
 

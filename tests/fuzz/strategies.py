@@ -962,6 +962,84 @@ def azure_documents(draw: Draw) -> AzureDoc:
     return AzureDoc(draw(mac_spellings(asked)), text, primary, draw(st.integers(0, 99)))
 
 
+# --- GCE ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GceDoc:
+    """gce_parse.parse_nic's arguments: the MAC asked for, the network-interfaces document."""
+
+    mac: str
+    text: str
+
+
+def gce_ranges(draw: Draw, net: Network, version: int) -> list[str]:
+    """Alias, forwarded or target-instance ranges: addresses and networks, inside the NIC's
+    subnet or anywhere."""
+    out: list[str] = []
+    for _ in range(draw(st.sampled_from((0, 0, 0, 0, 1, 2)))):
+        anywhere = draw(st.integers(0, 3)) == 2
+        where = draw(subnets6() if version == 6 else subnets4()) if anywhere else net
+        if draw(st.booleans()):
+            out.append(str(host(draw, where)))
+        else:
+            inner = inner_networks(draw, where, 1, 1, 28 if version == 4 else 96)
+            out.append(str(inner[0] if inner else where))
+    return out
+
+
+def gce_nic(draw: Draw, spoil: Spoiler, mac: str) -> dict[str, Any]:
+    net4, net6 = draw(subnets4()), draw(subnets6())
+    if not 8 <= net4.prefixlen <= 29 and draw(st.integers(0, 3)):  # GCE's subnets: /8../29
+        net4 = IPv4Network((net4.network_address, 24), strict=False)
+    entry: dict[str, Any] = {
+        "accessConfigs": [{"externalIp": "", "type": "ONE_TO_ONE_NAT"}],
+        "dnsServers": ["169.254.169.254"],
+        "mac": draw(mac_spellings(mac)),
+        "mtu": draw(st.sampled_from((1460, 1460, 8244, 1500, 8896, 1300))),
+        "network": "projects/" + hex_text(draw, 6, 12) + "/networks/" + id_text(draw, 20),
+        "ipAliases": gce_ranges(draw, net4, 4),
+        "forwardedIps": gce_ranges(draw, net4, 4),
+        "targetInstanceIps": gce_ranges(draw, net4, 4),
+    }
+    if draw(st.integers(0, 5)) != 3:  # else an IPv6-only NIC (mid values: hypothesis
+        entry["ip"] = str(host(draw, net4))  # favours the bounds)
+        entry["subnetmask"] = str(net4.netmask)
+        entry["gateway"] = str(first_host(net4))
+    if draw(st.integers(0, 2)) == 1:
+        entry["ipv6s"] = [str(host(draw, net6)) for _ in range(draw(st.integers(0, 2)))]
+        entry["gatewayIpv6"] = draw(
+            st.sampled_from(("fe80::4001:aff:fe84:1", str(first_host(net6))))
+        )
+        entry["forwardedIpv6s"] = gce_ranges(draw, net6, 6)
+    entry = present({key: spoil.json(value) for key, value in entry.items()})
+    if spoil.hit():
+        entry[draw(st.text(max_size=8))] = draw(json_junk)
+    if spoil.hit():
+        entry["ipAliases"] = many_lines(draw, 4).split("\n")
+    return entry
+
+
+@st.composite
+def gce_documents(draw: Draw) -> GceDoc:
+    count = draw(st.sampled_from((1, 2, 3, 1, 2, 8, 0)))
+    found = draw(st.lists(macs, min_size=count, max_size=count, unique=True))
+    spoil = Spoiler(draw, count * 13 + 2)
+    nics: list[Any] = [gce_nic(draw, spoil, mac) for mac in found]
+    if len(nics) > 1 and spoil.hit():  # the same NIC twice
+        nics.append(nics[0])
+    if nics and spoil.hit():
+        nics[draw(st.integers(0, len(nics) - 1))] = draw(json_junk)
+    # Mid values: hypothesis favours the bounds.
+    if nics and draw(st.integers(0, 49)) == 23:  # more NICs than any machine type has
+        nics = nics * (40 // len(nics) + 1)
+    asked = draw(st.sampled_from(found)) if found and draw(st.integers(0, 7)) else draw(macs)
+    text = dumps(draw, nics)
+    if draw(st.integers(0, 9)) == 7:
+        text = draw(garbage_documents(text))
+    return GceDoc(draw(mac_spellings(asked)), text)
+
+
 #: cloud -> its document strategy.
 DOCUMENTS: dict[str, st.SearchStrategy[Any]] = {
     "ec2": ec2_documents(),
@@ -970,6 +1048,7 @@ DOCUMENTS: dict[str, st.SearchStrategy[Any]] = {
     "cloudstack": cloudstack_documents(),
     "aliyun": aliyun_documents(),
     "azure": azure_documents(),
+    "gce": gce_documents(),
 }
 
 
@@ -1044,6 +1123,7 @@ def good_documents() -> dict[str, Any]:
     openstack = (FIXTURES / "openstack" / "static_dual_stack.json").read_text()
     ali = json.loads((FIXTURES / "aliyun" / "secondary_dual_stack.json").read_text())
     azure = json.loads((FIXTURES / "azure" / "ipv6_subnet_secondaries.json").read_text())
+    gce = json.loads((FIXTURES / "gce" / "forwarding.json").read_text())
     vr = json.loads((FIXTURES / "cloudstack" / "metadata" / "complete.json").read_text())
     router = IPv4Address("10.1.1.1")
     return {
@@ -1061,6 +1141,7 @@ def good_documents() -> dict[str, Any]:
         ),
         "aliyun": AliyunDoc(ali["mac"], ali["listing"], dict(ali["answers"]), ali["primary_mac"]),
         "azure": AzureDoc(azure["secondary"], json.dumps(azure["document"]), azure["primary"], 1),
+        "gce": GceDoc(gce["secondary"], json.dumps(gce["document"])),
     }
 
 
@@ -1088,7 +1169,7 @@ def spoilt_documents(draw: Draw, cloud: str) -> Any:
     """CLOUD's good document (``GOOD``) with one hostile change: one value mutated or of
     another type, or (JSON) the whole text broken. Most are rejected, not all."""
     good = GOOD[cloud]
-    if cloud in ("oci", "openstack", "azure"):
+    if cloud in ("oci", "openstack", "azure", "gce"):
         if draw(st.integers(0, 3)) == 0:
             text = str(draw(garbage_documents(good.text)))
         else:
