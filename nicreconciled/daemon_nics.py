@@ -143,7 +143,9 @@ class NicTracking:
         present: dict[str, sysfs.Link] = {}
         for link in sysfs.list_links(self.sys_root):
             if self.eligible(link):
-                present[link.mac] = link
+                held = present.get(link.mac)
+                if held is None or self._prefer(link, held):
+                    present[link.mac] = link
         self._names = {link.name: mac for mac, link in present.items()}
         for mac, link in present.items():
             if not self._owned(link):
@@ -238,6 +240,11 @@ class NicTracking:
         link = sysfs.read_link(event.ifname, self.sys_root)
         if link is None or not self.eligible(link):
             return
+        if self._held_by_another(link):
+            # A second device with a NIC's MAC (a VF before its synthetic NIC enslaves it):
+            # the NIC stays on its link, and this device's udev verdict is not the NIC's.
+            log.info("nic_duplicate_mac", mac=link.mac, ifname=link.name)
+            return
         self._names[link.name] = link.mac
         # A udev event carries the properties its rules set (the kernel's: none we read).
         if not self._owned(link, dict(event.properties)):
@@ -251,6 +258,22 @@ class NicTracking:
         elif link.mac not in self.reconcilers:
             # "change": udev's rules may just have stopped giving the NIC to someone else.
             self._ensure(link.mac, link.name, link.ifindex).kick(new_episode=True)
+
+    def _prefer(self, link: sysfs.Link, held: sysfs.Link) -> bool:
+        """Of two eligible links with one MAC, whether LINK rather than HELD stands for the
+        NIC: the one its reconciler follows, else the older (lower ifindex)."""
+        rec = self.reconcilers.get(link.mac)
+        if rec is not None and rec.ifindex in (link.ifindex, held.ifindex):
+            return rec.ifindex == link.ifindex
+        return link.ifindex < held.ifindex
+
+    def _held_by_another(self, link: sysfs.Link) -> bool:
+        """LINK's MAC is tracked on another link that is still there."""
+        rec = self.reconcilers.get(link.mac)
+        if rec is None or rec.ifname is None or rec.ifname == link.name:
+            return False
+        other = sysfs.read_link(rec.ifname, self.sys_root)
+        return other is not None and other.mac == link.mac and other.ifindex != link.ifindex
 
     def _events_lost(self) -> None:
         if self._ctx is None:

@@ -1,4 +1,5 @@
-"""Which NICs are ours: eligible links (Ethernet, not ignored, virtual only if asked), and
+"""Which NICs are ours: eligible links (Ethernet, no master's port, not ignored, virtual only
+if asked), and
 among them those neither excluded by the operator nor given to another manager by udev.
 
 Shared by the daemon and ``render``; reads only sysfs and the udev database (under the
@@ -38,7 +39,8 @@ class Ownership:
         self._ours = our_managers(config)
 
     def eligible(self, link: sysfs.Link) -> bool:
-        if not link.ethernet:
+        if not link.ethernet or link.enslaved:
+            # A port of another device is configured through its master, never by itself.
             return False
         if link.virtual and not self.config.interfaces.virtual:
             return False

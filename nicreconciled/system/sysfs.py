@@ -19,6 +19,9 @@ class Link:
     #: Under /sys/devices/virtual: veth, bridge, bond, ... (never a cloud NIC).
     virtual: bool
     ethernet: bool
+    #: Has a master (``/sys/class/net/X/master``): a bond's or bridge's port, or a VF that
+    #: its synthetic NIC took over (Azure accelerated networking: same MAC as that NIC).
+    enslaved: bool = False
 
 
 def _read(path: Path) -> str | None:
@@ -47,7 +50,8 @@ def read_link(name: str, root: Path = Path("/sys")) -> Link | None:
         return None
     real = os.path.realpath(base)
     virtual = "/devices/virtual/" in real
-    return Link(name, mac, index, virtual, kind == str(ARPHRD_ETHER))
+    enslaved = os.path.lexists(base / "master")
+    return Link(name, mac, index, virtual, kind == str(ARPHRD_ETHER), enslaved)
 
 
 def list_links(root: Path = Path("/sys")) -> list[Link]:

@@ -62,10 +62,14 @@ class Host:
         self.ifindex: dict[str, int] = {}
         (self.sys / "class" / "net").mkdir(parents=True)
 
-    def plug(self, name: str, mac: str, udev: dict[str, str] | None = None) -> int:
+    def plug(
+        self, name: str, mac: str, udev: dict[str, str] | None = None, *, master: str = ""
+    ) -> int:
         index = self.ifindex[name] = 10 + len(self.ifindex)
         dev = self.sys / "devices" / "pci0000:00" / f"0000:00:{index:02x}.0" / "net" / name
         dev.mkdir(parents=True)
+        if master:
+            (dev / "master").symlink_to(f"../../../{master}")
         (dev / "address").write_text(mac + "\n")
         (dev / "ifindex").write_text(f"{index}\n")
         (dev / "type").write_text("1\n")
@@ -447,3 +451,57 @@ class TestRender:
             "# 0a:00:00:00:00:09: not managed (excluded: exclude_macs)",
         ]
         assert ctx.source.fetched == ["0a:00:00:00:00:02"]  # type: ignore[attr-defined]
+
+
+class TestOneLinkPerMac:
+    """Azure accelerated networking: a VF with its synthetic NIC's MAC hot-plugs, and the
+    synthetic NIC enslaves it. The NIC stays on its own link throughout."""
+
+    MAC = "0a:00:00:00:00:01"
+
+    async def test_an_enslaved_port_is_never_the_nic(
+        self, host: Host, make_daemon: MakeDaemon
+    ) -> None:
+        host.plug("eth1", self.MAC, {})
+        host.plug("vf0", self.MAC, {"ID_NET_MANAGED_BY": "unmanaged"}, master="eth1")
+        daemon = make_daemon()
+        daemon.scan()
+        assert daemon.reconcilers[self.MAC].ifindex == host.ifindex["eth1"]
+        assert daemon.ignored == {}
+        daemon.on_event(event("add", "vf0", host, ID_NET_MANAGED_BY="unmanaged"))
+        assert daemon.reconcilers[self.MAC].ifname == "eth1"
+
+    async def test_a_vf_not_yet_enslaved_neither_takes_the_nic_nor_gives_it_away(
+        self, host: Host, make_daemon: MakeDaemon
+    ) -> None:
+        host.plug("eth1", self.MAC, {})
+        daemon = make_daemon()
+        daemon.scan()
+        await until(lambda: host.file_of(self.MAC).exists())
+        task = daemon.tasks[self.MAC]
+        host.plug("vf0", self.MAC, {"ID_NET_MANAGED_BY": "unmanaged"})
+        with capture_logs() as logs:
+            daemon.on_event(event("add", "vf0", host, ID_NET_MANAGED_BY="unmanaged"))
+        assert [e["event"] for e in logs][-1] == "nic_duplicate_mac"
+        rec = daemon.reconcilers[self.MAC]
+        assert (rec.ifname, rec.ifindex) == ("eth1", host.ifindex["eth1"])
+        assert daemon.ignored == {}
+        assert not task.done()
+        # The scan keeps the NIC on the link its reconciler follows (vf0 sorts after eth1:
+        # the last name used to win).
+        daemon.scan()
+        assert daemon.reconcilers[self.MAC].ifname == "eth1"
+        # The VF goes: the NIC is not detached.
+        host.unplug("vf0")
+        daemon.on_event(NicEvent("remove", "vf0", None))
+        assert daemon.reconcilers[self.MAC].present
+        assert daemon.reconcilers[self.MAC].ifname == "eth1"
+
+    async def test_at_start_the_older_link_stands_for_the_nic(
+        self, host: Host, make_daemon: MakeDaemon
+    ) -> None:
+        host.plug("eth1", self.MAC, {})
+        host.plug("eth9", self.MAC, {})  # same MAC, a later ifindex, a name sorting last
+        daemon = make_daemon()
+        daemon.scan()
+        assert daemon.reconcilers[self.MAC].ifindex == host.ifindex["eth1"]
