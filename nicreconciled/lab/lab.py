@@ -156,6 +156,13 @@ class Lab(LabBase):
     def nic_by_port(self, port: str) -> Nic | None:
         return next((n for n in self.nics.values() if n.port == port), None)
 
+    def route_to_nic(self, destination: str, nic: Nic) -> None:
+        """Route DESTINATION (an address or a network) in the router to NIC's address, as a
+        cloud's network does for a range it delivers to a NIC without assigning it (GCE alias
+        IP ranges, forwarded IPs); the router's strict rp_filter then takes replies from it
+        only through NIC's port."""
+        kernel.ip(self.router, "route", "replace", destination, "via", nic.ipv4, "dev", nic.port)
+
     def dhcp_acks(self, nic: Nic) -> int:
         """DHCPv4 ACKs dnsmasq sent to NIC (a second one means its DHCP client restarted)."""
         log = self.workdir / f"dnsmasq-{nic.port}.log"

@@ -176,9 +176,18 @@ class GceSim(FaultyServer):
         self._vlans: dict[str, Any] = {}
         self._changed: asyncio.Event | None = None
         self._closing = False
-        #: Long polls being held now.
+        #: Long polls being held now; answered so far, and of those with a new ETag.
         self.holding = 0
+        self.long_polls = 0
+        self.long_polls_changed = 0
         super().__init__(clock=clock, slow_seconds=slow_seconds)
+
+    def stats(self, include_log: bool = True) -> dict[str, Any]:
+        return {
+            **super().stats(include_log),
+            "long_polls": self.long_polls,
+            "long_polls_changed": self.long_polls_changed,
+        }
 
     # --- state --------------------------------------------------------------------------
 
@@ -202,6 +211,7 @@ class GceSim(FaultyServer):
         index = spec.index if spec.index is not None else max(taken, default=-1) + 1
         if index in taken:
             raise ValueError(f"index {index} is taken")
+        spec = spec.model_copy(update={"index": index})
         nic = _Nic(spec, index)
         self._schedule(nic, spec.schedule)
         self._nics = sorted([*self._nics, nic], key=lambda n: n.index)
@@ -432,6 +442,8 @@ class GceSim(FaultyServer):
             await self._hold(path, recursive, reference, hold)
             if self.active_fault() not in _ABORTING:
                 status, body, kind = self._content(path, recursive)
+                self.long_polls += 1
+                self.long_polls_changed += status == 200 and etag_of(body) != reference
                 break
         headers = {**_HEADERS, "ETag": etag_of(body)} if status == 200 else _HEADERS
         if self.active_fault() == "slow" and status == 200:
