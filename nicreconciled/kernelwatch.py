@@ -7,7 +7,9 @@ reason to compare the kernel with the promise, which is how our own applies and 
 managers' DHCP/RA churn end up as "still holds" instead of drift.
 
 A notification concerns a NIC when it names the NIC's link (address, link, route by its
-output interface) or one of the NIC's tables (rule, route). On a busy host (a container
+output interface) or one of the NIC's tables (rule, route); not table local, which every
+link shares and the kernel changes with every address anywhere: a NIC's local routes
+concern it by their output interface. On a busy host (a container
 runtime changing 1,000 routes a second) nearly every notification concerns no NIC of ours:
 ``rtnl.parse_event`` reads only the header fields and the table, and the daemon drops them
 with two dictionary look-ups.

@@ -72,10 +72,12 @@ Why the output looks the way it does:
   ``proto static``. With ``backend="NetworkManager"`` netplan refuses every route that is not
   unicast ("NetworkManager only supports unicast routes", 0.106 up to 1.1 and upstream in
   2026), failing the whole ``generate``; so they go through netplan's keyfile passthrough
-  (``networkmanager: passthrough:``, netplan >= 0.101) as ``ipvN.routeK`` keys, K counting on
-  from the ``routeK`` netplan writes for the same family (it numbers a family's routes 1, 2,
-  ... in the order of ``routes``), with the networkmanager renderer's attributes; the kernel
-  then shows what that renderer gets (its module docstring).
+  (``networkmanager: passthrough:``) as ``ipvN.routeK`` keys, K counting on from the
+  ``routeK`` netplan writes for the same family (it numbers a family's routes 1, 2, ... in
+  the order of ``routes``), with the networkmanager renderer's attributes; the kernel then
+  shows what that renderer gets (its module docstring). The passthrough exists since netplan
+  0.102 (canonical/netplan #193); an older one refuses the key, and with it the whole
+  ``generate``, for a NIC with local routes: there, use the networkmanager renderer.
 
 * ``renderer:`` is set on our ethernet definition, not in the ``network:`` block. In the
   network block it is a global scalar, and netplan merges files in lexical order: our
