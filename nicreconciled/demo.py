@@ -283,7 +283,9 @@ class Demo:
     def run_listed(self, lab: Lab, cloud: str) -> bool:
         """A cloud whose simulator lists NICs (``lab_spec``): hot-plug, converge, kernel and
         wire, then an upstream change after SIGHUP: a new secondary IPv4, or a second IPv6
-        address where the cloud's metadata has no secondary IPv4 (``LAB_SECONDARIES = 0``)."""
+        address where the cloud's metadata has no secondary IPv4 (``LAB_SECONDARIES = 0``), or
+        a range routed to the NIC where the lab's IPv6 plan is not the cloud's either
+        (``LAB_IPV6 = False``; ``LAB_RANGES``, its plan key: GCE's alias IP ranges)."""
         sim_class = simulator_class(cloud)
         to_spec = sim_class.lab_spec
         lab.plug_primary(PRIMARY, "10.0.0.10")
@@ -294,12 +296,17 @@ class Demo:
         self.say(f"{cloud} metadata simulator on the instance's 127.0.0.1:8080")
         daemon = lab.start_daemon(cloud=cloud, polling={"deadline": 60})
         self.follow(daemon.log)
-        eni = Eni.plan(1, secondaries=getattr(sim_class, "LAB_SECONDARIES", 2))
+        eni = Eni.plan(
+            1,
+            secondaries=getattr(sim_class, "LAB_SECONDARIES", 2),
+            ipv6=getattr(sim_class, "LAB_IPV6", True),
+        )
+        ranges: list[str] = []
         sim.add_nic(to_spec(eni.plan_dict()))
         eni.nic = lab.plug(eni.mac, eni.ipv4s[0], 24, eni.subnet6)
         self.say(
             f"attach: NIC {eni.mac} hot-plugged as {eni.ifname} (IPv4 {', '.join(eni.ipv4s)},"
-            f" IPv6 {', '.join(eni.ipv6s)})"
+            f" IPv6 {', '.join(eni.ipv6s) or 'none'})"
         )
         plugged = time.monotonic()
 
@@ -309,7 +316,12 @@ class Demo:
             if not tables or not tables[0].isdigit():
                 return False
             eni.route_table = int(tables[0])
-            return not missing_state(lab, eni)
+            # A range routed to the NIC: its rule (not a stale one) and its local route.
+            rules = {f"{r.src}/{r.src_len}" for r in lab.rules(4, eni.table)}
+            local = {r.get("dst") for r in lab.routes(4, "local") if r.get("dev") == eni.ifname}
+            if any(r not in rules or r not in local for r in ranges):
+                return False
+            return not [m for m in missing_state(lab, eni) if not any(r in m for r in ranges)]
 
         if not self.wait(lab, daemon.log, complete, 30):
             return False
@@ -324,12 +336,22 @@ class Demo:
             added = f"{eni.ipv4s[0][:-2]}30"
             eni.ipv4s.append(added)
             what = f"secondary {added}"
-        else:
+        elif eni.ipv6s:
             added = f"{eni.ipv6s[0][:-2]}11"
             eni.ipv6s.append(added)
             what = f"a second IPv6 address {added} (the metadata has no secondary IPv4s)"
+        else:
+            # Neither (GCE): a range the cloud routes to the NIC (LAB_RANGES: its plan key),
+            # the router routing it there too; the instance must accept it and answer.
+            ranges.append(f"{eni.ipv4s[0].rsplit('.', 1)[0]}.128/28")
+            added = ranges[0].replace(".128/28", ".130")
+            lab.route_to_nic(ranges[0], eni.nic)
+            what = f"a range routed to the NIC, {ranges[0]} (no secondary IPv4s, no IPv6)"
         self.say(f"upstream change: {what} assigned in the metadata; SIGHUP")
-        sim.update_nic(eni.mac, to_spec(eni.plan_dict()))
+        plan = eni.plan_dict()
+        if ranges:
+            plan[sim_class.LAB_RANGES] = ranges
+        sim.update_nic(eni.mac, to_spec(plan))
         changed = time.monotonic()
         daemon.hup()
         change_ok = self.wait(lab, daemon.log, complete, 20)

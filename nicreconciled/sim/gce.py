@@ -167,6 +167,8 @@ class GceSim(FaultyServer):
     LAB_SECONDARIES = 0
     #: The lab's IPv6 plan (an on-link /64) is not GCE's (a /128 behind a link-local router).
     LAB_IPV6 = False
+    #: The plan key of ranges routed to a lab NIC (``lab_spec``: alias IP ranges).
+    LAB_RANGES = "ip_aliases"
 
     def __init__(
         self, *, clock: Callable[[], float] = time.monotonic, slow_seconds: float = 5.0
