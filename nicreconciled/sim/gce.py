@@ -24,20 +24,17 @@ late propagation can be scripted; ``PUT /raw`` serves any text in place of the N
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from ipaddress import ip_network
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
 
-from nicreconciled.model import Mac, normalize_mac
+from nicreconciled.model import normalize_mac
 from nicreconciled.sim import control
+from nicreconciled.sim.gce_doc import FIELD_KEYS, NicSpec, ScriptedNic, etag_of, listing, walk
 from nicreconciled.sim.server import FaultyServer
 
 MODES = ("none", "5xx", "hang", "reset", "slow", "oversize", "403")
@@ -50,110 +47,6 @@ FLAVOR = "Google"
 #: timeout_sec is capped here; without it a long poll holds this long at most.
 MAX_HOLD = 3600
 INSTANCE_ID = "4520031799277581759"
-
-#: NicSpec field -> the document's key.
-FIELD_KEYS = {
-    "ip": "ip",
-    "subnetmask": "subnetmask",
-    "gateway": "gateway",
-    "mtu": "mtu",
-    "ip_aliases": "ipAliases",
-    "forwarded_ips": "forwardedIps",
-    "forwarded_ipv6s": "forwardedIpv6s",
-    "target_instance_ips": "targetInstanceIps",
-    "ipv6s": "ipv6s",
-    "gateway_ipv6": "gatewayIpv6",
-    "network": "network",
-    "dns_servers": "dnsServers",
-}
-
-
-class NicSpec(BaseModel):
-    """One scripted NIC; values are served as given, None = key absent.
-
-    ``index``: its place in the array (nic<index>); the next free one when not given.
-    ``schedule`` maps a document key (``ipAliases``, ...) to ``[[t, value], ...]``: from ``t``
-    seconds after the NIC was added (or PATCHed) the key serves ``value`` (null: absent).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    mac: Mac
-    index: int | None = Field(default=None, ge=0, le=63)
-    ip: str | None = None
-    subnetmask: str | None = None
-    gateway: str | None = None
-    mtu: int | None = 1460
-    ip_aliases: list[str] | None = Field(default_factory=list)
-    forwarded_ips: list[str] | None = Field(default_factory=list)
-    forwarded_ipv6s: list[str] | None = None
-    target_instance_ips: list[str] | None = Field(default_factory=list)
-    ipv6s: list[str] | None = None
-    gateway_ipv6: str | None = None
-    network: str | None = "projects/123456789012/networks/default"
-    dns_servers: list[str] | None = Field(default_factory=lambda: ["169.254.169.254"])
-    #: None: no access config; "": one without an address (as on a NIC without one).
-    external_ip: str | None = None
-    schedule: dict[str, list[tuple[float, Any]]] = Field(default_factory=dict)
-
-    def base_values(self) -> dict[str, Any]:
-        configs = [] if self.external_ip is None else [{"externalIp": self.external_ip}]
-        values: dict[str, Any] = {
-            "mac": self.mac,
-            "accessConfigs": [c | {"type": "ONE_TO_ONE_NAT"} for c in configs],
-        }
-        for name, key in FIELD_KEYS.items():
-            value = getattr(self, name)
-            if value is not None:
-                values[key] = value
-        return values
-
-
-@dataclass
-class _Nic:
-    spec: NicSpec
-    index: int
-    #: key -> [(absolute clock time, value)], sorted by time.
-    schedule: dict[str, list[tuple[float, Any]]] = field(default_factory=dict)
-
-    def values(self, now: float) -> dict[str, Any]:
-        values = self.spec.base_values()
-        for key, entries in self.schedule.items():
-            for when, value in entries:
-                if when <= now:
-                    values[key] = value
-        return {k: v for k, v in values.items() if v is not None}
-
-
-def etag_of(body: str) -> str:
-    return hashlib.sha256(body.encode()).hexdigest()[:16]
-
-
-def _kebab(key: str) -> str:
-    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"-\1", key).lower()
-
-
-def _listing(value: dict[str, Any] | list[Any]) -> str:
-    items = value.items() if isinstance(value, dict) else enumerate(value)
-    names = [
-        f"{_kebab(str(k)) if isinstance(value, dict) else k}"
-        + ("/" if isinstance(v, dict | list) else "")
-        for k, v in items
-    ]
-    return "".join(f"{name}\n" for name in names)
-
-
-def _walk(value: Any, parts: list[str]) -> Any:
-    """The value at PARTS below VALUE (kebab-case names, list indexes); KeyError if none."""
-    for part in parts:
-        if isinstance(value, dict):
-            names = {_kebab(k): k for k in value}
-            value = value[names[part]]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
-        else:
-            raise KeyError(part)
-    return value
 
 
 class GceSim(FaultyServer):
@@ -173,7 +66,7 @@ class GceSim(FaultyServer):
     def __init__(
         self, *, clock: Callable[[], float] = time.monotonic, slow_seconds: float = 5.0
     ) -> None:
-        self._nics: list[_Nic] = []
+        self._nics: list[ScriptedNic] = []
         self._raw: dict[str, str] = {}
         self._vlans: dict[str, Any] = {}
         self._changed: asyncio.Event | None = None
@@ -196,7 +89,7 @@ class GceSim(FaultyServer):
     def nics(self) -> list[NicSpec]:
         return [nic.spec for nic in self._nics]
 
-    def _find(self, mac: str) -> _Nic:
+    def _find(self, mac: str) -> ScriptedNic:
         mac = normalize_mac(mac)
         for nic in self._nics:
             if nic.spec.mac == mac:
@@ -214,7 +107,7 @@ class GceSim(FaultyServer):
         if index in taken:
             raise ValueError(f"index {index} is taken")
         spec = spec.model_copy(update={"index": index})
-        nic = _Nic(spec, index)
+        nic = ScriptedNic(spec, index)
         self._schedule(nic, spec.schedule)
         self._nics = sorted([*self._nics, nic], key=lambda n: n.index)
         self._notify()
@@ -240,7 +133,7 @@ class GceSim(FaultyServer):
         self._notify()
         return spec
 
-    def _schedule(self, nic: _Nic, schedule: Mapping[str, list[tuple[float, Any]]]) -> None:
+    def _schedule(self, nic: ScriptedNic, schedule: Mapping[str, list[tuple[float, Any]]]) -> None:
         now = self.clock()
         for key, entries in schedule.items():
             nic.schedule[key] = sorted(((now + t, v) for t, v in entries), key=lambda e: e[0])
@@ -392,7 +285,7 @@ class GceSim(FaultyServer):
             return 200, self._raw[base], "application/json"
         tree: Any = self._document_value() if base == NICS_PATH else self._vlans
         try:
-            value = _walk(tree, rest)
+            value = walk(tree, rest)
         except KeyError:
             return 404, "Not Found", "text/html"
         if isinstance(value, dict | list):
@@ -402,7 +295,7 @@ class GceSim(FaultyServer):
                     json.dumps(value, sort_keys=True, separators=(",", ":")),
                     ("application/json"),
                 )
-            return 200, _listing(value), "application/text"
+            return 200, listing(value), "application/text"
         return 200, str(value), "application/text"
 
     @staticmethod
