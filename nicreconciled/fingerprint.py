@@ -8,15 +8,16 @@ import json
 from nicreconciled.model import NicState
 
 #: NicState fields that came after fingerprints were first stored.
-LATER_FIELDS = ("local_routes",)
+LATER_FIELDS = ("local_routes", "dhcp_routes")
 
 
 def canonical(state: NicState | None) -> str:
     if state is None:
         return "null"
-    # Fields added since the first release are left out while empty, so that a state which
-    # does not use them keeps the fingerprint it had (no re-render at an upgrade).
-    unused = {name for name in LATER_FIELDS if not getattr(state, name)}
+    # Fields added since the first release are left out while at their defaults, so that a
+    # state which does not use them keeps the fingerprint it had (no re-render at an upgrade).
+    fields = NicState.model_fields
+    unused = {name for name in LATER_FIELDS if getattr(state, name) == fields[name].default}
     data = state.model_dump(mode="json", exclude=unused)
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 

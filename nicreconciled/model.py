@@ -114,6 +114,18 @@ class NicState(BaseModel):
     local_routes: tuple[IPv4Network | IPv6Network, ...] = Field(
         default=(), max_length=MAX_ADDRESSES
     )
+    #: Whether a non-primary NIC installs the routes its DHCP lease names (in main, with
+    #: route_metric). False where a lease's routes must not steer the instance's own traffic
+    #: (Azure: a secondary NIC's 168.63.129.16/32 or 169.254.169.254/32 would beat the
+    #: primary's default route). The primary NIC's lease is always used whole.
+    dhcp_routes: bool = True
+
+    @model_validator(mode="after")
+    def _no_default_local_route(self) -> NicState:
+        for network in self.local_routes:
+            if network.prefixlen == 0:
+                raise ValueError(f"local_routes: {network} would make every address local")
+        return self
 
     @property
     def key(self) -> str:

@@ -25,9 +25,9 @@ class Nic:
     #: The IPv6 subnet, e.g. "2001:db8:11::/64" (None: IPv4 only).
     subnet6: str | None = None
     primary: bool = False
-    #: More options of the port's DHCPv4 server, as dnsmasq's ``--dhcp-option`` takes them
-    #: (e.g. ``"121,168.63.129.16/32,10.0.11.1"``: classless static routes, as Azure's DHCP
-    #: gives its primary NIC).
+    #: More options of the port's DHCPv4 server, as dnsmasq's ``--dhcp-option-force`` takes
+    #: them (e.g. ``"121,168.63.129.16/32,10.0.11.1"``: classless static routes, as Azure's
+    #: DHCP gives its primary NIC): sent whether or not the client asked for them.
     dhcp_options: tuple[str, ...] = ()
 
     @property
@@ -92,7 +92,7 @@ class Nic:
             f"--dhcp-range={pool_start},{pool_end},{net.netmask},1h",
             f"--dhcp-host={self.mac},{self.ipv4}",
             f"--dhcp-option=option:router,{self.gateway4}",
-            *(f"--dhcp-option={option}" for option in self.dhcp_options),
+            *(f"--dhcp-option-force={option}" for option in self.dhcp_options),
         ]
         if self.subnet6 is not None:
             argv += [

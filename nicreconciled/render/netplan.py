@@ -182,7 +182,13 @@ class NetplanRenderer:
         ipv6 = unique(state.ipv6_addresses)
         policy = not state.primary
         dhcp4 = not state.ipv6_only
-        metric = {"route-metric": state.route_metric}
+        metric: dict[str, Any] = {"route-metric": state.route_metric}
+        # A lease's routes left out (dhcp_routes): networkd's one [DHCP] section takes it for
+        # DHCPv4 only, so both overrides carry it; on NetworkManager it would also drop the
+        # IPv6 router's routes (ipv6.ignore-auto-routes), so only dhcp4 does.
+        no_routes = {"use-routes": False} if not state.dhcp_routes else {}
+        if self.backend == "networkd":
+            metric.update(no_routes)
 
         eth: dict[str, Any] = {
             "match": {"macaddress": state.mac},
@@ -192,7 +198,7 @@ class NetplanRenderer:
         if state.mtu is not None:
             eth["mtu"] = state.mtu
         if policy and dhcp4:
-            eth["dhcp4-overrides"] = dict(metric)
+            eth["dhcp4-overrides"] = {**metric, **no_routes}
         if ipv6:
             eth["dhcp6"] = True
             if policy:

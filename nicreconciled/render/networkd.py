@@ -144,6 +144,8 @@ def network(state: NicState) -> list[Section]:
     metric = str(state.route_metric)
     if not state.ipv6_only:
         dhcp4 = [("RouteMetric", metric)] if policy else []
+        if policy and not state.dhcp_routes:
+            dhcp4.append(("UseRoutes", "no"))  # UseGateway= follows it
         # A metadata MTU is the link's ([Link] MTUBytes); networkd refuses both at once.
         use_mtu = [("UseMTU", "yes")] if state.mtu is None else []
         if dhcp4 or use_mtu:

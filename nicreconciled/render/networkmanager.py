@@ -211,6 +211,8 @@ def _ipv4(state: NicState) -> Section:
     if state.primary:
         return entries + _routes(_static(state, 4) + _local(state, 4))
     entries += [("never-default", "true"), ("route-metric", str(state.route_metric))]
+    if not state.dhcp_routes:
+        entries.append(("ignore-auto-routes", "true"))
     routes: list[tuple[str, int]] = []
     if state.ipv4_subnet is not None:
         routes.append((str(state.ipv4_subnet), state.route_table))

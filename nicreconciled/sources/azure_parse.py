@@ -281,6 +281,9 @@ def build_observation(
         ipv4_gateway=subnet.network_address + 1,
         ipv6_addresses=interface.ipv6s,
         ipv6_subnets=interface.subnets6 if interface.ipv6s else (),
+        # Never the wireserver or IMDS through a secondary NIC (cloud-init #3344): should its
+        # lease name /32 routes to them, they would beat the primary's default route.
+        dhcp_routes=mac == primary_mac,
     )
     return Observation(mac=mac, state=state, flags=(), probe=probe)
 

@@ -45,3 +45,18 @@ class TestFingerprint:
         assert text.startswith('{"cloud":"ec2","device_number":1,')
         assert " " not in text
         assert len(fingerprint(state())) == 16
+
+
+class TestLaterFields:
+    """Fields added after fingerprints were first stored leave old states' fingerprints as
+    they were (no re-render of every NIC at an upgrade), and count once used."""
+
+    def test_at_their_defaults_they_are_not_in_the_canonical_form(self) -> None:
+        text = canonical(state())
+        assert "local_routes" not in text
+        assert "dhcp_routes" not in text
+
+    def test_used_they_change_the_fingerprint(self) -> None:
+        base = fingerprint(state())
+        assert fingerprint(state(local_routes=(IPv4Network("10.128.1.0/24"),))) != base
+        assert fingerprint(state(dhcp_routes=False)) != base

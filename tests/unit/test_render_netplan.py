@@ -665,3 +665,23 @@ class TestLocalRoutes:
     def test_every_golden_file_has_a_case(self) -> None:
         folder = local_golden("netplan", "x", "").parent
         assert {p.stem for p in folder.glob("*.yaml")} == set(LOCAL_GOLDEN)
+
+
+class TestLeaseRoutes:
+    """dhcp_routes=False (Azure's secondary NICs): the lease's routes stay out of main."""
+
+    def test_a_secondary_nic_ignores_its_lease_routes_on_networkd_both_overrides_alike(
+        self,
+    ) -> None:
+        eth = render(dual_stack(dhcp_routes=False))
+        assert eth["dhcp4-overrides"]["use-routes"] is False
+        assert eth["dhcp6-overrides"] == eth["dhcp4-overrides"]
+
+    def test_on_networkmanager_only_dhcp4_so_the_routers_routes_stay(self) -> None:
+        eth = render(dual_stack(dhcp_routes=False), NetplanRenderer(backend="NetworkManager"))
+        assert eth["dhcp4-overrides"]["use-routes"] is False
+        assert "use-routes" not in eth["dhcp6-overrides"]
+
+    def test_the_default_and_the_primary_keep_the_lease_whole(self) -> None:
+        assert "use-routes" not in render(dual_stack())["dhcp4-overrides"]
+        assert "dhcp4-overrides" not in render(dual_stack(primary=True, dhcp_routes=False))

@@ -546,3 +546,12 @@ class TestLocalRoutes:
     def test_every_golden_file_has_a_case(self) -> None:
         folder = local_golden("networkd", "x", "").parent
         assert {p.stem for p in folder.glob("*.network")} == set(LOCAL_CASES)
+
+
+class TestLeaseRoutes:
+    def test_a_secondary_nic_with_dhcp_routes_off_uses_none_of_its_lease_routes(self) -> None:
+        assert flat(section(nic(dhcp_routes=False), "DHCPv4"))["UseRoutes"] == "no"
+        assert "UseRoutes" not in flat(section(nic(), "DHCPv4"))
+
+    def test_the_primary_keeps_its_lease_whole(self) -> None:
+        assert all("UseRoutes" not in s for s in every(primary(dhcp_routes=False), "DHCPv4"))

@@ -586,3 +586,14 @@ class TestLocalRoutes:
     def test_every_golden_file_has_a_case(self) -> None:
         folder = local_golden("networkmanager", "x", "").parent
         assert {p.stem for p in folder.glob("*.nmconnection")} == set(LOCAL_CASES)
+
+
+class TestLeaseRoutes:
+    def test_a_secondary_nic_with_dhcp_routes_off_ignores_its_ipv4_lease_routes(self) -> None:
+        keyfile = render(dual_stack(dhcp_routes=False))
+        assert keyfile["ipv4"]["ignore-auto-routes"] == "true"
+        assert "ignore-auto-routes" not in keyfile["ipv6"]  # the router's routes stay
+        assert "ignore-auto-routes" not in render(dual_stack())["ipv4"]
+
+    def test_the_primary_keeps_its_lease_whole(self) -> None:
+        assert "ignore-auto-routes" not in render(primary(dhcp_routes=False))["ipv4"]
