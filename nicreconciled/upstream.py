@@ -74,10 +74,15 @@ class ChangeWatch:
         while True:
             try:
                 changed = await self._source.wait_for_change(self.wait)
-            except (FetchError, MetadataError) as exc:
+            except Exception as exc:
+                # FetchError and MetadataError are the service's; anything else is ours, and
+                # must not end the watch while the periodic re-checks stay stretched.
                 self.healthy = False
                 if not failing:
-                    log.warning("long_poll_failed", error=str(exc), retry_in=round(delay, 1))
+                    expected = isinstance(exc, (FetchError, MetadataError))
+                    (log.warning if expected else log.exception)(
+                        "long_poll_failed", error=str(exc), retry_in=round(delay, 1)
+                    )
                 failing = True
                 await asyncio.sleep(delay * self._rng.uniform(0.8, 1.2))
                 delay = min(delay * 2, self._interval)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
+from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from nicreconciled.errors import FetchError
 from nicreconciled.upstream import ChangeWatch, long_polls
@@ -36,6 +38,12 @@ class ScriptedService:
 
 
 async def run_until_drained(watch: ChangeWatch, service: ScriptedService) -> None:
+    # capture_logs: whatever another test configured logging to write to is not used here.
+    with capture_logs():
+        await _run_until_drained(watch, service)
+
+
+async def _run_until_drained(watch: ChangeWatch, service: ScriptedService) -> None:
     task = asyncio.create_task(watch.run())
     try:
         await asyncio.wait_for(service.drained.wait(), 30)
@@ -71,7 +79,7 @@ class TestChangeWatch:
         async def no_sleep(delay: float) -> None:
             sleeps.append(delay)
 
-        service = ScriptedService(False, FetchError("HTTP 503"), FetchError("timeout"), False)
+        service = ScriptedService(False, FetchError("HTTP 503"), RuntimeError("a bug"), False)
         kicks: list[int] = []
         healthy_during: list[bool] = []
         watch = ChangeWatch(
@@ -101,3 +109,23 @@ def test_only_sources_that_say_so_long_poll() -> None:
     assert long_polls(ScriptedService())
     assert not long_polls(Plain())
     assert not long_polls(object())
+
+
+class TestStretch:
+    """While the long poll answers, changes arrive through it: a NIC's idle re-check waits
+    STRETCH resync intervals; once it fails, one interval again."""
+
+    def test_the_idle_recheck_stretches_only_while_the_long_poll_answers(
+        self, tmp_path: Path
+    ) -> None:
+        from nicreconciled.upstream import STRETCH
+        from tests.unit.test_reconciler import ScriptedSource, make
+
+        rec = make(tmp_path, ScriptedSource(None))
+        rec.ctx.resync_interval = 10.0
+        healthy = [True]
+        rec.ctx.long_poll_healthy = lambda: healthy[0]
+        stretched = rec._resync_delay()
+        assert 0.8 * 10 * STRETCH <= stretched <= 1.2 * 10 * STRETCH
+        healthy[0] = False
+        assert 8.0 <= rec._resync_delay() <= 12.0
