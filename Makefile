@@ -1,4 +1,4 @@
-# The two entry points: `make demo` (the embedded demos: EC2, OCI, OpenStack, CloudStack)
+# The two entry points: `make demo` (the embedded demos: EC2, OCI, OpenStack, CloudStack, GCE)
 # and `make test` (ruff, mypy, pytest).
 # Both set everything up on a fresh Debian machine (root: apt-get, network namespaces).
 .PHONY: demo test lint bench setup soak-check
@@ -11,6 +11,7 @@ demo: setup
 	.venv/bin/nicreconciled demo --cloud oci
 	.venv/bin/nicreconciled demo --cloud openstack
 	.venv/bin/nicreconciled demo --cloud cloudstack
+	.venv/bin/nicreconciled demo --cloud gce
 
 lint: setup
 	.venv/bin/ruff check .
