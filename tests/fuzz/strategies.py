@@ -1063,6 +1063,11 @@ def static_routes(draw: Draw, version: int) -> StaticRoute:
     return StaticRoute(to=to, via=any_address(draw, version))
 
 
+def _not_default(network: IPv4Network | IPv6Network) -> bool:
+    """NicState refuses a /0 local route (every address would be local)."""
+    return network.prefixlen > 0
+
+
 @st.composite
 def nic_states(draw: Draw) -> NicState:
     """Any NicState the model accepts: every field over its whole range, addresses inside
@@ -1098,7 +1103,9 @@ def nic_states(draw: Draw) -> NicState:
         "routes": tuple(routes),
         "ipv4_prefixes": tuple(inner_networks(draw, net4, 0, 2, 28)),
         "ipv6_prefixes": tuple(inner_networks(draw, nets6[0], 0, 2, 80)) if nets6 else (),
-        "local_routes": tuple(draw(st.lists(subnets4() | subnets6(), max_size=3))),
+        "local_routes": tuple(
+            draw(st.lists((subnets4() | subnets6()).filter(_not_default), max_size=3))
+        ),
     }
     return NicState(**fields)
 
