@@ -6,7 +6,7 @@ merges same-named definitions and renders both of two definitions that match one
 and a hotplug hook re-renders the NIC behind our back on every attach. The result changes
 from boot to boot. ``find_conflicts`` names each such configuration in one line, prefixed
 by the tool (``networkmanager:``, ``netplan:``, ``amazon-ec2-net-utils:``,
-``systemd-networkd:``, ``cloud-init:``);
+``google-guest-agent:``, ``systemd-networkd:``, ``cloud-init:``);
 ``advice`` turns a line into what to disable and why. Scanning is read-only and never
 raises: an unreadable or malformed file is skipped (a file its own tool cannot parse does
 not configure anything either).
@@ -31,13 +31,24 @@ What to disable, per tool (README-ready):
   ``policy-routes@.service`` and ``refresh-policy-routes@.timer`` or remove the package.
   The udev rule is reported too (while the unit is not masked): it catches the tool before
   its first file is written, which races with ours on a hot-plug.
+* google-guest-agent (GCE; its files, all named after the interface: the netplan entry in
+  /run/netplan/20-google-guest-agent-ethernet.yaml and its networkd drop-in
+  ``10-netplan-<id>.network.d/override.conf``, ``google-guest-agent-IF.nmconnection``,
+  ``20-IF-google-guest-agent.network`` and the older ``1-IF-``; before its first file, its
+  enabled unit while ``[NetworkInterfaces] setup`` is true): it configures the NIC by name,
+  DHCP only, rewrites its files on every pass and runs ``nmcli conn up`` on its profile. On
+  a netplan host its entry becomes ``10-netplan-IF.network``, which sorts before netplan's
+  file for ours (``10-netplan-nicr-KEY.network``), so networkd applies the agent's and our
+  policy routing never lands. Set ``setup = false`` and ``ip_forwarding = false`` under
+  ``[NetworkInterfaces]`` in /etc/default/instance_configs.cfg, restart the agent, then
+  delete the files it left (details: conflicts_gce.py, docs/clouds/gce.md).
 * systemd-networkd ``.network`` files of other origin (/etc, /run, /usr/lib, /lib
   systemd/network) that match the NIC by MAC (``MACAddress=``, ``PermanentMACAddress=``) or
   by its exact name, or that match every NIC by a name glob and sort before our files:
   networkd applies only the first matching file (lexical order of the names) and ignores
   the others. Remove that file or narrow its ``[Match]``. netplan's generated
-  ``10-netplan-*`` files are reported through their YAML (above), amazon-ec2-net-utils'
-  through that tool.
+  ``10-netplan-*`` files are reported through their YAML (above), amazon-ec2-net-utils' and
+  google-guest-agent's through those tools.
 * cloud-init hotplug (/etc/udev/rules.d/90-cloud-init-hook-hotplug.rules, installed when
   user data enables ``updates: network: when: [hotplug]``): on every attach it re-renders
   the NIC from what the metadata says at that moment (on EC2 since 25.1, for 30 s more) and
@@ -58,15 +69,10 @@ from typing import Any, Final
 
 import yaml
 
-from nicreconciled import conflicts_networkd
-from nicreconciled.conflicts_files import exists, files, keyfile_mac, read_text
+from nicreconciled import conflicts_gce, conflicts_networkd
+from nicreconciled.conflicts_files import NM_DIRS, exists, files, keyfile_mac, read_text
 from nicreconciled.model import normalize_mac
 
-NM_DIRS: Final = (
-    "etc/NetworkManager/system-connections",
-    "run/NetworkManager/system-connections",
-    "usr/lib/NetworkManager/system-connections",
-)
 NETPLAN_DIRS: Final = ("etc/netplan", "run/netplan", "lib/netplan")
 CLOUD_INIT_HOTPLUG_RULE: Final = "etc/udev/rules.d/90-cloud-init-hook-hotplug.rules"
 
@@ -90,6 +96,17 @@ ADVICE: Final = {
         "Mask policy-routes@.service and refresh-policy-routes@.timer (or remove "
         "amazon-ec2-net-utils): it writes the same policy tables and rules every minute."
     ),
+    "google-guest-agent": (
+        "Set setup = false and ip_forwarding = false under [NetworkInterfaces] in "
+        "/etc/default/instance_configs.cfg (and not back to true in its .distro or .template), "
+        "run systemctl try-restart google-guest-agent-manager google-guest-agent, then delete "
+        "the files of it listed here (those under /run also go at reboot). Deleting them alone "
+        "does not last: it rewrites them on its next pass. Left on, it configures the NIC by "
+        "name, DHCP only: on a netplan host netplan generate turns its entry into "
+        "/run/systemd/network/10-netplan-IF.network, which sorts before 10-netplan-nicr-*.network "
+        "(ours), so networkd applies the agent's and our policy routing never lands; on "
+        "NetworkManager its nmcli conn up of google-guest-agent-IF replaces our profile."
+    ),
     "systemd-networkd": (
         "Remove that .network file or narrow its [Match] so it no longer matches this NIC: "
         "networkd applies only the first matching file (by name) and ignores the others."
@@ -109,6 +126,7 @@ def find_conflicts(mac: str, ifname: str | None, root: Path = Path("/")) -> list
     found += _netplan(root, mac, ifname)
     ec2_net_utils = list(conflicts_networkd.ec2_net_utils(root, mac, ifname))
     found += ec2_net_utils
+    found += conflicts_gce.google_guest_agent(root, mac, ifname)
     found += conflicts_networkd.networkd(root, mac, ifname)
     if exists(root / CLOUD_INIT_HOTPLUG_RULE):
         found.append(
@@ -131,6 +149,8 @@ def _networkmanager(root: Path, mac: str, ifname: str | None) -> Iterator[str]:
     for rel in NM_DIRS:
         for path in files(root / rel, suffix=None):
             if path.name.startswith((OURS_NM, NETPLAN_GENERATED_NM)):
+                continue
+            if conflicts_gce.is_agent_keyfile(path.name):
                 continue
             parser = _read_ini(path)
             if parser is None or _nm_default_wired(parser):
@@ -185,7 +205,7 @@ def _read_ini(path: Path) -> configparser.RawConfigParser | None:
 def _netplan(root: Path, mac: str, ifname: str | None) -> Iterator[str]:
     for rel in NETPLAN_DIRS:
         for path in files(root / rel, suffix=".yaml"):
-            if path.name.startswith(OURS_NETPLAN):
+            if path.name.startswith(OURS_NETPLAN) or conflicts_gce.is_agent_netplan(rel, path.name):
                 continue
             text = read_text(path)
             if text is None:

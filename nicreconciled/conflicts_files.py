@@ -12,6 +12,13 @@ from typing import Final
 
 from nicreconciled.model import normalize_mac
 
+#: NetworkManager's keyfile directories (conflicts.py, conflicts_gce.py).
+NM_DIRS: Final = (
+    "etc/NetworkManager/system-connections",
+    "run/NetworkManager/system-connections",
+    "usr/lib/NetworkManager/system-connections",
+)
+
 #: Files larger than this are not configuration we could be competing with; skip them.
 MAX_FILE_BYTES: Final = 1 << 20
 
@@ -69,3 +76,13 @@ def exists(path: Path) -> bool:
     # lexists: amazon-ec2-net-utils' 70-IFACE.network is a symlink into /usr/lib, which may
     # not resolve under a test root (or at all, after a package removal).
     return os.path.lexists(path)
+
+
+def masked(path: Path) -> bool:
+    """A systemd-style mask: a link to /dev/null, or an empty file, in an override dir."""
+    try:
+        if path.is_symlink():
+            return os.readlink(path) == os.devnull
+        return path.is_file() and path.stat().st_size == 0
+    except OSError:
+        return False

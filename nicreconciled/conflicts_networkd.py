@@ -1,17 +1,19 @@
 """find_conflicts in systemd-networkd's directories: amazon-ec2-net-utils (its files, in
 all their shapes, and its udev rule before it wrote any) and other ``.network`` files that
-match the NIC. Why each of them competes with us, and what to do: conflicts.py.
+match the NIC (google-guest-agent's are left to conflicts_gce.py). Why each of them competes
+with us, and what to do: conflicts.py.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from nicreconciled.conflicts_files import exists, files, is_file, keyfile_mac, read_text
+from nicreconciled.conflicts_files import exists, files, is_file, keyfile_mac, masked, read_text
 from nicreconciled.model import normalize_mac
 
 EC2_NET_UTILS_DIR: Final = "run/systemd/network"
@@ -36,6 +38,9 @@ NETWORKD_DIRS: Final = (
 OURS_NETWORKD: Final = "05-nicreconciled-"
 #: networkd files netplan generates (reported through their YAML: conflicts.py).
 NETPLAN_GENERATED_NETWORKD: Final = "10-netplan-"
+#: google-guest-agent's own (``20-IF-`` and the older ``1-IF-``; reported as that tool by
+#: conflicts_gce.py).
+GOOGLE_GUEST_AGENT_NETWORKD: Final = re.compile(r"[0-9]+-.+-google-guest-agent\.network")
 
 
 # --- amazon-ec2-net-utils ---------------------------------------------------------------
@@ -76,25 +81,16 @@ def ec2_net_utils(root: Path, mac: str, ifname: str | None) -> Iterator[str]:
 def _ec2_net_utils_rule(root: Path) -> str | None:
     """The packaged udev rule that starts ``policy-routes@``, unless it or the unit is
     masked (overridden by a link to /dev/null or an empty file)."""
-    if any(_masked(root / d / EC2_NET_UTILS_UNIT) for d in UNIT_OVERRIDE_DIRS):
+    if any(masked(root / d / EC2_NET_UTILS_UNIT) for d in UNIT_OVERRIDE_DIRS):
         return None
     for rel in UDEV_OVERRIDE_DIRS:
         override = root / rel / EC2_NET_UTILS_RULE
         if exists(override):
-            return None if _masked(override) else f"{rel}/{EC2_NET_UTILS_RULE}"
+            return None if masked(override) else f"{rel}/{EC2_NET_UTILS_RULE}"
     for rel in UDEV_RULE_DIRS:
         if exists(root / rel / EC2_NET_UTILS_RULE):
             return f"{rel}/{EC2_NET_UTILS_RULE}"
     return None
-
-
-def _masked(path: Path) -> bool:
-    try:
-        if path.is_symlink():
-            return os.readlink(path) == os.devnull
-        return path.is_file() and path.stat().st_size == 0
-    except OSError:
-        return False
 
 
 def _matches_mac_line(text: str, mac: str) -> bool:
@@ -125,6 +121,8 @@ def networkd(root: Path, mac: str, ifname: str | None) -> Iterator[str]:
             if path.name.startswith((OURS_NETWORKD, NETPLAN_GENERATED_NETWORKD)):
                 continue
             if _ec2_net_utils_file(root / rel, path.name):
+                continue
+            if GOOGLE_GUEST_AGENT_NETWORKD.fullmatch(path.name):
                 continue
             text = read_text(path) if is_file(path) else None
             if text is None:
