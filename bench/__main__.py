@@ -47,6 +47,9 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
         trials=args.kernel_trials[0],
         late_trials=args.kernel_trials[1],
         bursts=args.kernel_trials[2],
+        big_bursts=args.kernel_big,
+        boots=args.kernel_boots,
+        setups=tuple(args.kernel_setups),
     ),
     "heal": lambda args: heal.run(trials=args.heal_trials, churn=args.churn),
     # Not in a plain `python -m bench` run: an hour (issue 19); CI runs 5 minutes, strict.
@@ -115,6 +118,20 @@ def _parser() -> argparse.ArgumentParser:
         default=[kernel.TRIALS, kernel.LATE_TRIALS, kernel.BURST_ROUNDS],
         help="kernel: per manager, ENIs with complete metadata, ENIs with late IPv6, bursts "
         f"(default {kernel.TRIALS},{kernel.LATE_TRIALS},{kernel.BURST_ROUNDS})",
+    )  # fmt: skip
+    p.add_argument(
+        "--kernel-big", type=int, default=kernel.BIG_BURST_ROUNDS,
+        help=f"kernel: bursts of {kernel.BIG_BURST} complete ENIs per setup (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--kernel-boots", type=int, default=kernel.BOOT_ROUNDS,
+        help=f"kernel: boots with {kernel.BOOT_NICS} NICs present per setup "
+        "(default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--kernel-setups", type=lambda text: [v for v in text.split(",") if v],
+        default=list(kernel.SETUPS),
+        help=f"kernel: comma-separated, of {','.join(kernel.SETUPS)} (default: all)",
     )  # fmt: skip
     p.add_argument(
         "--heal-trials", type=int, default=heal.TRIALS,

@@ -50,20 +50,42 @@ from nicreconciled.lab import (
     missing_state,
     missing_tools,
 )
+from nicreconciled.lab.daemon import GENERATOR
 
 NAME = "kernel"
-MANAGERS: tuple[Manager, ...] = ("networkd", "nm")
+#: Each lab: (the manager it runs, the daemon's renderer), by label: systemd-networkd fed
+#: netplan YAML (netplan generate) or the daemon's own .network files, NetworkManager fed
+#: the daemon's keyfiles.
+SETUPS: dict[str, tuple[Manager, str]] = {
+    "netplan": ("networkd", "netplan"),
+    "networkd": ("networkd", "networkd"),
+    "nm": ("nm", "networkmanager"),
+}
+MANAGERS: tuple[str, ...] = tuple(SETUPS)
 #: IPv6 listed this long after the hot-plug in the "late IPv6" scenario.
 LATE_DELAY = 4.0
 #: The burst: this many ENIs hot-plugged by one ``ip``, their IPv6 listed this late.
 BURST_SIZE = 4
 BURST_DELAY = 3.0
 #: Per manager: ENIs with complete metadata, ENIs with late IPv6, bursts.
-TRIALS = 30
-LATE_TRIALS = 15
-BURST_ROUNDS = 3
-#: Goal: p50 of hot-plug -> complete kernel state <= D + GOAL_SLACK.
-GOAL_SLACK = 0.5
+TRIALS = 20
+LATE_TRIALS = 10
+BURST_ROUNDS = 2
+#: The big burst: BIG_BURST complete ENIs moved into the instance by one ``ip -batch``;
+#: goal: the last complete in the kernel BIG_BURST_GOAL s after the first hot-plug.
+BIG_BURST = 20
+BIG_BURST_ROUNDS = 2
+BIG_BURST_GOAL = 1.5
+#: Boot: BOOT_NICS complete ENIs present before the daemon starts; goal: the last complete
+#: BOOT_GOAL s after the daemon's ``ready`` (READY=1 is sent in the same step).
+BOOT_NICS = 8
+BOOT_ROUNDS = 2
+BOOT_GOAL = 1.0
+#: Goals (issue 22), per scenario: p50 of hot-plug -> complete kernel state <= D + slack
+#: (complete: also p99 <= COMPLETE_P99); burst20 / boot: the last ENI complete this long
+#: after the first hot-plug / the daemon's ready, the median round.
+GOAL_SLACK = {"complete": 0.25, "late": 0.3, "burst": 0.3}
+COMPLETE_P99 = 0.5
 #: Kernel state poll period (s) and how long one ENI may take.
 POLL = 0.01
 TRIAL_TIMEOUT = 30.0
@@ -75,6 +97,8 @@ QUIET = 0.25
 #: daemon gets a SIGHUP (resync) and the step is reported (see Bench._detach).
 DETACH_PATIENCE = 5.0
 SECONDARIES = 2
+#: After the last step, this long idle before the daemon's RSS is read.
+IDLE_BEFORE_RSS = 5.0
 PRIMARY_MAC = "0a:00:00:00:00:01"
 PRIMARY_IPV4 = "10.0.0.10"
 
@@ -347,19 +371,26 @@ def missing_in(snap: Snapshot, index: int, eni: Eni) -> list[str]:
 
 #: The apply step that hands the file to the manager: the manager's own time counts from
 #: its end (networkd reconfigures the link on reload; NetworkManager autoconnects on load).
-TRIGGER: dict[Manager, tuple[str, str]] = {
+TRIGGER: dict[str, tuple[str, str]] = {
+    "netplan": ("networkctl", "reload"),
     "networkd": ("networkctl", "reload"),
     "nm": ("nmcli", "connection load"),
 }
 #: Tools timed by a wrapper on the daemon's PATH (bash, $EPOCHREALTIME: ~1.6 ms a call).
-TRACED: dict[Manager, tuple[str, ...]] = {
-    "networkd": ("netplan", "networkctl"),
+TRACED: dict[str, tuple[str, ...]] = {
+    "netplan": ("netplan", GENERATOR, "networkctl"),
+    "networkd": ("networkctl",),
     "nm": ("nmcli",),
 }
+#: What generates networkd's files from netplan's: the daemon runs netplan's C generator
+#: directly (the lab's wrapper of it); ``netplan generate`` is the front end.
+GENERATES = ("netplan", GENERATOR)
 SCENARIOS = {
     "complete": "complete metadata at attach",
     "late": "IPv6 listed D s after the attach",
     "burst": f"burst of {BURST_SIZE}, IPv6 listed D s after the attach",
+    "burst20": f"burst of {BIG_BURST} with complete metadata",
+    "boot": f"{BOOT_NICS} NICs present when the daemon starts",
 }
 
 
@@ -376,8 +407,9 @@ class ToolRun:
 class Trial:
     """One hot-plugged ENI; times are time.monotonic()."""
 
-    manager: Manager
-    scenario: str  # "complete", "late", "burst"
+    #: The setup's label (SETUPS): netplan, networkd or nm.
+    manager: str
+    scenario: str  # a key of SCENARIOS
     delay: float
     round: int
     eni: Eni
@@ -424,7 +456,9 @@ class Trial:
         out = {"nic_added": self.event_after("nic_added", self.attach_started) - p}
         out["first_poll"] = self.event_after("poll", self.attach_started) - p
         if self.delay > 0:
-            out["ipv6_seen"] = self.event_after("fingerprint_changed", p + self.delay) - p
+            # The full fetch right after the probe that saw ipv6s (a prediction confirmed by
+            # it logs no fingerprint_changed; probes log at debug): the first poll after D.
+            out["ipv6_seen"] = self.event_after("poll", p + self.delay) - p
         rendered = self.last_event_before("rendered", end)
         out["accepted"] = self.last_event_before("accepted", end) - p
         out["rendered"] = rendered - p
@@ -440,8 +474,8 @@ class Trial:
         apply already under way at the render does not carry the file)."""
         name, args = TRIGGER[self.manager]
         after = self.last_event_before("rendered", self.complete)
-        if self.manager == "networkd":
-            generates = [r for r in self.tools if r.name == "netplan" and r.start >= after]
+        if self.manager == "netplan":
+            generates = [r for r in self.tools if r.name in GENERATES and r.start >= after]
             if not generates:
                 return None
             after = min(r.end for r in generates)
@@ -451,7 +485,7 @@ class Trial:
             for r in self.tools
             if r.name == name
             and r.args.startswith(args)
-            and (self.manager == "networkd" or key in r.args)
+            and (self.manager != "nm" or key in r.args)
             and after <= r.start <= self.complete
         ]
         return min(runs, key=lambda r: r.start) if runs else None
@@ -478,7 +512,7 @@ class Trial:
         generates = [
             r
             for r in self.tools
-            if r.name == "netplan" and rendered <= r.start and r.end <= trigger.start
+            if r.name in GENERATES and rendered <= r.start and r.end <= trigger.start
         ]
         if generates:
             last = max(generates, key=lambda r: r.start)
@@ -558,8 +592,9 @@ exit $rc
 class Bench:
     """One lab (one manager): the primary NIC, the simulator, one daemon, then the trials."""
 
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab, setup: str) -> None:
         self.lab = lab
+        self.label = setup
         self.daemon: Daemon | None = None
         self.probe: NetlinkProbe | None = None
         self.links: LinkWatch | None = None
@@ -585,8 +620,7 @@ class Bench:
              "subnet_ipv4_cidr": "10.0.0.0/24"}
         )  # fmt: skip
         sim.set_primary(primary.mac)
-        self.daemon = lab.start_daemon(polling=daemon_polling(), resync_interval=default_resync())
-        self._trace_tools(self.daemon.bin_dir)
+        self.start_daemon()
         self.links = LinkWatch(lab.instance)
         self.probe = NetlinkProbe(lab.instance)
         seen = set(self.probe.links())
@@ -594,10 +628,46 @@ class Bench:
         if seen != truth:
             raise BenchError(f"netlink probe sees links {sorted(seen)}, ip sees {sorted(truth)}")
 
+    def start_daemon(self, *, wait_ready: bool = True) -> Daemon:
+        """A daemon with the defaults (daemon_polling) and metrics on, its tools timed."""
+        metrics = self.lab.workdir / "metrics"
+        metrics.mkdir(exist_ok=True)
+        self.daemon = self.lab.start_daemon(
+            polling=daemon_polling(),
+            resync_interval=default_resync(),
+            wait_ready=wait_ready,
+            metrics=str(metrics / "nicreconciled.prom"),
+        )
+        self._log_offset, self._log_partial = 0, b""
+        # Without waiting for ready, the wrappers go in while Python imports (~0.5 s): the
+        # tools run after a render, two metadata reads after the start at the earliest.
+        self._trace_tools(self.daemon.bin_dir)
+        return self.daemon
+
+    def ready_at(self, timeout: float = 30.0) -> float:
+        """time.monotonic() of the daemon's ``ready`` event (it sends READY=1 in that step)."""
+        assert self.daemon is not None
+        daemon = self.daemon
+        self.wait(lambda: bool(daemon.events("ready")), timeout, "the daemon's ready")
+        stamp = float(daemon.events("ready")[0]["timestamp"])
+        return stamp - (time.time() - time.monotonic())
+
+    def rss_kib(self) -> int:
+        """VmRSS of the daemon's Python process (nsenter execs it: same pid)."""
+        assert self.daemon is not None
+        pid = self.daemon.pid
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"nicreconciled" not in argv or b"run" not in argv:
+            raise BenchError(f"pid {pid} is not the daemon: {argv!r}")
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise BenchError(f"no VmRSS for pid {pid}")
+
     def _trace_tools(self, bin_dir: Path) -> None:
         """Put a timing wrapper in front of each traced tool on the daemon's PATH (the
         lab's own netplan wrapper, when there is one, is what the timing wrapper runs)."""
-        for name in TRACED[self.lab.manager]:
+        for name in TRACED[self.label]:
             target = bin_dir / name
             if target.exists():
                 real = bin_dir / f"{name}.lab"
@@ -686,7 +756,7 @@ class Bench:
                 raise BenchError("out of device numbers (at most 99 ENIs per lab)")
             eni = Eni.plan(self._next_device, secondaries=SECONDARIES)
             self._next_device += 1
-            trials.append(Trial(self.lab.manager, scenario, delay, rnd, eni))
+            trials.append(Trial(self.label, scenario, delay, rnd, eni))
         return trials
 
     def run(self, trials: list[Trial]) -> None:
@@ -728,6 +798,40 @@ class Bench:
             self._watch(trials)
         finally:
             self._detach(trials)
+        self._collect(trials, started)
+
+    def boot(self, trials: list[Trial]) -> None:
+        """TRIALS' ENIs are listed and in the instance before a fresh daemon starts (a boot:
+        its start-up scan finds them); each one's time counts from the daemon's ``ready``."""
+        lab = self.lab
+        assert self.links is not None
+        assert lab.sim is not None
+        code = lab.stop_daemon()
+        if code != 0:
+            raise BenchError(f"daemon exited with status {code} on SIGTERM")
+        nics = []
+        for trial in trials:
+            eni = trial.eni
+            eni.nic = lab.prepare(lab.new_nic(eni.mac, eni.ipv4s[0], 24, eni.subnet6))
+            nics.append(eni.nic)
+            lab.sim.add_nic(eni.spec())
+        lab.attach(*nics)
+        self.links.wait([n.ifname for n in nics])
+        started = time.monotonic()
+        try:
+            self.start_daemon(wait_ready=False)
+            ready = self.ready_at()
+            for trial in trials:
+                trial.attach_started = started
+                trial.ip_returned = lab.plugged_at[trial.eni.mac]
+                trial.plugged, trial.plugged_by = ready, "ready"
+            self._watch(trials)
+        finally:
+            self._detach(trials)
+        self._collect(trials, started)
+
+    def _collect(self, trials: list[Trial], started: float) -> None:
+        """Each trial's daemon events and the tool runs of its window."""
         end = max(t.complete if t.ok else t.plugged + TRIAL_TIMEOUT for t in trials) + 1
         tools = self.tool_runs(started - 1, end)
         for trial in trials:
@@ -841,16 +945,20 @@ class Bench:
 # --- the run ----------------------------------------------------------------------------
 
 
-def _schedule(complete: int, late: int, bursts: int) -> list[tuple[str, float, int]]:
-    """(scenario, D, ENIs) of every step, the kinds spread evenly over the run."""
+def _schedule(
+    complete: int, late: int, bursts: int, big: int = 0, boots: int = 0
+) -> list[tuple[str, float, int]]:
+    """(scenario, D, ENIs) of every step, the hot-plug kinds spread evenly over the run, the
+    boots (each restarts the daemon) last."""
     kinds = [("complete", 0.0, 1, complete), ("late", LATE_DELAY, 1, late),
-             ("burst", BURST_DELAY, BURST_SIZE, bursts)]  # fmt: skip
+             ("burst", BURST_DELAY, BURST_SIZE, bursts),
+             ("burst20", 0.0, BIG_BURST, big)]  # fmt: skip
     keyed = [
         ((i + 0.5) / count, order, (name, delay, size))
         for order, (name, delay, size, count) in enumerate(kinds)
         for i in range(count)
     ]
-    return [step for _key, _order, step in sorted(keyed)]
+    return [step for _key, _order, step in sorted(keyed)] + [("boot", 0.0, BOOT_NICS)] * boots
 
 
 def _cpu_times() -> tuple[float, float]:
@@ -861,7 +969,10 @@ def _cpu_times() -> tuple[float, float]:
     return sum(fields) - idle, sum(fields)
 
 
-def _run_lab(manager: Manager, complete: int, late: int, bursts: int) -> dict[str, Any]:
+def _run_lab(
+    setup: str, complete: int, late: int, bursts: int, big: int, boots: int
+) -> dict[str, Any]:
+    manager, renderer = SETUPS[setup]
     missing = missing_tools(manager)
     if missing:
         raise BenchError(f"{manager}: not installed: {', '.join(missing)}")
@@ -871,38 +982,46 @@ def _run_lab(manager: Manager, complete: int, late: int, bursts: int) -> dict[st
     cpu0 = _cpu_times()
     try:
         with Lab(manager, work / "lab", tag="bench-kernel") as lab:
-            bench = Bench(lab)
+            lab.renderer = renderer
+            bench = Bench(lab, setup)
             try:
                 bench.setup()
                 print(
-                    f"   {manager}: lab up in {lab.timings.get('total', math.nan):.2f} s, daemon "
-                    f"ready after {time.monotonic() - began:.1f} s",
+                    f"   {setup} ({manager}, renderer {renderer}): lab up in "
+                    f"{lab.timings.get('total', math.nan):.2f} s, daemon ready after "
+                    f"{time.monotonic() - began:.1f} s",
                     flush=True,
                 )
-                steps = _schedule(complete, late, bursts)
+                steps = _schedule(complete, late, bursts, big, boots)
                 rounds: dict[str, int] = {}
                 for k, (scenario, delay, size) in enumerate(steps, 1):
                     rnd = rounds.get(scenario, 0)
                     rounds[scenario] = rnd + 1
                     batch = bench.plan(scenario, delay, rnd, size)
-                    bench.run(batch)
+                    if scenario == "boot":
+                        bench.boot(batch)
+                    else:
+                        bench.run(batch)
                     trials += batch
                     failed = [t for t in batch if not t.ok]
                     for t in failed:
-                        print(f"   !! {manager} {scenario} {t.eni.mac}: {t.error}", flush=True)
+                        print(f"   !! {setup} {scenario} {t.eni.mac}: {t.error}", flush=True)
                     if k % 10 == 0 or k == len(steps):
                         print(
-                            f"   {manager}: {k}/{len(steps)} steps, "
-                            f"{time.monotonic() - began:.0f} s",
+                            f"   {setup}: {k}/{len(steps)} steps, {time.monotonic() - began:.0f} s",
                             flush=True,
                         )
+                # Idle with nothing attached but the primary: the kernel watch and the
+                # metrics writer on (every ENI detached, its file unloaded).
+                time.sleep(IDLE_BEFORE_RSS)
+                rss = bench.rss_kib()
                 costs = bench.poll_costs
                 confirms = bench.confirm_costs
                 stuck = bench.stuck_detaches
             finally:
                 bench.close()
     except (LabError, AssertionError) as exc:  # LabTimeout is an AssertionError
-        raise BenchError(f"{manager} lab: {exc}") from exc
+        raise BenchError(f"{setup} lab: {exc}") from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
     cpu1 = _cpu_times()
@@ -914,6 +1033,7 @@ def _run_lab(manager: Manager, complete: int, late: int, bursts: int) -> dict[st
         "poll_cost_s": summary(costs),
         "missing_state_cost_s": summary(confirms),
         "stuck_detaches": stuck,
+        "idle_rss_kib": rss,
         "seconds": time.monotonic() - began,
     }
 
@@ -929,18 +1049,56 @@ def _most_common(items: list[str]) -> str:
     return f"{best} ({items.count(best)}/{len(items)})"
 
 
+def _budget(tl: dict[str, float], sg: dict[str, float]) -> list[float]:
+    """The latency budget's steps (p50 s) from the pipeline's p50 timeline and segments."""
+    nan = math.nan
+    udev = tl.get("nic_added", nan)
+    first = tl.get("first_poll", nan) - udev
+    confirm = tl.get("accepted", nan) - tl.get("first_poll", nan)
+    render = tl.get("rendered", nan) - tl.get("accepted", nan)
+    before = sg.get("before_trigger", nan) - render
+    steps = [udev, first, confirm, render, before, sg.get("netplan_generate", nan),
+             sg.get("trigger", nan), sg.get("manager", nan)]  # fmt: skip
+    total = sum(v for i, v in enumerate(steps) if i != 5 and not math.isnan(v))
+    return [*steps, total]
+
+
+def _last_per_round(group: list[Trial]) -> list[float]:
+    """Per round: the last ENI complete, after the first hot-plug (boot: after ready)."""
+    out = []
+    for r in sorted({t.round for t in group}):
+        members = [t for t in group if t.round == r]
+        if all(t.ok for t in members):
+            out.append(max(t.complete for t in members) - min(t.plugged for t in members))
+        else:
+            out.append(math.nan)
+    return out
+
+
 def run(
-    *, trials: int = TRIALS, late_trials: int = LATE_TRIALS, bursts: int = BURST_ROUNDS
+    *,
+    trials: int = TRIALS,
+    late_trials: int = LATE_TRIALS,
+    bursts: int = BURST_ROUNDS,
+    big_bursts: int = BIG_BURST_ROUNDS,
+    boots: int = BOOT_ROUNDS,
+    setups: tuple[str, ...] = MANAGERS,
 ) -> dict[str, Any]:
     """Run the benchmark, print its tables, return its JSON result."""
-    if trials + late_trials + bursts * BURST_SIZE > 99:
-        raise BenchError("at most 99 ENIs per lab (device numbers 1-99)")
+    enis = trials + late_trials + bursts * BURST_SIZE + big_bursts * BIG_BURST + boots * BOOT_NICS
+    if enis > 99:
+        raise BenchError(f"at most 99 ENIs per lab (device numbers 1-99), not {enis}")
+    unknown = [s for s in setups if s not in SETUPS]
+    if unknown:
+        raise BenchError(f"unknown setup {', '.join(unknown)}: one of {', '.join(SETUPS)}")
     polling = daemon_polling()
     print(
-        f"== kernel: hot-plug -> complete kernel state, real systemd-networkd (netplan) and "
-        f"NetworkManager (keyfiles); per manager {trials} ENIs with complete metadata, "
-        f"{late_trials} with the IPv6 listed {LATE_DELAY:g} s late, {bursts} bursts of "
-        f"{BURST_SIZE} (IPv6 {BURST_DELAY:g} s late), one at a time, each detached after"
+        f"== kernel: hot-plug -> complete kernel state, real systemd-networkd (netplan; the "
+        f"daemon's .network files) and NetworkManager (keyfiles); per setup {trials} ENIs with "
+        f"complete metadata, {late_trials} with the IPv6 listed {LATE_DELAY:g} s late, {bursts} "
+        f"bursts of {BURST_SIZE} (IPv6 {BURST_DELAY:g} s late), {big_bursts} bursts of "
+        f"{BIG_BURST} complete, one at a time, each detached after; then {boots} boots with "
+        f"{BOOT_NICS} NICs present at the daemon's start"
     )
     print(
         "   daemon: default [polling] and resync_interval ("
@@ -951,14 +1109,14 @@ def run(
         flush=True,
     )
     runs: dict[str, dict[str, Any]] = {}
-    for manager in MANAGERS:
-        runs[manager] = _run_lab(manager, trials, late_trials, bursts)
-    everything: list[Trial] = [t for m in MANAGERS for t in runs[m]["trials"]]
+    for setup in setups:
+        runs[setup] = _run_lab(setup, trials, late_trials, bursts, big_bursts, boots)
+    everything: list[Trial] = [t for m in setups for t in runs[m]["trials"]]
 
-    rows, where, segs = [], [], []
+    rows, where, segs, budget = [], [], [], []
     figures: dict[str, Any] = {}
     targets: list[dict[str, Any]] = []
-    for manager in MANAGERS:
+    for manager in setups:
         figures[manager] = {}
         for scenario in SCENARIOS:
             group = [t for t in everything if t.manager == manager and t.scenario == scenario]
@@ -968,11 +1126,27 @@ def run(
             good = [t for t in group if t.ok]
             elapsed = [t.elapsed for t in good]
             stats = summary(elapsed)
-            goal = delay + GOAL_SLACK
-            met = len(good) == len(group) and stats["p50"] <= goal
-            max_met = len(good) == len(group) and stats["max"] <= goal
+            whole = len(good) == len(group)
+            lasts = _last_per_round(group)
+            if scenario in ("burst20", "boot"):
+                # The round's last ENI, median round; p99 column: the worst round.
+                goal = BIG_BURST_GOAL if scenario == "burst20" else BOOT_GOAL
+                value = _p50(lasts)
+                met = whole and value <= goal
+                max_met = whole and max(lasts) <= goal
+                shown = [value, max(lasts), stats["max"]]
+            else:
+                goal = delay + GOAL_SLACK[scenario]
+                value = stats["p50"]
+                met = whole and value <= goal
+                if scenario == "complete":
+                    met = met and stats["p99"] <= COMPLETE_P99
+                max_met = whole and stats["max"] <= goal
+                shown = [value, stats["p99"] if scenario != "burst" else math.nan, stats["max"]]
             label = {"complete": "complete", "late": f"IPv6 +{delay:g} s",
-                     "burst": f"burst {BURST_SIZE}, IPv6 +{delay:g} s"}[scenario]  # fmt: skip
+                     "burst": f"burst {BURST_SIZE}, IPv6 +{delay:g} s",
+                     "burst20": f"burst {BIG_BURST}: last", "boot": f"boot {BOOT_NICS}: last"
+                     }[scenario]  # fmt: skip
             per_round = [
                 {"p50": percentile([t.elapsed for t in good if t.round == r], 50),
                  "max": max((t.elapsed for t in good if t.round == r), default=math.nan)}
@@ -986,6 +1160,8 @@ def run(
                 "ok": len(good),
                 "failed": [t.error for t in group if not t.ok],
                 "elapsed_s": stats,
+                "last_per_round_s": lasts,
+                "value_s": value,
                 "goal_p50_s": goal,
                 "goal_met": met,
                 "max_within_goal": max_met,
@@ -1003,9 +1179,9 @@ def run(
                 "probe_disagreements": sum(t.disagreements for t in group),
             }
             rows.append(
-                [manager, label, f"{len(good)}/{len(group)}", stats["p50"],
-                 stats["p99"] if scenario != "burst" else math.nan, stats["max"],
-                 f"<= {goal:g}", verdict(met) + ("" if max_met else " (max over)")]
+                [manager, label, f"{len(good)}/{len(group)}", *shown,
+                 f"<= {goal:g}" + (f", p99 <= {COMPLETE_P99:g}" if scenario == "complete" else ""),
+                 verdict(met) + ("" if max_met else " (max over)")]
             )  # fmt: skip
             tl = figures[manager][scenario]["timeline_p50_s"]
             where.append(
@@ -1025,22 +1201,40 @@ def run(
                  sg.get("netplan_generate", math.nan), sg.get("trigger", math.nan),
                  sg.get("manager", math.nan), figures[manager][scenario]["last_item"]]
             )  # fmt: skip
+            budget.append([manager, label, *_budget(tl, sg)])
             targets.append(
                 {
                     "name": f"kernel {manager} {label}: hot-plug -> kernel p50",
-                    "value": stats["p50"],
+                    "value": value,
                     "limit": goal,
                     "unit": "s",
                     "met": met,
+                    "key": f"kernel_{manager}_{scenario}",
+                    "detail": {"p99": stats["p99"], "max": stats["max"], "lasts": lasts,
+                               "segments": sg, "timeline": tl},
                 }
-            )
+            )  # fmt: skip
+    print()
+    print(table(["setup", "scenario", "ok", "p50 s", "p99 s", "max s", "goal s", "goal"], rows))
+    print(
+        f"   burst {BIG_BURST} / boot {BOOT_NICS}: p50 = the last ENI of a round complete after "
+        "the first hot-plug / the daemon's ready (median round), p99 = the worst round, max = "
+        "the slowest ENI after its own hot-plug / ready"
+    )
     print()
     print(
-        table(
-            ["manager", "scenario", "ok", "p50 s", "p99 s", "max s", "goal p50 s", "goal"],
-            rows,
-        )
+        "   latency budget, p50 s per step: udev event (hot-plug -> nic_added), first metadata "
+        "read (-> 1st poll), confirmation (1st poll -> accepted; late: -> IPv6 seen -> "
+        "accepted), render + write (-> rendered), apply until the trigger (rendered -> trigger "
+        "start; netplan generate in it), trigger, manager (trigger end -> complete)"
     )
+    print(
+        table(
+            ["setup", "scenario", "udev", "1st read", "confirm", "render+write",
+             "-> trigger", "of it generate", "trigger", "manager", "sum"],
+            budget,
+        )
+    )  # fmt: skip
     print(
         "   hot-plug = the instance's RTM_NEWLINK for the veth; complete = missing_state() == []"
         " (every IPv4 + the IPv6, a rule from each to T, IPv4 subnet + default and IPv6 subnet"
@@ -1070,9 +1264,13 @@ def run(
             segs,
         )
     )  # fmt: skip
-    for manager in MANAGERS:
+    for manager in setups:
         info = runs[manager]
         cost = info["poll_cost_s"]
+        print(
+            f"   {manager}: the daemon's idle RSS at the end (kernel watch and metrics on, "
+            f"{IDLE_BEFORE_RSS:g} s after the last detach): {info['idle_rss_kib'] / 1024:.2f} MiB"
+        )
         print(
             f"   {manager}: {info['seconds']:.0f} s, host CPU {info['host_cpu_busy']:.0%} busy "
             f"(all processes; 1-min load {info['loadavg_after']:.2f} at the end); one kernel "
@@ -1093,14 +1291,23 @@ def run(
         )
     return {
         "method": {
-            "managers": list(MANAGERS),
+            "setups": {m: list(SETUPS[m]) for m in setups},
             "trials_complete": trials,
             "trials_late": late_trials,
             "late_delay_s": LATE_DELAY,
             "burst_rounds": bursts,
             "burst_size": BURST_SIZE,
             "burst_delay_s": BURST_DELAY,
-            "goal": f"p50 <= D + {GOAL_SLACK:g} s",
+            "big_burst_rounds": big_bursts,
+            "big_burst_size": BIG_BURST,
+            "boot_rounds": boots,
+            "boot_nics": BOOT_NICS,
+            "goals": {
+                "p50_slack_s": GOAL_SLACK,
+                "complete_p99_s": COMPLETE_P99,
+                "burst20_last_s": BIG_BURST_GOAL,
+                "boot_last_after_ready_s": BOOT_GOAL,
+            },
             "poll_interval_s": POLL,
             "hold_s": HOLD,
             "quiet_s": QUIET,
@@ -1112,15 +1319,16 @@ def run(
             "complete": "missing_state(lab, eni) == [] (mirrored over netlink every poll, "
             "confirmed with missing_state itself)",
             "tool_timing": "bash wrappers ($EPOCHREALTIME) in front of "
-            + ", ".join(f"{m}: {'/'.join(TRACED[m])}" for m in MANAGERS),
+            + ", ".join(f"{m}: {'/'.join(TRACED[m])}" for m in setups),
         },
         "figures": figures,
-        "poll_cost_s": {m: runs[m]["poll_cost_s"] for m in MANAGERS},
-        "missing_state_cost_s": {m: runs[m]["missing_state_cost_s"] for m in MANAGERS},
-        "stuck_detaches": {m: runs[m]["stuck_detaches"] for m in MANAGERS},
-        "lab_seconds": {m: runs[m]["seconds"] for m in MANAGERS},
-        "host_cpu_busy": {m: runs[m]["host_cpu_busy"] for m in MANAGERS},
-        "loadavg_1min_after": {m: runs[m]["loadavg_after"] for m in MANAGERS},
+        "poll_cost_s": {m: runs[m]["poll_cost_s"] for m in setups},
+        "missing_state_cost_s": {m: runs[m]["missing_state_cost_s"] for m in setups},
+        "stuck_detaches": {m: runs[m]["stuck_detaches"] for m in setups},
+        "idle_rss_kib": {m: runs[m]["idle_rss_kib"] for m in setups},
+        "lab_seconds": {m: runs[m]["seconds"] for m in setups},
+        "host_cpu_busy": {m: runs[m]["host_cpu_busy"] for m in setups},
+        "loadavg_1min_after": {m: runs[m]["loadavg_after"] for m in setups},
         "cores": os.cpu_count(),
         "targets": targets,
         "trials": [t.to_json() for t in everything],
