@@ -294,13 +294,7 @@ def _quiet_logs(counts: Counter[str], metrics: Metrics) -> None:
 
 def _requests_total(metrics: Metrics) -> dict[str, float]:
     """nicreconciled_metadata_requests_total by outcome, as a scrape would read it."""
-    return {
-        outcome: metrics.registry.get_sample_value(
-            "nicreconciled_metadata_requests_total", {"outcome": outcome}
-        )
-        or 0.0
-        for outcome in OUTCOMES
-    }
+    return {outcome: metrics.requests.value(outcome) or 0.0 for outcome in OUTCOMES}
 
 
 def _at(scrapes: Sequence[tuple[float, dict[str, float]]], t: float) -> dict[str, float]:

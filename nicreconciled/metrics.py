@@ -17,6 +17,10 @@ metric                                                    fed by
 ``nicreconciled_info{version,cloud,renderer}``            the cloud, once known (``info``)
 ========================================================  ====================================
 
+The text is the exposition format 0.0.4 (what node_exporter's textfile collector reads), made
+here: prometheus_client's package imports its HTTP servers, gzip and collectors with it, 1.4
+MiB of the daemon's resident memory (issue 22) for eight series.
+
 The file is written with the project's own atomic write (fs.write_if_changed: a temp file
 that does not end in ``.prom``, fsync, rename) with mode 0644, not prometheus_client's
 ``write_to_textfile``: under the unit's ``UMask=0077`` that one would leave a file that
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -39,8 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import metrics as _metrics
 
 from nicreconciled.errors import UnsafePathError
 from nicreconciled.status import NicPhase
@@ -61,66 +64,156 @@ RESULTS = ("ok", "failed")
 BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
+def _number(value: float) -> str:
+    """A sample value as Prometheus' Go clients print it (their exponent comes sooner than
+    Python's repr: 1.8e+09, not 1800000000.0)."""
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    text = repr(float(value))
+    dot = text.find(".")
+    if value > 0 and dot > 6:
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
+        return f"{mantissa}e+0{dot - 1}"
+    return text
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class Family:
+    """One metric family: a counter, gauge or histogram and its series by label values.
+    Counters are exposed as NAME_total, without *_created series (the file's own mtime,
+    node_textfile_mtime_seconds, and a restart's reset to 0 say when counting began)."""
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        kind: str,
+        labels: tuple[str, ...] = (),
+        buckets: tuple[float, ...] = (),
+    ) -> None:
+        self.name = f"{name}_total" if kind == "counter" else name
+        self.help, self.kind, self.labels, self.buckets = help_text, kind, labels, buckets
+        #: Label values -> value (histogram: counts per bucket, then +Inf, then the sum).
+        self.series: dict[tuple[str, ...], list[float]] = {}
+        if not labels:
+            self._get(())
+
+    def _get(self, values: tuple[str, ...]) -> list[float]:
+        if len(values) != len(self.labels):
+            raise ValueError(f"{self.name}: {len(self.labels)} label values, not {len(values)}")
+        width = len(self.buckets) + 2 if self.kind == "histogram" else 1
+        return self.series.setdefault(values, [0.0] * width)
+
+    def touch(self, *values: str) -> None:
+        """Expose the series of VALUES from now on, at 0 until it counts."""
+        self._get(values)
+
+    def inc(self, *values: str) -> None:
+        self._get(values)[0] += 1
+
+    def set(self, value: float, *values: str) -> None:
+        self._get(values)[0] = float(value)
+
+    def observe(self, value: float, *values: str) -> None:
+        series = self._get(values)
+        for i, bound in enumerate((*self.buckets, math.inf)):
+            if value <= bound:
+                series[i] += 1
+        series[-1] += value
+
+    def clear(self) -> None:
+        self.series.clear()
+
+    def value(self, *values: str) -> float | None:
+        """A counter's or gauge's value (None: no such series)."""
+        series = self.series.get(values)
+        return None if series is None else series[0]
+
+    def lines(self) -> list[str]:
+        helptext = self.help.replace("\\", "\\\\").replace("\n", "\\n")
+        out = [f"# HELP {self.name} {helptext}", f"# TYPE {self.name} {self.kind}"]
+        for values, series in self.series.items():
+            pairs = sorted(zip(self.labels, values, strict=True))
+            if self.kind != "histogram":
+                out.append(f"{self.name}{_labels(pairs)} {_number(series[0])}")
+                continue
+            bounds = (*self.buckets, math.inf)
+            for bound, count in zip(bounds, series, strict=False):
+                le = sorted([*pairs, ("le", _number(bound))])
+                out.append(f"{self.name}_bucket{_labels(le)} {_number(count)}")
+            out.append(f"{self.name}_count{_labels(pairs)} {_number(series[-2])}")
+            out.append(f"{self.name}_sum{_labels(pairs)} {_number(series[-1])}")
+        return out
+
+
+def _labels(pairs: list[tuple[str, str]]) -> str:
+    if not pairs:
+        return ""
+    return "{" + ",".join(f'{k}="{_label(v)}"' for k, v in pairs) + "}"
+
+
 class Metrics:
-    """The registry, the sink that feeds it, and the file it is written to (None: no file,
-    tests read ``text()``)."""
+    """The families, the sink that feeds them, and the file they are written to (None: no
+    file, tests read ``text()``)."""
 
     def __init__(self, path: Path | None, clock: Callable[[], float] = time.time) -> None:
-        # Counters' *_created series say when the process started counting: the file's own
-        # mtime (node_textfile_mtime_seconds) and a restart's reset to 0 say it already.
-        _metrics.disable_created_metrics()  # type: ignore[no-untyped-call]
         self.path = path
         self._clock = clock
-        self.registry = CollectorRegistry(auto_describe=False)
-        r = self.registry
-        self.nics = Gauge("nicreconciled_nics", "Managed NICs per phase", ["phase"], registry=r)
-        self.convergence = Histogram(
+        self.nics = Family("nicreconciled_nics", "Managed NICs per phase", "gauge", ("phase",))
+        self.convergence = Family(
             "nicreconciled_convergence_seconds",
             "From a NIC's new episode (hot-plug, upstream change) to complete in the stack",
+            "histogram",
             buckets=BUCKETS,
-            registry=r,
         )
-        self.requests = Counter(
+        self.requests = Family(
             "nicreconciled_metadata_requests",
             "Metadata requests by outcome (garbage: answers rejected as metadata)",
-            ["outcome"],
-            registry=r,
+            "counter",
+            ("outcome",),
         )
-        self.applies = Counter(
-            "nicreconciled_applies", "Loads of a NIC's file by result", ["result"], registry=r
+        self.applies = Family(
+            "nicreconciled_applies", "Loads of a NIC's file by result", "counter", ("result",)
         )
-        self.heals = Counter(
+        self.heals = Family(
             "nicreconciled_kernel_heals",
             "Re-applies of a NIC whose kernel state drifted",
-            registry=r,
+            "counter",
         )
-        self.drift = Counter(
+        self.drift = Family(
             "nicreconciled_drift_detected",
             "Times a NIC's applied state was found missing from the kernel",
-            registry=r,
+            "counter",
         )
-        self.last_converged = Gauge(
+        self.last_converged = Family(
             "nicreconciled_last_converged_timestamp_seconds",
             "When a NIC last became complete in the network stack (Unix time)",
-            registry=r,
+            "gauge",
         )
-        self.info_gauge = Gauge(
+        self.info_gauge = Family(
             "nicreconciled_info",
             "The daemon's version, cloud and renderer",
-            ["version", "cloud", "renderer"],
-            registry=r,
+            "gauge",
+            ("version", "cloud", "renderer"),
         )
+        self.families = (self.nics, self.convergence, self.requests, self.applies, self.heals,
+                         self.drift, self.last_converged, self.info_gauge)  # fmt: skip
         for phase in NicPhase:
-            self.nics.labels(phase.value)
+            self.nics.touch(phase.value)
         for outcome in OUTCOMES:
-            self.requests.labels(outcome)
+            self.requests.touch(outcome)
         for result in RESULTS:
-            self.applies.labels(result)
+            self.applies.touch(result)
         self._handlers: dict[str, Callable[[Mapping[str, Any]], None]] = {
             "metadata_request": self._request,
-            "metadata_invalid": lambda e: self.requests.labels("garbage").inc(),
-            "applied": lambda e: self.applies.labels("ok").inc(),
-            "apply_failed": lambda e: self.applies.labels("failed").inc(),
+            "metadata_invalid": lambda e: self.requests.inc("garbage"),
+            "applied": lambda e: self.applies.inc("ok"),
+            "apply_failed": lambda e: self.applies.inc("failed"),
             "heal": lambda e: self.heals.inc(),
             "kernel_drift": lambda e: self.drift.inc(),
             "converged": self._converged,
@@ -139,12 +232,12 @@ class Metrics:
 
     def _request(self, event: Mapping[str, Any]) -> None:
         outcome = str(event.get("outcome"))
-        self.requests.labels(outcome if outcome in OUTCOMES else "http_error").inc()
+        self.requests.inc(outcome if outcome in OUTCOMES else "http_error")
 
     def _converged(self, event: Mapping[str, Any]) -> None:
         took = event.get("took")
         if isinstance(took, int | float) and took >= 0:
-            self.convergence.observe(took)
+            self.convergence.observe(float(took))
         self.last_converged.set(self._clock())
 
     def phases(self, phases: Iterable[NicPhase]) -> None:
@@ -154,18 +247,18 @@ class Metrics:
             counts[phase] += 1
         if counts != self._phases:
             for phase, count in counts.items():
-                self.nics.labels(phase.value).set(count)
+                self.nics.set(count, phase.value)
             self._phases = counts
             self._changed.set()
 
     def info(self, version: str, cloud: str, renderer: str) -> None:
         self.info_gauge.clear()
-        self.info_gauge.labels(version, cloud, renderer).set(1)
+        self.info_gauge.set(1, version, cloud, renderer)
         self._changed.set()
 
     # -- the file ----------------------------------------------------------------------------
     def text(self) -> str:
-        return generate_latest(self.registry).decode()
+        return "".join(line + "\n" for family in self.families for line in family.lines())
 
     def write(self, *, touch: bool = False) -> bool:
         """Write the file now (TOUCH: renew its mtime even if nothing changed); False (said

@@ -187,3 +187,35 @@ async def test_a_hot_plug_is_one_convergence_with_its_duration(tmp_path: Path) -
         await asyncio.gather(task, return_exceptions=True)
     converged = [e for e in logs if e["event"] == "converged"]
     assert all(e["mac"] == MAC and 0 <= e["took"] < 2 for e in converged), converged
+
+
+def test_the_daemon_does_not_load_prometheus_client_for_its_metrics() -> None:
+    # Issue 22: prometheus_client's package brings its HTTP servers, gzip and collectors,
+    # 1.4 MiB of resident memory for eight series; the exposition text is written here.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from nicreconciled.metrics import Metrics; Metrics(None).text(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('prometheus_client', 'wsgiref', 'http', 'gzip')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_values_and_labels_are_written_as_prometheus_reads_them() -> None:
+    m = Metrics(None, clock=lambda: 1_800_000_000.0)
+    m.info("1.0", 'e"c\\2', "net\nplan")
+    m.sink({"event": "converged", "took": 700.0})
+    text = m.text()
+    # Go's exponent form for a large value; quotes, backslashes and newlines escaped.
+    assert "nicreconciled_last_converged_timestamp_seconds 1.8e+09\n" in text
+    assert 'cloud="e\\"c\\\\2"' in text
+    assert 'renderer="net\\nplan"' in text
+    assert (
+        value(text, "nicreconciled_info", version="1.0", cloud='e"c\\2', renderer="net\nplan") == 1
+    )
+    assert value(text, "nicreconciled_convergence_seconds_bucket", le="600.0") == 0
+    assert value(text, "nicreconciled_convergence_seconds_bucket", le="+Inf") == 1
+    assert value(text, "nicreconciled_convergence_seconds_sum") == 700.0
