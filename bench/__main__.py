@@ -26,6 +26,7 @@ from bench import (
     fuzz,
     heal,
     issue12,
+    issue22,
     kernel,
     load,
     peers,
@@ -37,7 +38,9 @@ from bench.report import table, verdict, write_json
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "convergence": lambda args: convergence.run(trials=args.trials, delays=tuple(args.delays)),
     "burst": lambda _args: burst.run(),
-    "footprint": lambda args: footprint.run(idle=args.idle, soak=args.soak),
+    "footprint": lambda args: footprint.run(
+        idle=args.idle, soak=args.soak, metrics_soak=args.metrics_soak
+    ),
     # After burst: load quotes the burst peak from bench/results/burst.json.
     "load": lambda _args: load.run(),
     "peers": lambda args: peers.run(delays=tuple(args.peer_delays)),
@@ -59,6 +62,9 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 }
 #: Run only when named.
 ON_REQUEST = {"soak", "fuzz"}
+#: Benchmarks that measure issue 22's figures, and the target keys only that table reads.
+ISSUE22 = {"kernel", "burst", "footprint"}
+ISSUE22_KEYS = ("kernel_", "rss_metrics_")
 
 
 def _delays(text: str) -> list[float]:
@@ -100,6 +106,11 @@ def _parser() -> argparse.ArgumentParser:
         "--soak", type=float, default=footprint.SOAK,
         help="footprint: soak length in seconds with the default resync_interval, 0 = none "
         "(default %(default)s; the issue's figure is 600)",
+    )  # fmt: skip
+    p.add_argument(
+        "--metrics-soak", type=float, default=footprint.METRICS_SOAK,
+        help="footprint: then the same soak with [metrics] textfile set, seconds, 0 = none "
+        "(default %(default)s)",
     )  # fmt: skip
     p.add_argument(
         "--peer-delays", type=_delays, default=list(peers.DELAYS),
@@ -211,9 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )  # fmt: skip
         print(f"   all benchmarks: {time.monotonic() - began:.1f} s")
-    if any("key" in t for t in targets):
+    if any("key" in t and not t["key"].startswith(ISSUE22_KEYS) for t in targets):
         print("== issue 12: before, now, goal (bench/results/issue12.md)")
         print(issue12.write())
+    if any(name in ISSUE22 for name in names):
+        print("== issue 22: before, now, goal, where the time goes (bench/results/issue22.md)")
+        print(issue22.write())
     if failed:
         print(f"benchmarks that produced no figures: {', '.join(failed)}", file=sys.stderr)
         return 1

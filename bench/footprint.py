@@ -41,6 +41,10 @@ FLOOR_SLACK_MB = 2.0
 FLAT_KIB = 256
 SOAK = 600.0
 SOAK_SAMPLE = 5.0
+#: Then the same soak this long with ``[metrics] textfile`` set (issue 22: idle RSS with the
+#: metrics on <= RSS_METRICS_MIB).
+METRICS_SOAK = 120.0
+RSS_METRICS_MIB = 52.0
 FLOOR_RUNS = 3
 #: What the daemon imports by the time it is ready (and the config models it builds): the
 #: floor no daemon built on these dependencies can go under.
@@ -152,12 +156,13 @@ def _slope_per_hour(points: list[tuple[float, int]]) -> float:
     return sxy / sxx * 3600 if sxx else float("nan")
 
 
-async def _soak(stack: Stack, nics: int, soak: float) -> dict[str, Any]:
-    """A fresh daemon with the default resync_interval on the NICs plugged by _idle."""
+async def _soak(stack: Stack, nics: int, soak: float, *, metrics: bool = False) -> dict[str, Any]:
+    """A fresh daemon with the default resync_interval on the NICs plugged by _idle
+    (METRICS: writing its textfile too)."""
     code = await stack.stop_daemon()
     if code != 0:
         raise BenchError(f"daemon exited with status {code} on SIGTERM")
-    proc, _started = await stack.start_daemon()
+    proc, _started = await stack.start_daemon(metrics=metrics)
     await stack.wait_ready()
     pid = proc.pid
     _check_pid(pid)
@@ -214,12 +219,16 @@ async def _floor(runs: int) -> list[int]:
     return out
 
 
-async def _bench(stack: Stack, runs: int, nics: int, idle: float, soak: float) -> dict[str, Any]:
+async def _bench(
+    stack: Stack, runs: int, nics: int, idle: float, soak: float, metrics_soak: float
+) -> dict[str, Any]:
     floor = await _floor(FLOOR_RUNS)
     starts = await _startups(stack, runs)
     out = {"floor_kib": floor, "starts": starts, "idle": await _idle(stack, nics, idle)}
     if soak > 0:
         out["soak"] = await _soak(stack, nics, soak)
+    if metrics_soak > 0:
+        out["metrics_soak"] = await _soak(stack, nics, metrics_soak, metrics=True)
     return out
 
 
@@ -256,14 +265,19 @@ def _print_soak(soak: dict[str, Any], nics: int) -> dict[str, float]:
 
 
 def run(
-    *, runs: int = START_RUNS, nics: int = NICS, idle: float = IDLE, soak: float = SOAK
+    *,
+    runs: int = START_RUNS,
+    nics: int = NICS,
+    idle: float = IDLE,
+    soak: float = SOAK,
+    metrics_soak: float = METRICS_SOAK,
 ) -> dict[str, Any]:
     print(
         f"== footprint: start -> ready ({runs} runs), then {nics} NICs converged and "
         f"{idle:g} s idle with resync_interval = {RESYNC:g} s"
         + (f"; then a {soak:g} s soak with the default resync_interval" if soak > 0 else "")
     )
-    raw = run_with_stack(NAME, lambda stack: _bench(stack, runs, nics, idle, soak))
+    raw = run_with_stack(NAME, lambda stack: _bench(stack, runs, nics, idle, soak, metrics_soak))
     starts = raw["starts"]
     ready = summary([s["start_to_ready_s"] for s in starts])
     idle_fig = raw["idle"]
@@ -354,6 +368,29 @@ def run(
                 "met": soak_mb <= RSS_TARGET_MB,
             }
         )
+    for label, key in (("soak", "rss_metrics_off"), ("metrics_soak", "rss_metrics_on")):
+        fig = raw.get(label)
+        if fig is None:
+            continue
+        mib = fig["rss_kib"] / 1024
+        met = mib <= RSS_METRICS_MIB
+        what = "on" if label == "metrics_soak" else "off"
+        print(
+            f"   idle RSS, metrics {what}, after {fig['soak_s']:.0f} s (default resync_interval): "
+            f"{mib:.2f} MiB (goal, issue 22: <= {RSS_METRICS_MIB:g} MiB with metrics on): "
+            f"{verdict(met)}"
+        )
+        soak_targets.append(
+            {
+                "name": f"idle RSS, metrics {what}, after a {fig['soak_s']:.0f} s soak (MiB)",
+                "value": mib,
+                "limit": RSS_METRICS_MIB,
+                "unit": "MiB",
+                "met": met,
+                "key": key,
+                "detail": {"soak_s": fig["soak_s"], "growth_kib": fig["rss_growth_kib"]},
+            }
+        )
     return {
         "method": {
             "start_runs": runs,
@@ -364,6 +401,7 @@ def run(
             "soak_resync_interval_s": 60.0,
         },
         "soak": raw.get("soak"),
+        "metrics_soak": raw.get("metrics_soak"),
         "import_floor_kib": raw["floor_kib"],
         "soak_cpu_seconds_per_idle_hour": soak_fig.get("cpu_seconds_per_idle_hour"),
         "soak_idle_rss_mb": soak_fig.get("rss_mb"),

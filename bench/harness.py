@@ -51,9 +51,11 @@ def netplan_file(mac: str) -> str:
     return f"90-nicreconciled-{mac.replace(':', '')}.yaml"
 
 
-def daemon_config(tmp: Path, *, resync_interval: float | None = None, cloud: str = "ec2") -> str:
+def daemon_config(
+    tmp: Path, *, resync_interval: float | None = None, cloud: str = "ec2", metrics: bool = False
+) -> str:
     """The configuration every benchmark uses: defaults, save what a netns run needs (the
-    CLOUD's table points at the simulator)."""
+    CLOUD's table points at the simulator); METRICS: the textfile in tmp/metrics too."""
     lines = [
         f'cloud = "{cloud}"',
         'renderer = "netplan"',
@@ -73,6 +75,9 @@ def daemon_config(tmp: Path, *, resync_interval: float | None = None, cloud: str
     ]
     if cloud == "ec2":
         lines.append('fallback_endpoint = ""')
+    if metrics:
+        (tmp / "metrics").mkdir(exist_ok=True)
+        lines += ["[metrics]", f'textfile = "{tmp}/metrics/nicreconciled.prom"']
     return "\n".join(lines) + "\n"
 
 
@@ -268,16 +273,20 @@ class Stack:
         )  # fmt: skip
         await self._sim.set_primary(PRIMARY)
 
-    def write_config(self, *, resync_interval: float | None = None) -> Path:
+    def write_config(self, *, resync_interval: float | None = None, metrics: bool = False) -> Path:
         path = self.tmp / "nicreconciled.toml"
-        path.write_text(daemon_config(self.tmp, resync_interval=resync_interval, cloud=self.cloud))
+        path.write_text(
+            daemon_config(
+                self.tmp, resync_interval=resync_interval, cloud=self.cloud, metrics=metrics
+            )
+        )
         return path
 
     async def start_daemon(
-        self, *, resync_interval: float | None = None
+        self, *, resync_interval: float | None = None, metrics: bool = False
     ) -> tuple[asyncio.subprocess.Process, float]:
         """Start a daemon with a fresh log; returns it and the wall-clock start time."""
-        cfg = self.write_config(resync_interval=resync_interval)
+        cfg = self.write_config(resync_interval=resync_interval, metrics=metrics)
         self.log = DaemonLog(self.tmp / f"daemon-{self._daemon_runs}.log")
         self._daemon_runs += 1
         argv = [PYTHON, "-m", "nicreconciled", "--config", str(cfg), "--log-format", "json"]

@@ -4,7 +4,9 @@ These are not the real tools: they are small coroutines that poll the simulator 
 cadence and request pattern the peers document, and "render" what they saw. Every output
 that shows them says MODEL.
 
-* cloud-init 25.1+ hotplug on EC2 (PR #5995): at the udev event, then again 5 s after the
+* cloud-init 26.2 hotplug on EC2, the retry of PR #5995 (25.1), unchanged since (FACTS.md,
+  second round; 26.2 also dropped the udev ``remove`` action, which a late IPv6 does not
+  need): at the udev event, then again 5 s after the
   previous application ended, for as long as the next one would start within 30 s of the
   event (FACTS.md measured 26.2: six applications ~5.14 s apart, ~293 requests). Each
   application is one full metadata crawl of CRAWL_REQUESTS requests (a token PUT, the
@@ -14,7 +16,10 @@ that shows them says MODEL.
   Real cloud-init also spends ~0.1-0.8 s processing per application (FACTS.md: IPv6
   rendered +4.9/+1.8/+1.1 s after it appeared for D = 1/4/10 s); the model renders as soon
   as its crawl ends, which flatters it slightly.
-* amazon-ec2-net-utils v2 (policy-routes@.service at the udev event; refresh-policy-routes@
+* amazon-ec2-net-utils 2.7.7, the v2 design (FACTS.md, second round: drop-ins under
+  ``70-IFACE.network.d``, an IPv6 default route via the RA in the ENI's table since 2.4.0;
+  on a refresh ``eni.conf`` is not rebuilt, so the late IPv6's subnet route stays missing)
+  (policy-routes@.service at the udev event; refresh-policy-routes@
   .timer: OnActiveSec=30, OnUnitInactiveSec=60, RandomizedDelaySec=5, i.e. a refresh
   30 s + U(0, 5) s after the start, then 60 s + U(0, 5) s after the previous refresh ended).
   Each run reads what lib.sh reads: a token, ``mac``, ``device-number``, on the first run
@@ -45,8 +50,8 @@ from typing import Any
 
 import aiohttp
 
-CLOUD_INIT = "cloud-init 25.1 hotplug (MODEL)"
-NET_UTILS = "amazon-ec2-net-utils v2 (MODEL)"
+CLOUD_INIT = "cloud-init 26.2 hotplug (MODEL)"
+NET_UTILS = "amazon-ec2-net-utils 2.7.7 (MODEL)"
 MODELS = (CLOUD_INIT, NET_UTILS)
 
 #: cloud-init: requests per full crawl (FACTS.md: ~49), pause between applications, window.

@@ -3,7 +3,7 @@
 One run, one simulator: for each late-field delay D (``ipv6s`` appears D s after the NIC is
 added, its subnet has the IPv6 block from the start) three NICs with distinct MACs are added
 at once: one is hot-plugged as a veth for the real daemon, the two others are handed to the
-schedule MODELS of cloud-init 25.1 hotplug and amazon-ec2-net-utils v2 (bench/peer_models.py,
+schedule MODELS of cloud-init 26.2 hotplug and amazon-ec2-net-utils 2.7.7 (bench/peer_models.py,
 run in the simulator's namespace). All D run concurrently; each NIC is observed for
 D + WINDOW s after it was added.
 
@@ -309,8 +309,8 @@ def plot(rows: list[dict[str, Any]], delays: tuple[float, ...], path: Path) -> b
     fig, axes = plt.subplots(len(delays), 1, figsize=(12, 2.0 * len(delays) + 1.4))
     axes_list = list(axes) if len(delays) > 1 else [axes]
     labels = {NICRECONCILED: "nicreconciled (real daemon)",
-              peer_models.CLOUD_INIT: "cloud-init 25.1 hotplug\n(MODEL)",
-              peer_models.NET_UTILS: "amazon-ec2-net-utils v2\n(MODEL)"}  # fmt: skip
+              peer_models.CLOUD_INIT: "cloud-init 26.2 hotplug\n(MODEL)",
+              peer_models.NET_UTILS: "amazon-ec2-net-utils 2.7.7\n(MODEL)"}  # fmt: skip
     for ax, delay in zip(axes_list, delays, strict=True):
         group = [r for r in rows if r["delay_s"] == delay]
         end = delay + WINDOW
@@ -366,8 +366,8 @@ def plot(rows: list[dict[str, Any]], delays: tuple[float, ...], path: Path) -> b
 def run(*, delays: tuple[float, ...] = DELAYS) -> dict[str, Any]:
     print(
         f"== peers: ipv6s appears D = {', '.join(f'{d:g}' for d in delays)} s after attach; "
-        f"nicreconciled (real daemon) vs MODELS of cloud-init 25.1 hotplug and "
-        f"amazon-ec2-net-utils v2; one simulator, all D concurrently, D + {WINDOW:g} s each",
+        f"nicreconciled (real daemon) vs MODELS of cloud-init 26.2 hotplug and "
+        f"amazon-ec2-net-utils 2.7.7; one simulator, all D concurrently, D + {WINDOW:g} s each",
         flush=True,
     )
     raw = run_with_stack(NAME, lambda stack: _bench(stack, delays))
