@@ -1080,7 +1080,8 @@ def nic_states(draw: Draw) -> NicState:
     count6 = draw(st.integers(0, 3)) if nets6 else 0
     ipv6 = [host(draw, draw(st.sampled_from(nets6))) for _ in range(count6)]
     if ipv4 and draw(st.integers(0, 5)) == 0:
-        ipv4.append(ipv4[0])
+        # A duplicate; at the model's longest list it replaces the last entry instead.
+        ipv4[-1:] = [ipv4[-1], ipv4[0]] if len(ipv4) < 256 else [ipv4[0]]
     routes = draw(st.lists(static_routes(4) | static_routes(6), max_size=3))
     fields: dict[str, Any] = {
         "mac": draw(macs),
