@@ -288,6 +288,81 @@ def _markdown(rows: list[dict[str, Any]], shared: int) -> str:
     return "\n".join(lines)
 
 
+def comparison(rows: list[dict[str, Any]]) -> str:
+    """README's "Compared with the tools people use today" table: the measured rows from this
+    run (late IPv6 per D, requests), the others from the peers' code and trackers (FACTS.md)
+    and the daemon's configuration defaults."""
+    from nicreconciled.config import PollingConfig
+
+    polling = PollingConfig()
+    tools = (peer_models.CLOUD_INIT, peer_models.NET_UTILS, NICRECONCILED)
+
+    def late(tool: str) -> str:
+        parts = []
+        for r in sorted((r for r in rows if r["tool"] == tool), key=lambda r: r["delay_s"]):
+            after, partial = r["complete_after_d_s"], r["partial_after_d_s"]
+            if not math.isnan(after):
+                parts.append(f"D={r['delay_s']:g}: +{after:.1f} s")
+            elif not math.isnan(partial):
+                parts.append(f"D={r['delay_s']:g}: never (rules +{partial:.0f} s)")
+            else:
+                parts.append(f"D={r['delay_s']:g}: never")
+        return "; ".join(parts) or "-"
+
+    def load(tool: str) -> str:
+        mine = [r for r in rows if r["tool"] == tool]
+        if not mine:
+            return "-"
+        window = [r["requests_in_window"] for r in mine]
+        until = [r["requests_until_complete"] for r in mine]
+        until = [v for v in until if not math.isnan(v)]
+        text = f"{min(window):.0f}-{max(window):.0f} requests in D + {WINDOW:g} s"
+        if until:
+            text += f" ({min(until):.0f}-{max(until):.0f} until complete)"
+        return text
+
+    static = {
+        "when it looks": (
+            "at the udev event, then every 5 s for 30 s",
+            "at the udev event, then a timer every ~60 s",
+            f"until stable ({polling.initial_interval:g} s confirmations, "
+            f"{polling.probe_interval:g} s probes), then every `resync_interval`, SIGHUP, udev",
+        ),
+        "what it rewrites": (
+            "the whole netplan file, in place, then a global `netplan apply`",
+            "networkd drop-ins on md5 change, reload if changed",
+            "one file per NIC, atomically, only on change; reload of that NIC only",
+        ),
+        "transient IMDS errors": (
+            "-",
+            "once deleted a NIC's secondary-address config (#161)",
+            "never change a file",
+        ),
+        "detach": (
+            "nothing cleans up (the udev `remove` action was dropped in 26.2, PR #6152)",
+            "config deliberately left behind (since 2.5.0)",
+            "file removed once the NIC is gone and unlisted",
+        ),
+    }
+    names = {
+        peer_models.CLOUD_INIT: "cloud-init 26.2 hotplug (model)",
+        peer_models.NET_UTILS: "amazon-ec2-net-utils 2.7.7 (model)",
+        NICRECONCILED: "nicreconciled",
+    }
+    lines = ["| | " + " | ".join(names[t] for t in tools) + " |", "|---|---|---|---|"]
+    lines.append("| when it looks | " + " | ".join(static["when it looks"]) + " |")
+    lines.append(
+        "| late IPv6: complete (address, rule, subnet route) after it appears, D s after attach "
+        "(measured) | " + " | ".join(late(t) for t in tools) + " |"
+    )
+    lines.append(
+        "| IMDS requests per hot-plug (measured) | " + " | ".join(load(t) for t in tools) + " |"
+    )
+    for key in ("what it rewrites", "transient IMDS errors", "detach"):
+        lines.append(f"| {key} | " + " | ".join(static[key]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 _COLOURS = {"incomplete": "#d9534f", "partial": "#f0ad4e", "complete": "#5cb85c"}
 
 
@@ -395,6 +470,7 @@ def run(*, delays: tuple[float, ...] = DELAYS) -> dict[str, Any]:
     RESULTS.mkdir(parents=True, exist_ok=True)
     md = RESULTS / "peers.md"
     md.write_text(_markdown(rows, counts["shared_daemon_requests"]))
+    (RESULTS / "comparison.md").write_text(comparison(rows))
     png = RESULTS / "peers.png"
     plotted = plot(rows, delays, png)
     print(f"   table: {md}" + (f"; timeline: {png}" if plotted else ""))
