@@ -66,8 +66,18 @@ def test_hotplug_late_ipv6_hardened_tokens_and_a_secondary_after_sighup(lab: Lab
     assert lab.rule_sources(4, eni.table) == set(eni.ipv4s)
     assert lab.rule_sources(6, eni.table) == set(eni.ipv6s)
     assert lab.route_destinations(4, eni.table) == {"10.0.11.0/24": None, "default": "10.0.11.1"}
-    defaults6 = {r.get("gateway") for r in lab.routes(6, eni.table) if r.get("dst") == "default"}
-    assert eni.gateway6 in defaults6, defaults6  # ipv6-gateway: a static default route in T
+
+    def defaults6() -> set[str | None]:
+        return {r.get("gateway") for r in lab.routes(6, eni.table) if r.get("dst") == "default"}
+
+    # ipv6-gateway: a static default route in T (not in missing_state's plan; NetworkManager
+    # may commit it a moment after the rest).
+    lab.wait_for(
+        lambda: eni.gateway6 in defaults6(),
+        10,
+        f"default via {eni.gateway6} in table {eni.table}",
+        describe=lambda: f"{defaults6()}",
+    )
     assert lab.route_destinations(4, "main").get("default") == primary_nic.gateway4
     assert not lab.path(lab.output_file(PRIMARY_MAC)).exists()  # the primary is left alone
 
