@@ -111,8 +111,7 @@ class KernelSide:
             keeper = self.reconcilers[found].keeper
             if not event.deleted and not keeper.held:
                 # Pending after an apply: what arrives counts as seen (keeper.py).
-                item = kernelstate.describe_event(event)
-                if item is not None:
+                for item in kernelstate.describe_event_items(event):
                     keeper.saw(item)
         for mac in touched:
             self.recheck(mac, 0.0)

@@ -156,7 +156,11 @@ def kernel_snapshot(lab: Lab, ifname: str, table: int) -> Snapshot:
         for route in lab.routes(f, table):
             if route.get("type", "unicast") != "unicast":
                 continue
-            routes.append((_prefix(str(route.get("dst", "")), f), route.get("gateway"), table))
+            destination = _prefix(str(route.get("dst", "")), f)
+            # A multipath route (NetworkManager 1.52 merges a static and an RA default route
+            # of one metric): a route per next hop, as the product reads it.
+            for hop in route.get("nexthops") or [route]:
+                routes.append((destination, hop.get("gateway"), table))
     return snapshot(addresses, rules, routes, local=local)
 
 

@@ -153,6 +153,11 @@ def routes(netns: str, family: Family, table: int | str = "main") -> list[dict[s
     return result
 
 
+def gateways(route: dict[str, Any]) -> set[str | None]:
+    """The gateways of an ``ip -j`` route: each next hop's for a multipath route."""
+    return {hop.get("gateway") for hop in route.get("nexthops") or [route]}
+
+
 def route_destinations(netns: str, family: Family, table: int | str) -> dict[str, str | None]:
     """Destination -> gateway of TABLE's routes (``default`` for the default route); of
     several routes to one destination, the one the kernel prefers (lowest metric)."""

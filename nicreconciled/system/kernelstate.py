@@ -44,10 +44,11 @@ def read(ifindex: int, promise: Promise) -> Snapshot:
         if r.table in tables and r.plain_source_rule
     ]
     routes = [
-        (_prefix(r.family, r.dst, r.dst_len), r.gateway, r.table)
+        (_prefix(r.family, r.dst, r.dst_len), gateway, r.table)
         for table in sorted(tables - {LOCAL_TABLE})
         for r in rtnl.dump_routes(table)
         if r.table == table and r.type == RTN_UNICAST
+        for gateway, _ in r.hops()  # a multipath route holds a route per next hop
     ]
     local = [
         _prefix(r.family, r.dst, r.dst_len)
@@ -58,9 +59,31 @@ def read(ifindex: int, promise: Promise) -> Snapshot:
 
 
 def describe_event(event: rtnl.Event) -> str | None:
-    """The object a notification adds or removes, named as ``Promise.missing`` names it (an
-    address, a plain source rule, a unicast route, a local route in table local); None for
-    anything else."""
+    """The object a notification adds or removes (the first, for a multipath route)."""
+    items = describe_event_items(event)
+    return items[0] if items else None
+
+
+def describe_event_items(event: rtnl.Event) -> list[str]:
+    """The objects a notification adds or removes, named as ``Promise.missing`` names them (an
+    address, a plain source rule, a unicast route (one per next hop of a multipath route), a
+    local route in table local); [] for anything else."""
+    if event.kind == "route":
+        route = rtnl.parse_route(event.body)
+        if route is None or route.type != RTN_UNICAST or not route.nexthops:
+            return _describe_one(event)
+        destination = _prefix(route.family, route.dst, route.dst_len)
+        found = snapshot([], [], [(destination, gw, route.table) for gw, _ in route.hops()])
+        return sorted(r.describe() for r in found.routes)
+    return _describe_one(event)
+
+
+def _describe_one(event: rtnl.Event) -> list[str]:
+    one = _describe(event)
+    return [] if one is None else [one]
+
+
+def _describe(event: rtnl.Event) -> str | None:
     if event.kind == "address":
         address = rtnl.parse_address(event.body)
         if address is None:

@@ -25,6 +25,9 @@ _NLM_F_REQUEST, _NLM_F_DUMP, _NLM_F_DUMP_INTR = 0x1, 0x300, 0x10
 _RTM_GETADDR, _RTM_GETROUTE, _RTM_GETRULE = 22, 26, 34
 _IFA_ADDRESS, _IFA_LOCAL, _IFA_FLAGS = 1, 2, 8
 _RTA_DST, _RTA_OIF, _RTA_GATEWAY, _RTA_PRIORITY, _RTA_TABLE, _RTA_VIA = 1, 4, 5, 6, 15, 18
+_RTA_MULTIPATH = 9
+#: struct rtnexthop: u16 length, u8 flags, u8 hops, s32 ifindex; its attributes follow.
+_RTNH = struct.Struct("=HBBi")
 _FRA_DST, _FRA_SRC, _FRA_IIFNAME, _FRA_GOTO, _FRA_PRIORITY = 1, 2, 3, 4, 6
 _FRA_FWMARK, _FRA_TABLE, _FRA_FWMASK, _FRA_OIFNAME, _FRA_PROTOCOL = 10, 15, 16, 17, 21
 _FRA_SUPPRESS_IFGROUP, _FRA_SUPPRESS_PREFIXLEN = 13, 14
@@ -130,10 +133,18 @@ class KRoute:
     dst: str | None
     dst_len: int
     gateway: str | None
-    oif: int | None  # None for a multipath route (RTA_MULTIPATH, not parsed)
+    oif: int | None  # None for a multipath route: see nexthops
     protocol: int
     type: int
     metric: int | None
+    #: A multipath route's (gateway, ifindex) per next hop (RTA_MULTIPATH); () for others.
+    #: NetworkManager 1.52 merges a static IPv6 default route and the router advertisement's
+    #: of one table and metric into one such route.
+    nexthops: tuple[tuple[str | None, int], ...] = ()
+
+    def hops(self) -> tuple[tuple[str | None, int | None], ...]:
+        """(gateway, ifindex) of every way out: the next hops, or the route's own."""
+        return self.nexthops or ((self.gateway, self.oif),)
 
     @property
     def destination(self) -> str:
@@ -274,15 +285,38 @@ def parse_route(body: bytes) -> KRoute | None:
     dst_ok, dst = _prefix(family, dst_len, attrs.get(_RTA_DST) if dst_len else None)
     if not dst_ok:
         return None
-    gateway = None
-    if _RTA_GATEWAY in attrs:
-        gateway = _text(family, attrs[_RTA_GATEWAY])
-    elif len(attrs.get(_RTA_VIA, b"")) >= 2:  # struct rtvia: u16 family, then the address
-        via = attrs[_RTA_VIA]
-        gateway = _text(_U16.unpack_from(via)[0], via[2:])
+    gateway = _gateway(family, attrs)
+    nexthops = _nexthops(family, attrs.get(_RTA_MULTIPATH, b""))
+    if nexthops is None:
+        return None
     table = _u32(attrs.get(_RTA_TABLE, b"")) or table  # tables > 255: rtm_table is 252
     oif, metric = _u32(attrs.get(_RTA_OIF, b"")), _u32(attrs.get(_RTA_PRIORITY, b""))
-    return KRoute(family, table, dst, dst_len, gateway, oif, protocol, rtype, metric)
+    return KRoute(family, table, dst, dst_len, gateway, oif, protocol, rtype, metric, nexthops)
+
+
+def _gateway(family: int, attrs: dict[int, bytes]) -> str | None:
+    if _RTA_GATEWAY in attrs:
+        return _text(family, attrs[_RTA_GATEWAY])
+    if len(attrs.get(_RTA_VIA, b"")) >= 2:  # struct rtvia: u16 family, then the address
+        via = attrs[_RTA_VIA]
+        return _text(_U16.unpack_from(via)[0], via[2:])
+    return None
+
+
+def _nexthops(family: int, raw: bytes) -> tuple[tuple[str | None, int], ...] | None:
+    """RTA_MULTIPATH's next hops as (gateway, ifindex); None when malformed."""
+    hops: list[tuple[str | None, int]] = []
+    offset = 0
+    while offset + _RTNH.size <= len(raw):
+        length, _flags, _hops, ifindex = _RTNH.unpack_from(raw, offset)
+        if length < _RTNH.size or offset + length > len(raw):
+            return None
+        attrs = _attrs(raw[offset : offset + length], _RTNH.size)
+        if attrs is None:
+            return None
+        hops.append((_gateway(family, attrs), ifindex))
+        offset += (length + 3) & ~3
+    return tuple(hops)
 
 
 # Message type -> (kind, deleted, fixed header size: ifinfomsg 16, ifaddrmsg 8, rtmsg 12).

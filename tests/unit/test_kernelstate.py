@@ -5,8 +5,8 @@ from __future__ import annotations
 import socket
 
 from nicreconciled.system import rtnl
-from nicreconciled.system.kernelstate import describe_event
-from tests.unit.test_rtnl import ifaddrmsg, ip, rtmsg, rulemsg, u32
+from nicreconciled.system.kernelstate import describe_event, describe_event_items
+from tests.unit.test_rtnl import attr, ifaddrmsg, ip, nexthop, rtmsg, rulemsg, u32
 
 AF4, AF6 = socket.AF_INET, socket.AF_INET6
 
@@ -53,3 +53,12 @@ class TestDescribeEvent:
         assert describe_event(event("route", elsewhere)) is None
         assert describe_event(event("route", b"\x02\x00")) is None
         assert describe_event(event("link", b"\x00" * 16)) is None
+
+
+def test_a_multipath_route_names_a_route_per_next_hop() -> None:
+    hops = nexthop(4, ip(5, "2001:db8:11::1")) + nexthop(4, ip(5, "fe80::1"))
+    body = rtmsg(10, 0, 252, u32(15, 10257), attr(9, hops))
+    assert describe_event_items(event("route", body)) == [
+        "route default via 2001:db8:11::1 table 10257",
+        "route default via fe80::1 table 10257",
+    ]

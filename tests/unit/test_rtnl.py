@@ -249,7 +249,32 @@ class TestRule:
         assert rtnl.parse_rule(body) is None
 
 
+def nexthop(ifindex: int, *attrs: bytes) -> bytes:
+    body = b"".join(attrs)
+    return struct.pack("=HBBi", 8 + len(body), 0, 0, ifindex) + body
+
+
 class TestRoute:
+    def test_a_multipath_route_has_each_next_hop(self) -> None:
+        """NetworkManager 1.52 merges a static IPv6 default route and the RA's of one table
+        and metric into one route with RTA_MULTIPATH (9)."""
+        hops = nexthop(4, ip(5, "2001:db8:11::1")) + nexthop(4, ip(5, "fe80::52:ff:fe00:2"))
+        body = rtmsg(10, 0, 252, u32(15, 10257), u32(6, 769), attr(9, hops))
+        route = rtnl.parse_route(body)
+        assert route is not None
+        assert (route.gateway, route.oif, route.table) == (None, None, 10257)
+        assert route.nexthops == (("2001:db8:11::1", 4), ("fe80::52:ff:fe00:2", 4))
+        assert route.hops() == route.nexthops
+
+    def test_a_plain_route_is_its_own_single_hop(self) -> None:
+        route = rtnl.parse_route(KERNEL_ROUTE4)
+        assert route is not None
+        assert route.hops() == (("10.0.11.1", 3),)
+
+    def test_a_next_hop_overrunning_the_attribute_makes_the_route_malformed(self) -> None:
+        broken = struct.pack("=HBBi", 40, 0, 0, 4) + ip(5, "2001:db8:11::1")
+        assert rtnl.parse_route(rtmsg(10, 0, 252, attr(9, broken))) is None
+
     def test_a_default_route_from_the_kernel_in_a_table_above_255(self) -> None:
         route = rtnl.parse_route(KERNEL_ROUTE4)
         assert route == rtnl.KRoute(rtnl.AF_INET, 10001, None, 0, "10.0.11.1", 3, 3, 1, 100)

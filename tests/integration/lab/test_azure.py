@@ -35,10 +35,6 @@ RESYNC = 2.0
 WIRESERVER, IMDS = "168.63.129.16", "169.254.169.254"
 
 
-#: ``ip -j``'s valid_life_time of an address without a lease.
-FOREVER = 4294967295
-
-
 def start(lab: Lab) -> None:
     """The primary NIC (a foreign file), the IMDS simulator listing it first."""
     lab.plug_primary(PRIMARY_MAC, PRIMARY_IPV4)
@@ -88,6 +84,10 @@ def test_a_secondary_nic_converges_and_takes_live_ip_configurations(lab: Lab) ->
     port = eni.nic.port
     for address in [*eni.ipv4s, *eni.ipv6s]:
         result = lab.ping_from_peer(address)
+        if result.received < result.sent:
+            # One lost packet on a loaded machine (the router resolving the neighbour) is not
+            # what this is about (seen once on Debian 13's stack): once more.
+            result = lab.ping_from_peer(address)
         assert result.received == result.sent, f"{result}\n{lab.describe()}"
         assert result.replies_by_port.get(port) == result.sent, str(result)
 
@@ -153,17 +153,17 @@ def test_the_wireserver_and_imds_stay_on_the_primary_nic(lab: Lab) -> None:
         "option 121 (classless static routes) in the lease",
     )
 
-    # ... and its client has taken the lease (networkd: the address carries its lifetime).
+    # ... and its client has taken the lease.
     def leased() -> bool:
         if lab.manager == "nm":
             # NetworkManager keeps the static address as it is; it lists the lease's options.
             shown = lab.run(["nmcli", "-t", "-f", "DHCP4", "device", "show", nic.ifname])
             return "classless_static_routes" in shown.stdout
-        for link in lab.ip_json("addr", "show", "dev", nic.ifname):
-            for a in link.get("addr_info", []):
-                if a.get("local") == eni.ipv4s[0] and a.get("valid_life_time") != FOREVER:
-                    return True
-        return False
+        # networkd saves each lease it takes (networkd 257 keeps the static address's
+        # lifetime, so the address cannot tell).
+        (link,) = lab.ip_json("link", "show", "dev", nic.ifname)
+        lease = lab.path(f"/run/systemd/netif/leases/{link['ifindex']}")
+        return lease.exists() and f"ADDRESS={eni.ipv4s[0]}" in lease.read_text()
 
     lab.wait_for(leased, 30, f"{eni.ipv4s[0]} with the lease's lifetime")
     # A secondary NIC's file says: its lease's routes are not installed (state.dhcp_routes).
