@@ -24,6 +24,7 @@ from bench import (
     fleet,
     footprint,
     fuzz,
+    harness,
     heal,
     issue12,
     issue22,
@@ -75,6 +76,14 @@ def _delays(text: str) -> list[float]:
     if not values or any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError("delays must be positive")
     return values
+
+
+def _setting(text: str) -> tuple[str, float]:
+    key, sep, value = text.partition("=")
+    try:
+        return key.strip(), float(value) if sep else float("nan")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not KEY=SECONDS: {text!r}") from None
 
 
 def _counts(text: str) -> list[int]:
@@ -145,6 +154,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"kernel: comma-separated, of {','.join(kernel.SETUPS)} (default: all)",
     )  # fmt: skip
     p.add_argument(
+        "--polling", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+        help="every daemon: this [polling] value instead of the default (repeatable), e.g. "
+        "probe_interval=0.3: to measure a setting before it becomes the default",
+    )  # fmt: skip
+    p.add_argument(
         "--heal-trials", type=int, default=heal.TRIALS,
         help="heal: deletions per manager (default %(default)s)",
     )  # fmt: skip
@@ -186,6 +200,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--fuzz-docs must be at least 1")
     if args.soak < 0 or args.vms < 1 or args.outage <= 0:
         parser.error("--soak must be >= 0, --vms >= 1, --outage > 0")
+    if args.polling:
+        from pydantic import ValidationError
+
+        from nicreconciled.config import PollingConfig
+
+        try:
+            PollingConfig(**dict(args.polling))
+        except (ValidationError, TypeError) as exc:
+            parser.error(f"--polling: {exc}")
+        harness.POLLING.update(args.polling)
+        print("[polling] for every daemon: " + ", ".join(f"{k} = {v:g}" for k, v in args.polling))
     if os.geteuid() != 0:
         print("python -m bench: needs root (network namespaces)", file=sys.stderr)
         return 2

@@ -51,6 +51,11 @@ def netplan_file(mac: str) -> str:
     return f"90-nicreconciled-{mac.replace(':', '')}.yaml"
 
 
+#: ``[polling]`` keys every benchmark's daemon gets instead of the defaults (``--polling``):
+#: to measure a setting before it becomes the default.
+POLLING: dict[str, float] = {}
+
+
 def daemon_config(
     tmp: Path, *, resync_interval: float | None = None, cloud: str = "ec2", metrics: bool = False
 ) -> str:
@@ -75,6 +80,8 @@ def daemon_config(
     ]
     if cloud == "ec2":
         lines.append('fallback_endpoint = ""')
+    if POLLING:
+        lines += ["[polling]", *(f"{key} = {value}" for key, value in POLLING.items())]
     if metrics:
         (tmp / "metrics").mkdir(exist_ok=True)
         lines += ["[metrics]", f'textfile = "{tmp}/metrics/nicreconciled.prom"']

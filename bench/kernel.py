@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.harness import BenchError
+from bench.harness import POLLING, BenchError
 from bench.report import percentile, summary, table, verdict
 from nicreconciled.config import Config, PollingConfig
 from nicreconciled.lab import (
@@ -113,7 +113,7 @@ PRIMARY_IPV4 = "10.0.0.10"
 def daemon_polling() -> dict[str, float]:
     """The daemon's own defaults for every [polling] key the lab would otherwise set."""
     defaults = PollingConfig()
-    return {key: float(getattr(defaults, key)) for key in DEFAULT_POLLING}
+    return {**{key: float(getattr(defaults, key)) for key in DEFAULT_POLLING}, **POLLING}
 
 
 def default_resync() -> float:
