@@ -1,7 +1,8 @@
 """Microsoft Azure: IMDS ``/metadata/instance/network``, one JSON document for every NIC.
 
 Sources of the facts used here (their code is not reused; the parser's own facts are in
-``azure_parse.py``, the whole picture in docs/clouds/azure.md):
+``azure_parse.py``, the whole picture in docs/clouds/azure.md; the Source methods shared with
+OCI and GCE are ``onedoc.py``'s):
 
 * ``GET http://169.254.169.254/metadata/instance/network?api-version=...`` with the header
   ``Metadata: true``; a request without it, or with an ``X-Forwarded-For`` header, is
@@ -36,16 +37,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
-import structlog
 from pydantic import field_validator
 
 from nicreconciled.config import Config, Section, check_endpoint
-from nicreconciled.errors import FetchError, MetadataError
-from nicreconciled.model import COMMON_FLAG_KINDS, Observation, normalize_mac
+from nicreconciled.errors import FetchError
+from nicreconciled.model import COMMON_FLAG_KINDS, Observation
 from nicreconciled.sources.azure_parse import (
     API_VERSION,
     NETWORK_PATH,
@@ -57,15 +57,12 @@ from nicreconciled.sources.azure_parse import (
 from nicreconciled.sources.common import SharedAnswer, device_numbers, routed_macs
 from nicreconciled.sources.http import HttpClient, StatusError
 from nicreconciled.sources.leases import LocalLeases
+from nicreconciled.sources.onedoc import OneDocumentSource
 from nicreconciled.system import proc, sysfs
-
-_log = structlog.get_logger(__name__)
 
 HEADERS = {"Metadata": "true"}
 #: How long one document answers for every NIC (a burst of polls shares it).
 DOCUMENT_TTL = 0.5
-#: detect() must stay cheap: on another cloud the link-local address usually times out.
-DETECT_TIMEOUT = 1.0
 #: Requests per second at most, every NIC and probe together: 2 of IMDS's 5 per VM (one
 #: request every 0.5 s; never more than 3 in any second), the rest left to the agent.
 MAX_RATE = 2.0
@@ -122,14 +119,13 @@ class Paced(SharedAnswer[str]):
             raise
 
 
-class AzureSource:
+class AzureSource(OneDocumentSource[str]):
     """IMDS client for the VM's network metadata. Not safe to share between event loops."""
 
     name: ClassVar[str] = "azure"
     Settings: ClassVar[type[Section]] = AzureConfig
     FLAG_KINDS: ClassVar[frozenset[str]] = COMMON_FLAG_KINDS
-    ONE_ANSWER: ClassVar[bool] = True
-    detect_error: str = "not detected"
+    PATH: ClassVar[str] = NETWORK_PATH
 
     @classmethod
     def from_config(cls, config: Config, http: HttpClient) -> AzureSource:
@@ -151,15 +147,12 @@ class AzureSource:
         document_ttl: float = DOCUMENT_TTL,
         rate: float = MAX_RATE,
     ) -> None:
-        self._http = http
         self._url = f"{config.endpoint}/{NETWORK_PATH}?api-version={API_VERSION}"
-        self._clock = clock
+        super().__init__(http, Paced(self._get_document, document_ttl, clock, rate), clock)
         #: sysfs and /proc/net/route under ROOT (the primary NIC, the device numbers).
         self._local = LocalLeases(root=root, runner=runner, clock=clock)
-        self._document = Paced(self._get_document, document_ttl, clock, rate)
         #: MAC -> device number, kept for a NIC that is gone (its file is still named).
         self._numbers: dict[str, int] = {}
-        self._log = _log.bind(source="azure")
 
     async def _get_document(self) -> str:
         answer = await self._http.request("GET", self._url, HEADERS)
@@ -173,15 +166,9 @@ class AzureSource:
         one sent at or after that time)."""
         return await self._document.get(newer_than=newer_than)
 
-    async def detect(self) -> bool:
-        try:
-            async with asyncio.timeout(DETECT_TIMEOUT):
-                parse_document(await self.document())
-        except Exception as exc:
-            self.detect_error = "timeout" if isinstance(exc, TimeoutError) else str(exc)
-            self._log.debug("azure_not_detected", reason=self.detect_error)
-            return False
-        return True
+    def _check(self, text: str) -> None:
+        # The document is an object ({"interface": [...]}), not an array: parsed whole.
+        parse_document(text)
 
     def _primary(self, document: Document, links: Sequence[sysfs.Link]) -> str | None:
         """The listed NIC carrying the kernel's IPv4 default route (lowest metric first; a
@@ -200,37 +187,3 @@ class AzureSource:
         self._numbers.update(numbers)
         number = numbers.get(mac, self._numbers.get(mac, 99))
         return build_observation(mac, document, text, primary, number)
-
-    async def fetch(self, mac: str) -> Observation:
-        mac = normalize_mac(mac)
-        # Only an answer to a request sent after this poll began counts (a SIGHUP, a resync
-        # must see a change made a moment ago); NICs polling together share it.
-        observation = self._observe(mac, await self.document(newer_than=self._clock()))
-        self._log.debug(
-            "azure_fetched",
-            mac=observation.mac,
-            complete=observation.state is not None,
-            flags=[f.kind for f in observation.flags],
-        )
-        return observation
-
-    def predict(self, mac: str, answers: Mapping[str, str | None]) -> Observation | None:
-        """MAC's Observation in the probed document (None when it cannot be told)."""
-        text = answers.get(NETWORK_PATH)
-        if text is None:
-            return None
-        try:
-            return self._observe(normalize_mac(mac), text)
-        except MetadataError:
-            return None
-
-    async def probe(self, keys: Sequence[str]) -> dict[str, str | None]:
-        for key in keys:
-            if key != NETWORK_PATH:
-                raise ValueError(f"not a metadata probe key: {key[:80]!r}")
-        text = await self.document(newer_than=self._clock()) if keys else None
-        return dict.fromkeys(keys, text)
-
-    async def close(self) -> None:
-        self._document.forget()
-        await self._http.close()

@@ -1,8 +1,9 @@
 """Google Compute Engine: the metadata server's NIC document, fetched and long-polled.
 
 One document, ``instance/network-interfaces/?recursive=true``, describes every NIC; what it
-holds and how it becomes a NicState is ``sources/gce_parse.py``. Sources of the facts used
-here (their code is not reused):
+holds and how it becomes a NicState is ``sources/gce_parse.py``; the Source methods it shares
+with OCI and Azure, ``sources/onedoc.py``. Sources of the facts used here (their code is not
+reused):
 
 * Every request carries ``Metadata-Flavor: Google``; the server refuses one without it with
   403 (Google's "Troubleshoot metadata server access" page lists 403 for requests failing its
@@ -28,30 +29,26 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 from urllib.parse import quote
 
-import structlog
 from pydantic import field_validator
 
 from nicreconciled.config import Config, Section, check_endpoint
-from nicreconciled.errors import FetchError, MetadataError
+from nicreconciled.errors import FetchError
 from nicreconciled.model import COMMON_FLAG_KINDS, Observation
-from nicreconciled.sources.common import SharedAnswer, parse_json
+from nicreconciled.sources.common import SharedAnswer
 from nicreconciled.sources.gce_parse import NICS_PATH, VLANS_PATH, dynamic_nics, parse_nic
 from nicreconciled.sources.http import Answer, HttpClient
+from nicreconciled.sources.onedoc import OneDocumentSource
 from nicreconciled.system import sysfs
-
-_log = structlog.get_logger(__name__)
 
 HEADERS = {"Metadata-Flavor": "Google"}
 #: How long one document answers for every NIC (a burst of re-checks shares it), and how long
 #: a long poll's new document serves the re-checks it kicked without another request.
 DOCUMENT_TTL = 0.5
-#: detect() must stay cheap: elsewhere the link-local address usually times out.
-DETECT_TIMEOUT = 1.0
 #: How often the dynamic NICs are looked at (one request, piggybacked on a document fetch).
 VLAN_INTERVAL = 600.0
 #: An ETag longer than this is no ETag (the server's are 16 hex digits).
@@ -68,16 +65,15 @@ class GceConfig(Section):
     _endpoint = field_validator("endpoint")(check_endpoint)
 
 
-class GceSource:
+class GceSource(OneDocumentSource[Answer]):
     """Metadata server client for NIC metadata. Not safe to share between event loops."""
 
     name: ClassVar[str] = "gce"
     Settings: ClassVar[type[Section]] = GceConfig
     FLAG_KINDS: ClassVar[frozenset[str]] = COMMON_FLAG_KINDS
-    ONE_ANSWER: ClassVar[bool] = True
+    PATH: ClassVar[str] = NICS_PATH
     #: wait_for_change holds a request until the document changes (``nicreconciled.upstream``).
     LONG_POLL: ClassVar[bool] = True
-    detect_error: str = "not detected"
 
     @classmethod
     def from_config(cls, config: Config, http: HttpClient) -> GceSource:
@@ -99,12 +95,10 @@ class GceSource:
         document_ttl: float = DOCUMENT_TTL,
         vlan_interval: float = VLAN_INTERVAL,
     ) -> None:
-        self._http = http
         self._url = f"{config.endpoint}/{NICS_PATH}?recursive=true"
         self._vlans_url = f"{config.endpoint}/{VLANS_PATH}?recursive=true"
-        self._clock = clock
         self._ttl = document_ttl
-        self._document: SharedAnswer[Answer] = SharedAnswer(self._get, document_ttl, clock)
+        super().__init__(http, SharedAnswer(self._get, document_ttl, clock), clock)
         #: The ETag the long poll last reported (fetches do not move it: a change one NIC's
         #: fetch saw is still news for the others).
         self._watch_etag: str | None = None
@@ -114,7 +108,6 @@ class GceSource:
         self._vlans_due = 0.0
         self._vlans_seen: tuple[str, ...] = ()
         self._vlan_task: asyncio.Task[None] | None = None
-        self._log = _log.bind(source="gce")
 
     # --- requests -------------------------------------------------------------------------
 
@@ -196,55 +189,18 @@ class GceSource:
         else:
             self._log.info("gce_dynamic_nics_gone")
 
-    # --- the Source protocol --------------------------------------------------------------
+    # --- the Source protocol (the rest is OneDocumentSource's) ----------------------------
 
-    async def detect(self) -> bool:
-        try:
-            async with asyncio.timeout(DETECT_TIMEOUT):
-                parse_json(NICS_PATH, await self.document(), list)
-        except Exception as exc:
-            self.detect_error = "timeout" if isinstance(exc, TimeoutError) else str(exc)
-            self._log.debug("gce_not_detected", reason=self.detect_error)
-            return False
-        return True
-
-    async def fetch(self, mac: str) -> Observation:
-        # Only an answer to a request sent after this poll began counts (or the long poll's,
-        # which is newer than anything sent before it came); NICs polling together share one.
-        observation = parse_nic(mac, await self.document(newer_than=self._clock()))
-        self._log.debug(
-            "gce_fetched",
-            mac=observation.mac,
-            complete=observation.state is not None,
-            flags=[f.kind for f in observation.flags],
-        )
-        return observation
-
-    def predict(self, mac: str, answers: Mapping[str, str | None]) -> Observation | None:
-        """MAC's Observation in the probed document (None when it cannot be told)."""
-        text = answers.get(NICS_PATH)
-        if text is None:
-            return None
-        try:
-            return parse_nic(mac, text)
-        except MetadataError:
-            return None
-
-    async def probe(self, keys: Sequence[str]) -> dict[str, str | None]:
-        for key in keys:
-            if key != NICS_PATH:
-                raise ValueError(f"not a metadata probe key: {key[:80]!r}")
-        text = await self.document(newer_than=self._clock()) if keys else None
-        return dict.fromkeys(keys, text)
+    def _observe(self, mac: str, text: str) -> Observation:
+        return parse_nic(mac, text)
 
     async def close(self) -> None:
-        self._document.forget()
         self._watch_etag = self._handoff = None
         if self._vlan_task is not None:
             self._vlan_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._vlan_task
-        await self._http.close()
+        await super().close()
 
 
 def _etag(answer: Answer) -> str:

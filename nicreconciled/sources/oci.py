@@ -1,5 +1,8 @@
 """Oracle Cloud Infrastructure: IMDSv2's ``/opc/v2/vnics/``, one JSON document for all VNICs.
 
+The Source methods every one-document cloud shares (detect, fetch, predict, probe) are
+``sources/onedoc.py``'s; this module requests the document and parses it.
+
 Sources of the facts used here (their code is not reused):
 
 * The document is a JSON array of VNIC objects: ``vnicId``, ``macAddr`` (upper case),
@@ -27,7 +30,6 @@ Sources of the facts used here (their code is not reused):
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,7 +38,6 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any, ClassVar
 
-import structlog
 from pydantic import field_validator
 
 from nicreconciled.config import Config, Section, check_endpoint
@@ -44,17 +45,14 @@ from nicreconciled.errors import FetchError, MetadataError
 from nicreconciled.model import COMMON_FLAG_KINDS, Observation, RedFlag, normalize_mac
 from nicreconciled.sources.common import SharedAnswer, entries, make_state, parse_json, scalar
 from nicreconciled.sources.http import HttpClient
+from nicreconciled.sources.onedoc import OneDocumentSource
 from nicreconciled.system import sysfs
-
-_log = structlog.get_logger(__name__)
 
 #: The one path read, relative to the endpoint; also the probe key of every flag.
 VNICS_PATH = "opc/v2/vnics/"
 HEADERS = {"Authorization": "Bearer Oracle"}
 #: How long one document answers for every NIC (a burst of attaches shares it).
 DOCUMENT_TTL = 0.5
-#: detect() must stay cheap: on another cloud the link-local address usually times out.
-DETECT_TIMEOUT = 1.0
 #: More VNICs than any shape allows (the largest bare-metal shapes attach a few dozen).
 MAX_VNICS = 256
 #: "up to 32 maximum per VNIC" (https://docs.oracle.com/iaas/Content/Network/Concepts/ipv6.htm)
@@ -275,14 +273,13 @@ def parse_nic(mac: str, text: str) -> Observation:
 # --- I/O ----------------------------------------------------------------------------------
 
 
-class OciSource:
+class OciSource(OneDocumentSource[str]):
     """IMDSv2 client for VNIC metadata. Not safe to share between event loops."""
 
     name: ClassVar[str] = "oci"
     Settings: ClassVar[type[Section]] = OciConfig
     FLAG_KINDS: ClassVar[frozenset[str]] = COMMON_FLAG_KINDS | {"ipv6-pending"}
-    ONE_ANSWER: ClassVar[bool] = True
-    detect_error: str = "not detected"
+    PATH: ClassVar[str] = VNICS_PATH
 
     @classmethod
     def from_config(cls, config: Config, http: HttpClient) -> OciSource:
@@ -301,11 +298,8 @@ class OciSource:
         clock: Callable[[], float] = time.monotonic,
         document_ttl: float = DOCUMENT_TTL,
     ) -> None:
-        self._http = http
         self._url = f"{config.endpoint}/{VNICS_PATH}"
-        self._clock = clock
-        self._document = SharedAnswer(self._get_document, document_ttl, clock)
-        self._log = _log.bind(source="oci")
+        super().__init__(http, SharedAnswer(self._get_document, document_ttl, clock), clock)
 
     async def _get_document(self) -> str:
         answer = await self._http.request("GET", self._url, HEADERS)
@@ -319,45 +313,5 @@ class OciSource:
         sent at or after that time). One request in flight at most."""
         return await self._document.get(newer_than=newer_than)
 
-    async def detect(self) -> bool:
-        try:
-            async with asyncio.timeout(DETECT_TIMEOUT):
-                parse_json(VNICS_PATH, await self.document(), list)
-        except Exception as exc:
-            self.detect_error = "timeout" if isinstance(exc, TimeoutError) else str(exc)
-            self._log.debug("oci_not_detected", reason=self.detect_error)
-            return False
-        return True
-
-    async def fetch(self, mac: str) -> Observation:
-        # Only an answer to a request sent after this poll began counts: a VNIC attached a
-        # moment ago is not in an older one. NICs polling together still share one request.
-        observation = parse_nic(mac, await self.document(newer_than=self._clock()))
-        self._log.debug(
-            "oci_fetched",
-            mac=observation.mac,
-            complete=observation.state is not None,
-            flags=[f.kind for f in observation.flags],
-        )
-        return observation
-
-    def predict(self, mac: str, answers: Mapping[str, str | None]) -> Observation | None:
-        """MAC's Observation in the probed document (None when it cannot be told)."""
-        text = answers.get(VNICS_PATH)
-        if text is None:
-            return None
-        try:
-            return parse_nic(mac, text)
-        except MetadataError:
-            return None
-
-    async def probe(self, keys: Sequence[str]) -> dict[str, str | None]:
-        for key in keys:
-            if key != VNICS_PATH:
-                raise ValueError(f"not a metadata probe key: {key[:80]!r}")
-        text = await self.document(newer_than=self._clock()) if keys else None
-        return dict.fromkeys(keys, text)
-
-    async def close(self) -> None:
-        self._document.forget()
-        await self._http.close()
+    def _observe(self, mac: str, text: str) -> Observation:
+        return parse_nic(mac, text)
