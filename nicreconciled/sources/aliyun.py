@@ -21,7 +21,8 @@ Sources of the facts used here (their code is not reused):
   without a token is refused with 403 (same Alibaba page; cloud-init's DataSourceAliYun.py
   uses the same headers and drops its token on a 401). nm-cloud-setup sends no token, so
   it fails on such instances: this source always sends one, renews it before it expires,
-  and fetches a new one once when a request is refused with 401 or 403.
+  and fetches a new one once when a request is refused with 401 or 403 (``token.py``'s
+  SessionToken, EC2's too).
 * DMI: product name "Alibaba Cloud ECS" (cloud-init DataSourceAliYun.py ``_is_aliyun``).
 * ENIs are hot-plugged on running instances, and their keys may trail the udev event
   (IPv6 later): red flags as on EC2 (``aliyun_parse.parse_nic``).
@@ -54,12 +55,12 @@ from nicreconciled.sources.aliyun_parse import (
     parse_nic,
 )
 from nicreconciled.sources.common import SharedAnswer, gather
-from nicreconciled.sources.http import HttpClient
+from nicreconciled.sources.http import Answer, HttpClient
+from nicreconciled.sources.token import TOKEN_PATH, SessionToken
 from nicreconciled.system import sysfs
 
 _log = structlog.get_logger(__name__)
 
-TOKEN_PATH = "api/token"
 TTL_HEADER = "X-aliyun-ecs-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aliyun-ecs-metadata-token"
 #: What /sys/class/dmi/id/product_name reads on ECS (cloud-init ALIYUN_PRODUCT).
@@ -70,10 +71,7 @@ DETECT_TIMEOUT = 1.0
 LISTING_TTL = 0.5
 #: The last full read of this many MACs is kept for predict().
 RAW_KEPT = 256
-#: Renew the token this long before it expires (at half its life for short TTLs).
-TOKEN_REFRESH_MARGIN = 60.0
-#: A token is sent in an HTTP header: printable ASCII without spaces, bounded.
-_TOKEN = re.compile(r"[\x21-\x7e]{1,1024}")
+_TOKEN_HINTS = {400: " (TTL refused)", 403: " (metadata access refused)"}
 _PROBE_KEY = re.compile(r"meta-data/[A-Za-z0-9:._/-]*")
 
 
@@ -85,59 +83,6 @@ class AliyunConfig(Section):
     token_ttl: int = Field(default=21600, ge=5, le=21600)
 
     _endpoint = field_validator("endpoint")(check_endpoint)
-
-
-class SessionToken:
-    """One metadata token shared by every request: fetched once, renewed MARGIN before it
-    expires, and dropped when the service refuses it (the next request fetches a new one).
-    One PUT in flight at most. Nothing here is specific to Alibaba but the header names:
-    EC2's IMDSv2 token follows the same rules."""
-
-    def __init__(
-        self,
-        http: HttpClient,
-        url: str,
-        ttl_header: str,
-        ttl: int,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._http = http
-        self._url = url
-        self._ttl_header = ttl_header
-        self.ttl = ttl
-        self._margin = min(TOKEN_REFRESH_MARGIN, ttl / 2)
-        self._clock = clock
-        self._token: str | None = None
-        self._expiry = 0.0
-        self._lock = asyncio.Lock()
-        #: Tokens obtained so far (renewals included).
-        self.obtained = 0
-
-    async def get(self) -> str:
-        async with self._lock:
-            # The life counts from before the PUT: the service's clock started no later.
-            now = self._clock()
-            if self._token is not None and now < self._expiry - self._margin:
-                return self._token
-            answer = await self._http.request("PUT", self._url, {self._ttl_header: str(self.ttl)})
-            where = f"PUT /latest/{TOKEN_PATH}"
-            if answer.status != 200:
-                hint = {400: " (TTL refused)", 403: " (metadata access refused)"}
-                raise FetchError(f"{where}: HTTP {answer.status}{hint.get(answer.status, '')}")
-            token = answer.body.strip()
-            if not _TOKEN.fullmatch(token):
-                raise MetadataError(f"{where}: malformed token")
-            self._token, self._expiry = token, now + self.ttl
-            self.obtained += 1
-            return token
-
-    def refused(self, token: str) -> None:
-        """The service refused TOKEN: drop it, unless a newer one replaced it already."""
-        if self._token == token:
-            self._token = None
-
-    def forget(self) -> None:
-        self._token = None
 
 
 class AliyunSource:
@@ -170,7 +115,7 @@ class AliyunSource:
         self._base = f"{config.endpoint}/latest/"
         self._clock = clock
         self.token = SessionToken(
-            http, self._base + TOKEN_PATH, TTL_HEADER, config.token_ttl, clock
+            self._put_token, TTL_HEADER, config.token_ttl, clock, hints=_TOKEN_HINTS
         )
         self._primary: str | None = None
         self._primary_lock = asyncio.Lock()
@@ -178,6 +123,9 @@ class AliyunSource:
         #: MAC -> the listing and raw answers (None = 404) of its last full read.
         self._raw: OrderedDict[str, tuple[str, dict[str, str | None]]] = OrderedDict()
         self._log = _log.bind(source="aliyun")
+
+    async def _put_token(self, headers: Mapping[str, str]) -> Answer:
+        return await self._http.request("PUT", self._base + TOKEN_PATH, headers)
 
     async def _get(self, path: str) -> str | None:
         """Body of a GET under /latest/, None for 404; a refused token is replaced once."""

@@ -1,7 +1,8 @@
-"""EC2 instance metadata (IMDSv2): the source. ``[ec2]``, the session token and its
-renewal, the fallback endpoint, the ``macs/`` listing every NIC shares, per-MAC fetch,
-probes and predict(). What the answers mean (and the red flags of metadata that is still
-propagating) is ec2_parse.py's, a pure function of them.
+"""EC2 instance metadata (IMDSv2): the source. ``[ec2]``, the session token (a
+``token.SessionToken``, its PUT sent through the fallback endpoint too), the fallback
+endpoint, the ``macs/`` listing every NIC shares, per-MAC fetch, probes and predict(). What
+the answers mean (and the red flags of metadata that is still propagating) is
+ec2_parse.py's, a pure function of them.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from nicreconciled.sources.ec2_parse import (
     parse_nic,
 )
 from nicreconciled.sources.http import Answer, HttpClient, TransportError
+from nicreconciled.sources.token import TOKEN_PATH, SessionToken
 from nicreconciled.system import sysfs
 
 _log = structlog.get_logger(__name__)
@@ -39,17 +41,13 @@ _log = structlog.get_logger(__name__)
 LISTING_TTL = 0.5
 #: The last full read of this many MACs is kept for predict() (an instance has at most ~100).
 RAW_KEPT = 256
-TOKEN_PATH = "api/token"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 #: detect() must stay cheap: on another cloud the link-local address usually times out.
 DETECT_TIMEOUT = 1.0
-#: Refresh the token this long before it expires (or at half its life for short TTLs).
-TOKEN_REFRESH_MARGIN = 60.0
 
 #: DMI files that name Amazon EC2 on Nitro instances (sys_vendor, or the BIOS vendor).
 _DMI_FIELDS = ("sys_vendor", "bios_vendor")
-_TOKEN = re.compile(r"[\x21-\x7e]{1,1024}")
 _PROBE_KEY = re.compile(r"meta-data/[A-Za-z0-9:._/-]*")
 
 
@@ -104,12 +102,17 @@ class Ec2Source:
         if config.fallback_endpoint and config.fallback_endpoint != config.endpoint:
             self._endpoints.append(config.fallback_endpoint)
         self._current = 0
-        self._ttl = config.token_ttl
-        self._margin = min(TOKEN_REFRESH_MARGIN, config.token_ttl / 2)
         self._clock = clock
-        self._token: str | None = None
-        self._token_expiry = 0.0
-        self._token_lock = asyncio.Lock()
+        self.token = SessionToken(
+            self._put_token,
+            TTL_HEADER,
+            config.token_ttl,
+            clock,
+            hints={403: " (IMDS disabled?)"},
+            on_obtained=lambda: self._log.debug(
+                "imds_token_obtained", endpoint=self.endpoint, ttl=config.token_ttl
+            ),
+        )
         self._primary: str | None = None
         self._listing = SharedAnswer(self._get_listing, listing_ttl, clock)
         #: MAC -> its directory listing and raw answers (None = 404) at its last full read.
@@ -145,26 +148,13 @@ class Ec2Source:
             return answer
         raise TransportError("; fallback ".join(failures))
 
-    async def _get_token(self) -> str:
-        async with self._token_lock:
-            now = self._clock()
-            if self._token is not None and now < self._token_expiry - self._margin:
-                return self._token
-            answer = await self._send("PUT", TOKEN_PATH, {TTL_HEADER: str(self._ttl)})
-            if answer.status != 200:
-                hint = " (IMDS disabled?)" if answer.status == 403 else ""
-                raise FetchError(f"PUT /latest/{TOKEN_PATH}: HTTP {answer.status}{hint}")
-            token = answer.body.strip()
-            if not _TOKEN.fullmatch(token):
-                raise MetadataError(f"PUT /latest/{TOKEN_PATH}: malformed token")
-            self._token, self._token_expiry = token, now + self._ttl
-            self._log.debug("imds_token_obtained", endpoint=self.endpoint, ttl=self._ttl)
-            return token
+    async def _put_token(self, headers: Mapping[str, str]) -> Answer:
+        return await self._send("PUT", TOKEN_PATH, headers)
 
     async def _get(self, path: str) -> str | None:
         """Body of a GET under /latest/, None for 404."""
         for attempt in (1, 2):
-            token = await self._get_token()
+            token = await self.token.get()
             answer = await self._send("GET", path, {TOKEN_HEADER: token})
             if answer.status == 200:
                 return answer.body
@@ -174,8 +164,7 @@ class Ec2Source:
                 raise FetchError(f"GET /latest/{path}: HTTP {answer.status}")
             # Expired or revoked: drop it (unless a concurrent request already replaced
             # it) and retry once with a fresh one.
-            if self._token == token:
-                self._token = None
+            self.token.refused(token)
             if attempt == 1:
                 self._log.debug("imds_token_rejected", path=path)
         raise FetchError(f"GET /latest/{path}: HTTP 401 with a fresh token")
@@ -186,7 +175,7 @@ class Ec2Source:
     async def detect(self) -> bool:
         try:
             async with asyncio.timeout(DETECT_TIMEOUT):
-                await self._get_token()
+                await self.token.get()
         except Exception as exc:
             self.detect_error = _reason(exc)
             self._log.debug("ec2_not_detected", reason=self.detect_error)
@@ -322,7 +311,7 @@ class Ec2Source:
 
     async def close(self) -> None:
         """Forget the token and close the HTTP client (it reopens if used again)."""
-        self._token = None
+        self.token.forget()
         await self._http.close()
 
 
