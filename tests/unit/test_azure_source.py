@@ -189,7 +189,7 @@ class TestRateLimit:
         stop = loop.time() + duration
 
         async def reconciler(mac: str) -> None:
-            # Polls every 0.25 s at first (initial_interval) and probes every 0.4 s, jittered.
+            # Polls every 0.1 s at first (initial_interval) and probes every 0.4 s, jittered.
             while loop.time() < stop:
                 if rng.random() < 0.5:
                     await source.fetch(mac)
