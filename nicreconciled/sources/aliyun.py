@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -54,7 +53,7 @@ from nicreconciled.sources.aliyun_parse import (
     parse_mac_listing,
     parse_nic,
 )
-from nicreconciled.sources.common import SharedAnswer, gather
+from nicreconciled.sources.common import RecentReads, SharedAnswer, gather
 from nicreconciled.sources.http import Answer, HttpClient
 from nicreconciled.sources.token import TOKEN_PATH, SessionToken
 from nicreconciled.system import sysfs
@@ -69,8 +68,6 @@ PRODUCT_NAME = "Alibaba Cloud ECS"
 DETECT_TIMEOUT = 1.0
 #: How long one ``macs/`` listing answers for every NIC (a burst of attaches shares it).
 LISTING_TTL = 0.5
-#: The last full read of this many MACs is kept for predict().
-RAW_KEPT = 256
 _TOKEN_HINTS = {400: " (TTL refused)", 403: " (metadata access refused)"}
 _PROBE_KEY = re.compile(r"meta-data/[A-Za-z0-9:._/-]*")
 
@@ -121,7 +118,7 @@ class AliyunSource:
         self._primary_lock = asyncio.Lock()
         self._listing = SharedAnswer(self._get_listing, listing_ttl, clock)
         #: MAC -> the listing and raw answers (None = 404) of its last full read.
-        self._raw: OrderedDict[str, tuple[str, dict[str, str | None]]] = OrderedDict()
+        self._raw = RecentReads()
         self._log = _log.bind(source="aliyun")
 
     async def _put_token(self, headers: Mapping[str, str]) -> Answer:
@@ -212,10 +209,7 @@ class AliyunSource:
             return self._unlisted(mac)  # detached upstream since the listing named it
         listing = self._last_listing()
         observation = parse_nic(mac, listing, raw, primary)
-        self._raw[mac] = (listing, raw)
-        self._raw.move_to_end(mac)
-        while len(self._raw) > RAW_KEPT:
-            self._raw.popitem(last=False)
+        self._raw.remember(mac, listing, raw)
         self._log.debug(
             "aliyun_fetched",
             mac=mac,
@@ -228,7 +222,7 @@ class AliyunSource:
         return mac in await self.list_macs() or mac in await self.list_macs(newer_than=asked)
 
     def _unlisted(self, mac: str) -> Observation:
-        self._raw.pop(mac, None)
+        self._raw.forget(mac)
         flag = RedFlag("not-listed", "MAC not in the metadata", (MACS_DIR,), "unlisted")
         return Observation(
             mac=mac, state=None, flags=(flag,), probe={MACS_DIR: self._last_listing()}

@@ -22,6 +22,7 @@ import asyncio
 import json
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Generic, TypeVar
@@ -259,3 +260,25 @@ def routed_macs(
         for r in routes
         if r.ifname in names and r.metric != ours.get(names[r.ifname])
     ]
+
+
+class RecentReads:
+    """Each MAC's last full read (the listing and the raw answers) for a per-MAC source's
+    ``predict``: the KEPT most recently read MACs only, so a host that saw thousands of MACs
+    come and go keeps bounded memory (EC2, Alibaba)."""
+
+    def __init__(self, kept: int = 256) -> None:
+        self._kept = kept
+        self._reads: OrderedDict[str, tuple[str, dict[str, str | None]]] = OrderedDict()
+
+    def remember(self, mac: str, listing: str, raw: dict[str, str | None]) -> None:
+        self._reads[mac] = (listing, raw)
+        self._reads.move_to_end(mac)
+        while len(self._reads) > self._kept:
+            self._reads.popitem(last=False)
+
+    def forget(self, mac: str) -> None:
+        self._reads.pop(mac, None)
+
+    def get(self, mac: str) -> tuple[str, dict[str, str | None]] | None:
+        return self._reads.get(mac)

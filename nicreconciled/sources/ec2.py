@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -21,7 +20,7 @@ from pydantic import Field, field_validator
 from nicreconciled.config import Config, Section, check_endpoint
 from nicreconciled.errors import FetchError, MetadataError
 from nicreconciled.model import COMMON_FLAG_KINDS, Observation, RedFlag, normalize_mac
-from nicreconciled.sources.common import SharedAnswer, gather
+from nicreconciled.sources.common import RecentReads, SharedAnswer, gather
 from nicreconciled.sources.ec2_parse import (
     MACS_DIR,
     WANTED,
@@ -39,8 +38,6 @@ _log = structlog.get_logger(__name__)
 
 #: How long one ``macs/`` listing answers for every NIC (a burst of attaches shares it).
 LISTING_TTL = 0.5
-#: The last full read of this many MACs is kept for predict() (an instance has at most ~100).
-RAW_KEPT = 256
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 #: detect() must stay cheap: on another cloud the link-local address usually times out.
@@ -116,7 +113,7 @@ class Ec2Source:
         self._primary: str | None = None
         self._listing = SharedAnswer(self._get_listing, listing_ttl, clock)
         #: MAC -> its directory listing and raw answers (None = 404) at its last full read.
-        self._raw: OrderedDict[str, tuple[str, dict[str, str | None]]] = OrderedDict()
+        self._raw = RecentReads()
         self._log = (log if log is not None else _log).bind(source="ec2")
 
     @property
@@ -234,7 +231,7 @@ class Ec2Source:
         if listing is None:
             if known and mac not in await self.list_macs(newer_than=asked):
                 return self._unlisted(mac)  # gone upstream since the listing that named it
-            self._raw.pop(mac, None)
+            self._raw.forget(mac)
             # Watch the listing too: a MAC that drops out of it (a detach that was still
             # propagating when the listing was read) must not wait for the deadline.
             watched = (MACS_DIR, directory)
@@ -248,10 +245,7 @@ class Ec2Source:
         answers = await self._gather([key_path(mac, k) for k in keys])
         raw = dict(zip(keys, answers, strict=True))
         observation = parse_nic(mac, listing, raw, primary)
-        self._raw[mac] = (listing, raw)
-        self._raw.move_to_end(mac)
-        while len(self._raw) > RAW_KEPT:
-            self._raw.popitem(last=False)
+        self._raw.remember(mac, listing, raw)
         self._log.debug(
             "ec2_fetched",
             mac=mac,
@@ -264,7 +258,7 @@ class Ec2Source:
         return mac in await self.list_macs() or mac in await self.list_macs(newer_than=asked)
 
     def _unlisted(self, mac: str) -> Observation:
-        self._raw.pop(mac, None)
+        self._raw.forget(mac)
         listed = self._last_listing()
         flag = RedFlag("not-listed", "MAC not in the metadata", (MACS_DIR,), "unlisted")
         return Observation(mac=mac, state=None, flags=(flag,), probe={MACS_DIR: listed})
